@@ -1,0 +1,24 @@
+# Two entry points for a fresh machine (see README):
+#   make demo   install, then run the whole pipeline on the built-in demo scene (dvc repro)
+#   make test   install, then run the test suite
+PY ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: install demo test
+
+$(BIN)/m3: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt torch==2.15.0 torchvision==0.29.2
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -c "import torch, torchvision, gsplat, pycolmap, faiss, zarr, open_clip, transformers, segment_anything; print('m3 environment ok: torch', torch.__version__)"
+	touch $(BIN)/m3
+
+install: $(BIN)/m3
+
+demo: install
+	DVC_NO_ANALYTICS=1 $(BIN)/m3 demo
+
+test: install
+	DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

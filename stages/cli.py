@@ -1,0 +1,37 @@
+"""The ``m3`` command: one sub-command per stage (for reruns outside DVC) plus tools.
+
+Each command is defined in its stage module as ``cli`` and only registered here.
+"""
+from __future__ import annotations
+
+import typer
+
+from stages.common import setup_logging
+
+app = typer.Typer(
+    name="m3",
+    help="M3 spatial multimodal memory: frames -> poses -> features -> bank -> train -> evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+    """M3: turn a video or photo set of a static scene into a queryable 3D memory."""
+    setup_logging(verbose)
+
+
+def _register() -> None:
+    from stages import demo, frames, poses
+
+    app.command("demo-scene", help=demo.cli.__doc__)(demo.cli)
+    app.command("frames", help=frames.cli.__doc__)(frames.cli)
+    app.command("poses", help=poses.cli.__doc__)(poses.cli)
+
+
+_register()
+
+if __name__ == "__main__":
+    app()
