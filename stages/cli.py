@@ -24,11 +24,12 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logg
 
 
 def _register() -> None:
-    from stages import demo, frames, poses
+    from stages import demo, frames, poses, share
 
     app.command("demo-scene", help=demo.cli.__doc__)(demo.cli)
     app.command("frames", help=frames.cli.__doc__)(frames.cli)
     app.command("poses", help=poses.cli.__doc__)(poses.cli)
+    app.add_typer(share.app, name="share")
 
 
 _register()

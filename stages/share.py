@@ -1,0 +1,205 @@
+"""Share cached stage outputs across machines through a DVC remote and DVC's run-cache.
+
+A lab computes a scene's features and banks once (say on a GPU box) and pushes them; everyone
+else pulls them. What travels is each stage's outputs **and its run-cache entry** (the record
+"this command, with these dependency hashes and params, produced these outputs"). After a
+pull, a plain ``dvc repro`` restores every stage whose inputs and params match a pulled entry
+("Stage ... is cached - skipping run") and recomputes exactly the ones that do not.
+
+Remotes are machine-specific, so they live in ``.dvc/config.local`` (never in the committed
+``.dvc/config``): ``m3 share remote NAME URL``. Pulls always verify checksums: an object whose
+content does not hash to its name is reported and never used.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+import yaml
+
+from pipeline import M3Error, logger
+from pipeline.scene import Scene
+from stages.common import SCENE_HELP, reports_errors
+
+log = logger.getChild("share")
+SHAREABLE = ("demo", "frames", "poses", "features", "bank", "train", "evaluate")
+DEFAULT_STAGES = ("features", "bank")
+
+
+@contextlib.contextmanager
+def _open_repo(root: Path, remote: str | None, verify: bool = False) -> Iterator[tuple[Any, str]]:
+    """The DVC repo at ``root`` (entered as the working directory, as DVC expects) and its remote."""
+    with contextlib.chdir(root):
+        repo, remote = _repo_with_remote(remote, verify)
+        with repo:
+            yield repo, remote
+
+
+def _repo_with_remote(remote: str | None, verify: bool) -> tuple[Any, str]:
+    from dvc.repo import Repo
+
+    root = Path.cwd()
+    repo = Repo(".")
+    remote = remote or repo.config["core"].get("remote")
+    if not remote:
+        raise M3Error(
+            f"{root}: no DVC remote configured; add one with `m3 share remote NAME URL` "
+            "(local folder or ssh://user@host/path)"
+        )
+    if remote not in repo.config["remote"]:
+        raise M3Error(f"DVC remote '{remote}' is not configured; add it with `m3 share remote {remote} URL`")
+    if verify:
+        repo.close()
+        repo = Repo(".", remote=remote, remote_config={"verify": True})
+    return repo, remote
+
+
+def stage_targets(repo: Any, scene: str, stages: list[str]) -> list[str]:
+    """DVC stage addresses of ``scene``'s ``stages`` (``bank`` -> ``bank@demo-clip`` ...) and all their upstream stages."""
+    unknown = [s for s in stages if s not in SHAREABLE]
+    if unknown:
+        raise M3Error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(SHAREABLE)}")
+    selected = []
+    for stage in repo.index.stages:
+        kind, _, item = stage.name.partition("@")
+        if kind in stages and (item == scene or item.startswith(f"{scene}-") or (kind == "demo" and scene == "demo")):
+            selected.append(stage)
+    if not selected:
+        raise M3Error(f"no {'/'.join(stages)} stages for scene '{scene}' in dvc.yaml; is it listed under `scenes:` in params.yaml?")
+    # upstream stages come along: a pulled bank is only reusable with the features it was built from
+    names = {up.addressing for stage in selected for up in repo.stage.collect(stage.addressing, with_deps=True)}
+    return sorted(names)
+
+
+def push(root: Path, scene: str, stages: list[str], remote: str | None = None) -> dict[str, int]:
+    """Push the outputs of ``scene``'s ``stages`` (and everything upstream) plus the run-cache.
+
+    Stage outputs must be present in the workspace (run ``dvc repro`` first).
+    """
+    with _open_repo(root, remote) as (repo, remote):
+        targets = stage_targets(repo, scene, stages)
+        status = repo.status(targets=targets)
+        if status:
+            raise M3Error(
+                f"stages not up to date: {', '.join(sorted(status))}; run `dvc repro {' '.join(targets)}` before pushing"
+            )
+        files = repo.push(targets=targets, remote=remote)
+        runs = repo.stage_cache.push(remote)
+    log.info("pushed %d file(s) and %d run-cache entr(y/ies) for %s to '%s'", files, len(runs), ", ".join(targets), remote)
+    return {"files": files, "runs": len(runs)}
+
+
+def _entry_outs(repo: Any, key: str, value: str) -> list[str]:
+    entry = Path(repo.stage_cache.cache_dir) / key[:2] / key / value
+    data = yaml.safe_load(entry.read_text()) or {}
+    return [o["path"] for o in data.get("outs", [])]
+
+
+def _absent(repo: Any, hash_infos: Any) -> list[str]:
+    """Objects (files inside directory outputs included) not in the local cache after a pull."""
+    from dvc_data.hashfile.tree import Tree
+
+    odb, absent = repo.cache.local, []
+    for hi in hash_infos:
+        if not odb.exists(hi.value):
+            absent.append(f"{hi.obj_name or '?'} ({hi.value})")
+        elif hi.isdir:
+            tree = Tree.load(odb, hi)
+            absent += [
+                f"{hi.obj_name}/{'/'.join(key)} ({entry.value})"
+                for key, _, entry in tree
+                if entry and not odb.exists(entry.value)
+            ]
+    return absent
+
+
+def pull(root: Path, scene: str, stages: list[str], remote: str | None = None) -> dict[str, int]:
+    """Pull the run-cache and the outputs it records for ``scene``'s ``stages``, verifying checksums.
+
+    Raises :class:`M3Error` listing every object whose content failed its checksum (not used).
+    """
+    with _open_repo(root, remote, verify=True) as (repo, remote):
+        targets = stage_targets(repo, scene, stages)
+        prefixes = {
+            out.def_path for stage in repo.index.stages if stage.addressing in targets for out in stage.outs
+        }
+        runs = repo.stage_cache.pull(remote)
+        wanted = [(k, v) for k, v in runs if set(_entry_outs(repo, k, v)) & prefixes]
+        used = repo.stage_cache.get_used_objs(wanted)
+        transferred, missing = 0, []
+        for objs in used.values():
+            transferred += len(repo.cloud.pull(objs, remote=remote).transferred)
+            missing += _absent(repo, objs)
+    if missing:
+        names = ", ".join(sorted(set(missing)))
+        raise M3Error(
+            f"remote '{remote}': {len(set(missing))} object(s) failed checksum verification or are missing and were "
+            f"not used: {names}; re-push them from a clone that has them (`m3 share push {scene}`) or recompute with `dvc repro`"
+        )
+    log.info("pulled %d run-cache entr(y/ies) and %d file(s) for %s; now `dvc repro` restores them", len(wanted), transferred, ", ".join(targets))
+    return {"files": transferred, "runs": len(wanted)}
+
+
+def add_remote(root: Path, name: str, url: str, keyfile: str | None = None, default: bool = True) -> None:
+    """Add (or replace) a remote in ``.dvc/config.local`` (machine-specific, not committed)."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(".") as repo:
+        with repo.config.edit("local") as conf:
+            section = {"url": url, "verify": True}
+            if keyfile:
+                section["keyfile"] = os.path.expanduser(keyfile)
+            conf["remote"][name] = section
+            if default:
+                conf["core"]["remote"] = name
+    log.info("remote '%s' -> %s (in .dvc/config.local%s)", name, url, ", default" if default else "")
+
+
+app = typer.Typer(help="Share cached stage outputs (features, banks, ...) through a DVC remote + run-cache.", no_args_is_help=True)
+STAGES_HELP = f"comma-separated stages to share (upstream stages come along): {', '.join(SHAREABLE)}"
+REMOTE_HELP = "DVC remote name (default: the default remote)"
+ROOT_HELP = "project root (the folder holding dvc.yaml)"
+
+
+def _split(stages: str) -> list[str]:
+    return [s.strip() for s in stages.split(",") if s.strip()]
+
+
+@app.command("push")
+@reports_errors
+def push_cli(
+    scene: str = typer.Argument(..., help=SCENE_HELP),
+    stages: str = typer.Option(",".join(DEFAULT_STAGES), "--stages", help=STAGES_HELP),
+    remote: Optional[str] = typer.Option(None, "--remote", "-r", help=REMOTE_HELP),
+    root: Path = typer.Option(Path("."), "--root", help=ROOT_HELP),
+) -> None:
+    """Push a scene's stage outputs and their run-cache entries to a DVC remote."""
+    push(root, Scene.resolve(scene).name, _split(stages), remote)
+
+
+@app.command("pull")
+@reports_errors
+def pull_cli(
+    scene: str = typer.Argument(..., help=SCENE_HELP),
+    stages: str = typer.Option(",".join(DEFAULT_STAGES), "--stages", help=STAGES_HELP),
+    remote: Optional[str] = typer.Option(None, "--remote", "-r", help=REMOTE_HELP),
+    root: Path = typer.Option(Path("."), "--root", help=ROOT_HELP),
+) -> None:
+    """Pull run-cache entries and outputs so that `dvc repro` skips matching stages."""
+    pull(root, Scene.resolve(scene).name, _split(stages), remote)
+
+
+@app.command("remote")
+@reports_errors
+def remote_cli(
+    name: str = typer.Argument(..., help="remote name"),
+    url: str = typer.Argument(..., help="a local folder, or ssh://user@host[:port]/path"),
+    keyfile: Optional[str] = typer.Option(None, "--keyfile", help="SSH private key for ssh:// remotes"),
+    default: bool = typer.Option(True, "--default/--no-default", help="make it the default remote"),
+    root: Path = typer.Option(Path("."), "--root", help=ROOT_HELP),
+) -> None:
+    """Add a remote to .dvc/config.local (machine-specific; checksums verified on pull)."""
+    add_remote(root, name, url, keyfile, default)
