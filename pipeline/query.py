@@ -219,3 +219,64 @@ def heatmap_overlay(rgb: torch.Tensor | np.ndarray, rel01: torch.Tensor | np.nda
     a = (alpha * r)[..., None]
     out = (1 - a) * (0.6 * img) + a * turbo(r)
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def has_text_tower(name: str) -> bool:
+    """Whether adapter ``name`` implements ``encode_text``."""
+    from .models import FeatureModel, model_class
+
+    return model_class(name).encode_text is not FeatureModel.encode_text
+
+
+def pick_model(models: Sequence[str], requested: str | None) -> str:
+    """``requested`` if the memory holds it, else the first model with a text tower."""
+    if requested is not None:
+        if requested not in models:
+            raise M3Error(f"query: model '{requested}' is not in the trained memory ({', '.join(models)}); pick one of those")
+        return requested
+    for m in models:
+        if has_text_tower(m):
+            return m
+    raise M3Error(
+        f"query: none of the memory's models ({', '.join(models)}) has a text encoder; "
+        "pass --model and a query vector (--vector)"
+    )
+
+
+def build_query(
+    model: str, attrs: dict[str, Any], text: str | None = None, vector: np.ndarray | None = None,
+    mode: Mode = "canonical", negatives: Sequence[str] = CANONICAL_NEGATIVES, scale: float = 10.0,
+    device: str = "cpu",
+) -> QueryVector:
+    """A query for ``model`` from ``text`` (its text tower, conf from the feature store ``attrs``)
+    or from a raw ``vector [d]`` (canonical mode still encodes the negatives with the text tower)."""
+    if (text is None) == (vector is None):
+        raise M3Error("query: give either a text or a query vector, not both or neither")
+    if vector is None or mode == "canonical":
+        if not has_text_tower(model):
+            raise M3Error(f"query: model '{model}' has no text encoder; use --mode cosine with --vector")
+        enc = load_text_model(model, attrs, device)
+        if vector is None:
+            return encode_text(enc, text, mode, negatives, scale)
+        negs = enc.encode_text(list(negatives)).detach().float().cpu()
+        return QueryVector(torch.as_tensor(vector), negs, mode, scale)
+    return QueryVector(torch.as_tensor(vector), None, mode, scale)
+
+
+@torch.no_grad()
+def relevance_maps(memory: Any, views: Sequence[Any], model: str, qv: QueryVector) -> list[tuple[Any, torch.Tensor, torch.Tensor]]:
+    """``(view, rgb [H, W, 3], relevance [H, W])`` per view: relevance of the rendered ``model``
+    features (at the stored feature size), upsampled bilinearly to the render."""
+    out = []
+    for view in views:
+        r = memory.render(view)
+        rgb = r.rgb.detach().float().cpu().clamp(0, 1)
+        rel = qv(r.features[model].detach().float().cpu())
+        out.append((view, rgb, upsample(rel, rgb.shape[0], rgb.shape[1])))
+    return out
+
+
+@torch.no_grad()
+def gaussian_relevance(memory: Any, model: str, qv: QueryVector) -> torch.Tensor:
+    """Relevance ``[N]`` of each Gaussian's own query mapped into ``model``'s space."""
+    return qv(memory.gaussian_features(model).detach().float().cpu())
