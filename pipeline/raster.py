@@ -1,0 +1,178 @@
+"""One rasterization entry point for 3D Gaussians, on CUDA (gsplat) or CPU (plain torch).
+
+:func:`rasterize` has the signature and conventions of ``gsplat.rasterization`` (gsplat 1.5.3,
+``sh_degree=None``: colours are post-activation values of any channel count) and returns the same
+``meta`` keys, so gsplat's ``DefaultStrategy`` densifies from either backend:
+``meta["means2d"].retain_grad()`` before ``backward()`` gives the pixel-space gradient of the
+projected means, ``meta["radii"]`` ([B, N, 2], 0 = culled) selects the visible Gaussians.
+
+Backends: ``"gsplat"`` calls ``gsplat.rasterization`` (needs CUDA tensors); ``"torch"`` runs
+:mod:`pipeline.raster_torch` (any device, autograd backward; see there for the exact algorithm
+and its one documented difference: none in the maths, the tile lists are processed in memory
+bounded chunks). ``"auto"`` picks gsplat for CUDA tensors and torch otherwise.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from . import M3Error
+from . import raster_torch
+
+log = logging.getLogger("m3.raster")
+
+Backend = Literal["auto", "torch", "gsplat"]
+DEFAULT_BUDGET = 1 << 22  # torch backend: pixel x list entries evaluated per step
+
+
+def rasterize(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    *,
+    backend: Backend = "auto",
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    eps2d: float = 0.3,
+    tile_size: int = 16,
+    backgrounds: Tensor | None = None,
+    packed: bool = False,
+    budget: int = DEFAULT_BUDGET,
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Render N Gaussians into B cameras (pinhole, classic 3DGS compositing).
+
+    Args:
+        means: [N, 3] world positions.
+        quats: [N, 4] rotations, wxyz, need not be normalised.
+        scales: [N, 3] linear (not log) standard deviations.
+        opacities: [N] in [0, 1].
+        colors: [N, C] or [B, N, C] values to composite, any C (RGB, queries, ...).
+        viewmats: [B, 4, 4] world-to-camera (COLMAP / OpenCV axes).
+        Ks: [B, 3, 3] intrinsics in pixels of the (width, height) image.
+        width, height: output size in pixels.
+        backend: "gsplat" (CUDA), "torch" (CPU or any device) or "auto".
+        near_plane, far_plane: depth culling range.
+        radius_clip: Gaussians whose 2D radii are both <= this (pixels) are skipped.
+        eps2d: blur added to the 2D covariance diagonal (pixels^2).
+        tile_size: tile edge in pixels (may exceed the image).
+        backgrounds: [B, C] colour behind the Gaussians, or None (black).
+        packed: gsplat's packed layout of the per-Gaussian meta ([nnz, ...] plus
+            "camera_ids"/"gaussian_ids") instead of [B, N, ...].
+        budget: torch backend only, pixel x list entries per step (bounds memory).
+
+    Returns:
+        render_colors [B, H, W, C], render_alphas [B, H, W, 1], meta (gsplat's keys: "means2d",
+        "radii", "depths", "conics", "opacities", "gaussian_ids", "camera_ids", "batch_ids",
+        "width", "height", "tile_size", "tile_width", "tile_height", "n_cameras", "n_batches",
+        "tiles_per_gauss", "isect_ids", "flatten_ids", "isect_offsets").
+    """
+    n = means.shape[0]
+    b = viewmats.shape[0]
+    _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, n, b)
+    if backend == "auto":
+        backend = "gsplat" if means.is_cuda else "torch"
+    if backend == "gsplat":
+        if not means.is_cuda:
+            raise M3Error("rasterize: backend 'gsplat' needs CUDA tensors; use backend 'torch' on CPU")
+        from gsplat import rasterization
+
+        return rasterization(
+            means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+            near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d,
+            packed=packed, tile_size=tile_size, backgrounds=backgrounds,
+        )
+    if backend != "torch":
+        raise M3Error(f"rasterize: unknown backend '{backend}'; use 'auto', 'torch' or 'gsplat'")
+    return _rasterize_torch(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane,
+        far_plane, radius_clip, eps2d, tile_size, backgrounds, packed, budget,
+    )
+
+
+def _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, n, b) -> None:
+    expected = {
+        "means": (means, (n, 3)), "quats": (quats, (n, 4)), "scales": (scales, (n, 3)),
+        "opacities": (opacities, (n,)), "viewmats": (viewmats, (b, 4, 4)), "Ks": (Ks, (b, 3, 3)),
+    }
+    for name, (t, shape) in expected.items():
+        if tuple(t.shape) != shape:
+            raise M3Error(f"rasterize: {name} has shape {tuple(t.shape)}, expected {shape}; fix the caller")
+    if colors.dim() not in (2, 3) or colors.shape[-2] != n or (colors.dim() == 3 and colors.shape[0] != b):
+        raise M3Error(f"rasterize: colors has shape {tuple(colors.shape)}, expected [N, C] or [B, N, C] "
+                      f"with N={n}, B={b}; fix the caller")
+    if backgrounds is not None and tuple(backgrounds.shape) != (b, colors.shape[-1]):
+        raise M3Error(f"rasterize: backgrounds has shape {tuple(backgrounds.shape)}, expected "
+                      f"{(b, colors.shape[-1])}; fix the caller")
+
+
+def _rasterize_torch(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
+    radius_clip, eps2d, tile_size, backgrounds, packed, budget,
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    n, b = means.shape[0], viewmats.shape[0]
+    radii, means2d, depths, conics = raster_torch.project(
+        means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane,
+        radius_clip, eps2d,
+    )
+    opac = opacities[None].expand(b, n)
+    cols = colors if colors.dim() == 3 else colors[None].expand(b, n, colors.shape[-1])
+    if packed:
+        camera_ids, gaussian_ids = torch.nonzero((radii > 0).all(dim=-1), as_tuple=True)
+        radii, means2d, depths, conics = (t[camera_ids, gaussian_ids] for t in (radii, means2d, depths, conics))
+        opac, cols = opac[camera_ids, gaussian_ids], cols[camera_ids, gaussian_ids]
+        flat = (means2d, conics, opac, cols, radii, depths, camera_ids)
+    else:
+        camera_ids = gaussian_ids = None
+        image_of = torch.arange(b, device=means.device).repeat_interleave(n)
+        flat = (means2d.reshape(b * n, 2), conics.reshape(b * n, 3), opac.reshape(b * n),
+                cols.reshape(b * n, cols.shape[-1]), radii.reshape(b * n, 2), depths.reshape(b * n), image_of)
+    m2d, con, opa, col, rad, dep, img = flat
+    tw, th = -(-width // tile_size), -(-height // tile_size)
+    tiles_per_gauss, isect_ids, flatten_ids = raster_torch.isect_tiles(m2d, rad, dep, img, tile_size, tw, th)
+    render_colors, transmittance = raster_torch.rasterize_tiles(
+        m2d, con, opa, col, isect_ids, flatten_ids, b, width, height, tile_size, budget,
+    )
+    if backgrounds is not None:
+        render_colors = render_colors + transmittance * backgrounds[:, None, None, :]
+    meta = {
+        "batch_ids": None if not packed else torch.zeros_like(camera_ids),
+        "camera_ids": camera_ids,
+        "gaussian_ids": gaussian_ids,
+        "radii": radii,
+        "means2d": means2d,
+        "depths": depths,
+        "conics": conics,
+        "opacities": opa if packed else opac,
+        "tile_width": tw,
+        "tile_height": th,
+        "tiles_per_gauss": tiles_per_gauss if packed else tiles_per_gauss.reshape(b, n),
+        "isect_ids": isect_ids,
+        "flatten_ids": flatten_ids.to(torch.int32),
+        "isect_offsets": _offsets(isect_ids, b, tw, th),
+        "width": width,
+        "height": height,
+        "tile_size": tile_size,
+        "n_batches": 1,
+        "n_cameras": b,
+    }
+    return render_colors, 1.0 - transmittance, meta
+
+
+def _offsets(isect_ids: Tensor, n_images: int, tile_width: int, tile_height: int) -> Tensor:
+    """gsplat's isect_offsets [B, th, tw] int32: start of each tile's run in the sorted list."""
+    n_tiles = tile_width * tile_height
+    bits = n_tiles.bit_length()
+    key = isect_ids >> 32
+    tile = (key >> bits) * n_tiles + (key & ((1 << bits) - 1))
+    counts = torch.bincount(tile, minlength=n_images * n_tiles)
+    return (torch.cumsum(counts, 0) - counts).to(torch.int32).reshape(n_images, tile_height, tile_width)
