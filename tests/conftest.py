@@ -16,6 +16,37 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_SCENES = REPO.parent / "shared" / "scenes"
 
 
+@pytest.fixture(scope="session")
+def demo_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default demo scene (36 views, 320x240, seed 0), rendered once per session.
+
+    Returns ``<tmp>/demo/input`` (view_000.png ... + ground_truth.json); its parent is a scene
+    folder. Treat it as read-only (copy it, or symlink it as another scene's ``input``).
+    """
+    from pipeline.demo import make_demo_scene
+
+    out = tmp_path_factory.mktemp("session") / "demo" / "input"
+    make_demo_scene(out)
+    return out
+
+
+def write_video(path: Path, frames: list, fps: int = 10, codec: str = "mpeg4") -> Path:
+    """Encode ``frames`` (``[H, W, 3] uint8`` arrays, even H and W) into a video file at ``path``."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.bit_rate = 8_000_000
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
