@@ -100,6 +100,8 @@ def cli(
     import_path: Optional[str] = typer.Option(None, help="with --source colmap/transforms: the model folder or transforms.json, relative to the scene folder"),
     import_images: Optional[str] = typer.Option(None, help="with --source colmap: the images folder of the model (default: images/ next to it)"),
     matcher: Optional[str] = typer.Option(None, help="auto (sequential for videos, exhaustive for small photo sets) | sequential | exhaustive"),
+    exhaustive_max: Optional[int] = typer.Option(None, help="with --matcher auto: photo sets up to this many images are matched exhaustively"),
+    sequential_overlap: Optional[int] = typer.Option(None, help="sequential matching: each frame is matched with this many following frames"),
     camera_model: Optional[str] = typer.Option(None, help="COLMAP camera model to estimate: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL or OPENCV"),
     single_camera: Optional[bool] = typer.Option(None, "--single-camera/--camera-per-image", help="share one camera among all frames, or estimate one per image"),
     max_num_features: Optional[int] = typer.Option(None, help="most SIFT features kept per image"),
@@ -115,6 +117,7 @@ def cli(
     cfg = override(
         load_section(PosesConfig, "poses", params),
         source=source, import_path=import_path, import_images=import_images, matcher=matcher,
+        exhaustive_max=exhaustive_max, sequential_overlap=sequential_overlap,
         camera_model=camera_model, single_camera=single_camera, max_num_features=max_num_features,
         min_registered=min_registered, num_threads=num_threads, seed=seed,
     )
