@@ -361,7 +361,8 @@ def build_demo_scene(
     objects = []
     for name, kind, lo, hi, palette in objs:
         size = float(np.max(hi - lo))
-        textures.append(_texture(rng, 10 * size, size + 0.1, palette, scale=0.4))
+        # u: six faces or a sphere/cylinder circumference; v: a face, or half a sphere's meridian
+        textures.append(_texture(rng, 10 * size, 1.6 * size + 0.1, palette, scale=0.4))
         objects.append(DemoObject(name, kind, lo.astype(np.float64), hi.astype(np.float64)))
     views = ring_cameras(n_views, width, height, rng)
     return DemoScene(objects, views, seed, supersample, textures)

@@ -32,7 +32,7 @@ class FramesConfig:
 
     max_side: int = 640  # longer side of the written frames (never upscaled)
     target_count: int = 60  # keep at most this many frames, evenly spread
-    blur_ratio: float = 0.35  # drop frames sharper than less than blur_ratio x the median
+    blur_ratio: float = 0.35  # drop frames whose sharpness is below blur_ratio x the median
     blur_window: int = 0  # median over the whole input (0) or over this many neighbouring candidates
     dedup_threshold: float = 0.02  # drop a frame whose thumbnail differs from the last kept by less
     video_candidates: int = 300  # a video is sampled at most this many times (evenly) before filtering

@@ -33,7 +33,7 @@ def run(config: FramesConfig, scene: Scene) -> dict[str, Any]:
         write_json(out / "frames.json", meta)
     st = meta["stats"]
     log.info(
-        "%s: %d frames from %d %s candidates (dropped: %d blurred, %d duplicates, %d over target, "
+        "%s: %d frames from %d candidates (%s; dropped: %d blurred, %d duplicates, %d over target, "
         "%d unreadable) in %.1f s",
         scene.name, st["kept"], st["candidates"], kind, st["dropped_blur"], st["dropped_duplicate"],
         st["dropped_target"], st["unreadable"], st["seconds"],

@@ -148,6 +148,14 @@ def test_missing_and_empty_input(tmp_path: Path) -> None:
     (scene.input_dir / "notes.txt").write_text("hi")
     with pytest.raises(M3Error, match=r"input: no images or video found .*; add a video or photos"):
         frames.run(CFG, scene)
+    (scene.input_dir / "a.mp4").write_bytes(b"")
+    (scene.input_dir / "b.MOV").write_bytes(b"")
+    with pytest.raises(M3Error, match=r"input: holds 2 videos \(a\.mp4, b\.MOV\); keep one video per scene"):
+        frames.run(CFG, scene)
+    (scene.input_dir / "b.MOV").unlink()
+    _photo(0).save(scene.input_dir / "c.png")
+    with pytest.raises(M3Error, match=r"input: holds both videos and images; keep either one video or"):
+        frames.run(CFG, scene)
     assert not scene.frames_dir.exists() and [p.name for p in scene.root.iterdir()] == ["input"]
 
 
