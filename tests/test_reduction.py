@@ -1,0 +1,175 @@
+"""PSC bank reduction (pipeline.reduction): coverage, determinism, dedup, masks, stats, storage."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import M3Error
+from pipeline.reduction import (
+    BankConfig,
+    build_bank,
+    check_bank_matches,
+    coverage_stats,
+    greedy_cover,
+    load_bank,
+    rechunk,
+    save_bank,
+)
+
+
+def clustered(n: int = 3000, d: int = 64, k: int = 12, noise: float = 0.45, seed: int = 0) -> np.ndarray:
+    """``[n, d]`` rows around ``k`` centres with a spread of within-cluster cosines around 0.8."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, d))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    scale = rng.uniform(0.3, 1.5, size=(n, 1)) * noise  # some rows close to their centre, some far
+    rows = centres[rng.integers(0, k, n)] + scale * rng.standard_normal((n, d)) / np.sqrt(d)
+    return (rows * rng.uniform(0.5, 3.0, size=(n, 1))).astype(np.float32)  # raw rows: any norm
+
+
+def best_cos64(bank: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Exact best cosine ``[n]`` of every row against the bank, in float64."""
+    b = bank.astype(np.float64)
+    r = rows.astype(np.float64)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    r /= np.linalg.norm(r, axis=1, keepdims=True)
+    return (r @ b.T).max(axis=1)
+
+
+def blocks(x: np.ndarray, size: int, valid: np.ndarray | None = None):
+    return [(x[i : i + size], None if valid is None else valid[i : i + size]) for i in range(0, len(x), size)]
+
+
+@pytest.mark.parametrize("theta", [0.6, 0.8, 0.9])
+def test_every_row_covered_on_clustered_data(theta: float) -> None:
+    x = clustered()
+    cfg = BankConfig(threshold=theta, dtype="float32", chunk_rows=512)
+    res = build_bank(blocks(x, 300), cfg)
+    best = best_cos64(res.bank, x)
+    assert best.min() >= theta
+    assert 1 < len(res.bank) < len(x) / 2  # it does reduce, and needs more than one entry
+    # bank entries are raw input rows, unnormalised, at the recorded positions
+    np.testing.assert_array_equal(res.bank, x[res.entry_rows])
+    assert res.stats["coverage"] == 1.0 and res.stats["min_best_cosine"] >= theta
+
+
+def test_fp16_bank_covers_its_stored_vectors() -> None:
+    x = clustered(seed=3)
+    res = build_bank(blocks(x, 1000), BankConfig(threshold=0.8, dtype="float16", chunk_rows=700))
+    assert res.bank.dtype == np.float16
+    assert best_cos64(res.bank, x.astype(np.float16)).min() >= 0.8
+
+
+def test_deterministic_and_independent_of_block_sizes() -> None:
+    x = clustered(seed=1)
+    cfg = BankConfig(threshold=0.8, dtype="float32", chunk_rows=400)
+    a = build_bank(blocks(x, 128), cfg)
+    b = build_bank(blocks(x, 128), cfg)
+    c = build_bank(blocks(x, 999), cfg)
+    assert a.bank.tobytes() == b.bank.tobytes() == c.bank.tobytes()
+    np.testing.assert_array_equal(a.entry_rows, c.entry_rows)
+
+
+def test_identical_rows_give_one_entry() -> None:
+    row = np.random.default_rng(0).standard_normal(32).astype(np.float32)
+    x = np.tile(row, (1000, 1))
+    for theta in (0.8, 1.0):
+        res = build_bank(blocks(x, 128), BankConfig(threshold=theta, dtype="float32", chunk_rows=256))
+        assert len(res.bank) == 1 and res.stats["t"] == 1
+        np.testing.assert_array_equal(res.bank[0], row)
+        assert res.stats["compression"] == 1000
+
+
+def test_theta_one_removes_exact_duplicates_only() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((50, 16)).astype(np.float16)
+    near = base.copy()
+    near[:, 0] = np.nextafter(near[:, 0], np.float16(np.inf))  # cosine ~1 but not the same row
+    scaled = base * np.float16(2)  # cosine exactly 1 in exact arithmetic, still a different row
+    x = np.concatenate([base, base[::-1], near, scaled, base])
+    res = build_bank(blocks(x, 37), BankConfig(threshold=1.0, chunk_rows=64))
+    assert len(res.bank) == 150
+    np.testing.assert_array_equal(res.bank, np.concatenate([base, near, scaled]))
+    assert res.stats["N"] == 250 and res.stats["coverage"] == 1.0
+    cov = coverage_stats(res.bank, blocks(x, 37), BankConfig(threshold=1.0, chunk_rows=64))
+    assert cov["coverage"] == 1.0 and cov["uncovered"] == 0
+    cov = coverage_stats(res.bank[:100], blocks(x, 37), BankConfig(threshold=1.0, chunk_rows=64))
+    assert cov["uncovered"] == 50  # the scaled copies are not equal to any kept row
+
+
+def test_masked_rows_are_ignored() -> None:
+    x = clustered(2000, seed=2)
+    valid = np.random.default_rng(0).random(len(x)) < 0.7
+    poisoned = x.copy()
+    poisoned[~valid] = np.random.default_rng(9).standard_normal(((~valid).sum(), x.shape[1])) * 100
+    cfg = BankConfig(threshold=0.8, dtype="float32", chunk_rows=300)
+    masked = build_bank(blocks(poisoned, 250, valid), cfg)
+    clean = build_bank(blocks(x[valid], 250), cfg)
+    assert masked.bank.tobytes() == clean.bank.tobytes()
+    assert masked.stats["N"] == valid.sum() and masked.stats["masked_rows"] == (~valid).sum()
+    assert set(masked.entry_rows.tolist()) <= set(range(valid.sum()))  # numbered among valid rows
+
+
+def test_stats_match_an_exact_recomputation() -> None:
+    x = clustered(1500, seed=4)
+    x[100] = 0.0  # a zero row has no direction: skipped and counted
+    cfg = BankConfig(threshold=0.75, dtype="float32", chunk_rows=256)
+    res = build_bank(blocks(x, 100), cfg)
+    s = res.stats
+    assert s["N"] == 1499 and s["zero_rows"] == 1 and s["t"] == len(res.bank) and s["d"] == 64
+    assert s["compression"] == pytest.approx(1499 / len(res.bank))
+    assert s["seconds"] > 0 and s["peak_ram_mb"] > 10
+    nonzero = np.delete(x, 100, axis=0)
+    best = best_cos64(res.bank, nonzero)
+    assert s["min_best_cosine"] <= best.min() + 1e-5  # assigned cosines are lower bounds
+    assert s["mean_best_cosine"] <= best.mean() + 1e-6
+    cov = coverage_stats(res.bank, blocks(x, 100), cfg)
+    assert cov["coverage"] == 1.0 and cov["uncovered"] == 0
+    assert cov["min_best_cosine"] == pytest.approx(best.min(), abs=1e-5)
+    assert cov["mean_best_cosine"] == pytest.approx(best.mean(), abs=1e-5)
+    # against a bank missing entries, coverage drops and is counted exactly
+    partial = coverage_stats(res.bank[:2], blocks(x, 100), cfg)
+    assert partial["uncovered"] == int((best_cos64(res.bank[:2], nonzero) < 0.75).sum()) > 0
+
+
+def test_greedy_cover_takes_best_connected_rows() -> None:
+    rng = np.random.default_rng(0)
+    # a dense cluster of 20 rows and 3 isolated rows listed first
+    c = rng.standard_normal(16)
+    rows = np.concatenate([rng.standard_normal((3, 16)) * 3, c + 0.05 * rng.standard_normal((20, 16))])
+    y = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    entries, assigned = greedy_cover(y, 0.9)
+    assert len(entries) == 4 and entries[0] >= 3  # the cluster first, then each isolated row
+    assert sorted(entries[1:].tolist()) == [0, 1, 2]
+    assert (assigned >= 0.9).all()
+
+
+def test_rechunk_fixed_sizes_and_mask_counts() -> None:
+    x = np.arange(50, dtype=np.float32).reshape(25, 2)
+    valid = np.ones(25, dtype=bool)
+    valid[[0, 7, 8]] = False
+    out = list(rechunk(blocks(x, 6, valid), 5))
+    assert [len(r) for r, _ in out] == [5, 5, 5, 5, 2]
+    assert sum(m for _, m in out) == 3
+    np.testing.assert_array_equal(np.concatenate([r for r, _ in out]), x[valid])
+
+
+def test_save_load_and_provenance_check(tmp_path) -> None:
+    bank = clustered(10, seed=5).astype(np.float16)
+    prov = {"features": {"config_hash": "c1", "inputs_hash": "i1"}, "config": {"model": "clip"}}
+    save_bank(tmp_path / "clip.zarr", bank, {"provenance": prov})
+    loaded, attrs = load_bank(tmp_path / "clip.zarr")
+    assert loaded.dtype == np.float32 and loaded.shape == bank.shape
+    np.testing.assert_array_equal(loaded, bank.astype(np.float32))
+    check_bank_matches(attrs, {"provenance": {"config_hash": "c1", "inputs_hash": "i1", "stage": "features"}})
+    with pytest.raises(M3Error, match="other features.*m3 bank"):
+        check_bank_matches(attrs, {"provenance": {"config_hash": "c1", "inputs_hash": "i2"}})
+    with pytest.raises(M3Error, match="no memory bank"):
+        load_bank(tmp_path / "missing.zarr")
+
+
+def test_bad_config_is_a_clear_error() -> None:
+    with pytest.raises(M3Error, match="threshold"):
+        BankConfig(threshold=1.5)
+    with pytest.raises(M3Error, match="chunk_rows"):
+        BankConfig(threshold=0.8, chunk_rows=0)
