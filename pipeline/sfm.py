@@ -121,15 +121,16 @@ def _mapping_options(cfg: PosesConfig) -> Any:
     return options
 
 
-def run_sfm(images_dir: Path, names: list[str], work: Path, cfg: PosesConfig, source_kind: str) -> Any:
-    """Incremental SfM over ``names``; returns the largest ``pycolmap.Reconstruction`` (or None).
+def run_sfm(images_dir: Path, names: list[str], work: Path, cfg: PosesConfig, matcher: str) -> Any:
+    """Incremental SfM over ``names`` (``matcher``: sequential|exhaustive); the largest
+    ``pycolmap.Reconstruction``, or None when nothing could be reconstructed.
 
     ``work`` receives ``database.db`` and the mapper's models; nothing is written elsewhere.
     """
     pycolmap = _pycolmap()
     pycolmap.set_random_seed(cfg.seed)
     database = work / "database.db"
-    extract_and_match(database, images_dir, names, cfg, choose_matcher(cfg, source_kind, len(names)))
+    extract_and_match(database, images_dir, names, cfg, matcher)
     log.info("incremental mapping")
     models = pycolmap.incremental_mapping(database, images_dir, work / "sparse", options=_mapping_options(cfg))
     if not models:

@@ -23,7 +23,7 @@ from pipeline.colmap_import import Imported, load_colmap, load_transforms
 from pipeline.config import PARAMS_FILE, from_dict, load_section, to_dict
 from pipeline.io import atomic_dir, hash_files, provenance, read_json, write_json
 from pipeline.scene import Scene
-from pipeline.sfm import PosesConfig, model_stats, run_sfm, triangulate_known, undistort
+from pipeline.sfm import PosesConfig, choose_matcher, model_stats, run_sfm, triangulate_known, undistort
 from stages.common import PARAMS_HELP, SCENE_HELP, override, reports_errors
 
 log = logger.getChild("poses")
@@ -49,7 +49,8 @@ def _sfm(config: PosesConfig, scene: Scene, work: Path) -> tuple[Imported, int, 
             f"{scene.frames_dir}: only {len(names)} frame(s), need at least {config.min_registered}; "
             "add more images/video or lower frames.blur_ratio / raise frames.target_count"
         )
-    rec = run_sfm(scene.frames_dir, names, work, config, kind)
+    matcher = choose_matcher(config, kind, len(names))
+    rec = run_sfm(scene.frames_dir, names, work, config, matcher)
     registered = rec.num_reg_images() if rec is not None else 0
     if registered < config.min_registered:
         raise M3Error(
@@ -57,7 +58,7 @@ def _sfm(config: PosesConfig, scene: Scene, work: Path) -> tuple[Imported, int, 
             "the frames do not overlap enough - capture more overlapping views of the scene, "
             "or try poses.matcher: exhaustive and a higher poses.max_num_features"
         )
-    return Imported(rec, scene.frames_dir, files), len(names), f"sfm ({kind})"
+    return Imported(rec, scene.frames_dir, files), len(names), f"sfm ({kind}, {matcher} matching)"
 
 
 def _import(config: PosesConfig, scene: Scene, work: Path) -> tuple[Imported, int, str]:

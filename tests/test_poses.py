@@ -114,6 +114,7 @@ def test_sfm_on_demo_scene_matches_ground_truth(demo: dict, tmp_path: Path) -> N
     views = load_views(scene)
     assert [v.name for v in views] == frames
     assert stats["registered_views"] == stats["total_views"] == len(demo["names"])
+    assert stats["source"] == "sfm (images, exhaustive matching)"
     est = np.array([v.w2c for v in views])
     res = align_cameras(est, _gt_w2c(demo))
     extent = demo["gt"]["extent"]
@@ -133,6 +134,35 @@ def test_sfm_on_demo_scene_matches_ground_truth(demo: dict, tmp_path: Path) -> N
     prov = json.loads((scene.colmap_dir / "provenance.json").read_text())
     assert prov == stats["provenance"] and prov["config"]["seed"] == 0
     assert not list(scene.root.glob(".poses-work-*")) and not list(scene.colmap_dir.rglob("*.db"))
+
+
+@pytest.mark.slow
+def test_video_input_is_matched_sequentially(demo: dict, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pipeline.frames import FramesConfig
+    from stages import frames as frames_stage
+    from tests.conftest import write_video
+
+    fps = 10
+    scene = Scene(tmp_path / "video")
+    scene.input_dir.mkdir(parents=True)
+    ring = [np.asarray(Image.open(demo["dir"] / n).convert("RGB")) for n in demo["names"]]
+    write_video(scene.input_dir / "ring.mp4", ring, fps=fps)
+    frames_stage.run(FramesConfig(), scene)
+    meta = json.loads((scene.frames_dir / "frames.json").read_text())
+    assert meta["source_kind"] == "video"
+    stats = poses.run(PosesConfig(), scene)
+    assert stats["source"] == "sfm (video, sequential matching)"
+    assert stats["registered_views"] == stats["total_views"] == len(meta["frames"]) >= 30
+    views = {v.name: v for v in load_views(scene)}
+    gt = _gt_w2c(demo)
+    index = [round(f["time"] * fps) for f in meta["frames"]]  # frame i of the video is view i
+    res = align_cameras(np.array([views[f["name"]].w2c for f in meta["frames"]]), gt[index])
+    print(f"video: {stats['registered_views']} views, centre error max "
+          f"{res['center_error'].max() / demo['gt']['extent']:.4%}, rotation max {res['rotation_error_deg'].max():.3f} deg")
+    assert res["center_error"].max() < 0.01 * demo["gt"]["extent"]
+    assert res["rotation_error_deg"].max() < 1.0
 
 
 def _check_imported(scene: Scene, demo: dict) -> None:
