@@ -7,7 +7,8 @@ surface point looks the same from every view (what SfM and Gaussian splatting as
 
 Cameras stand on a ring around the centre at varying heights and look inward. Everything is
 deterministic given ``seed``. :func:`make_demo_scene` writes ``view_000.png ...`` and
-``ground_truth.json``; :meth:`DemoScene.render` renders any camera (rgb, depth, object ids).
+``ground_truth.json``; :func:`load_demo_scene` reads such a folder back; :meth:`DemoScene.render`
+renders any camera (rgb, depth, object ids).
 World axes: z up, floor at z = 0. Cameras: COLMAP world-to-camera, OpenCV axes.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from PIL import Image
 from scipy.ndimage import zoom
 
 from . import logger
-from .io import atomic_dir, write_json
+from .io import atomic_dir, read_json, write_json
 
 log = logger.getChild("demo")
 
@@ -353,7 +354,11 @@ def ring_cameras(
 def build_demo_scene(
     n_views: int = 36, width: int = 320, height: int = 240, seed: int = 0, supersample: int = 1
 ) -> DemoScene:
-    """The demo scene in memory (geometry, textures, ``n_views`` ring cameras); no files."""
+    """The demo scene in memory (geometry, textures, ``n_views`` ring cameras); no files.
+
+    Geometry and textures depend on ``seed`` only; ``n_views``/``width``/``height`` only change
+    the cameras.
+    """
     rng = np.random.default_rng(seed)
     objs = _objects(rng)
     room_sizes = [(10, 10), (10, 10), (10, ROOM_HEIGHT), (10, ROOM_HEIGHT), (10, ROOM_HEIGHT), (10, ROOM_HEIGHT)]
@@ -369,19 +374,15 @@ def build_demo_scene(
 
 
 def make_demo_scene(
-    out_dir: Path,
-    n_views: int = 36,
-    width: int = 320,
-    height: int = 240,
-    seed: int = 0,
-    supersample: int = 1,
-    extra: dict | None = None,
+    out_dir: Path, n_views: int = 36, width: int = 320, height: int = 240, seed: int = 0,
+    supersample: int = 1, extra: dict | None = None,
 ) -> DemoScene:
     """Render the demo scene into ``out_dir`` (replaced atomically) and return it.
 
     Writes ``view_000.png ...`` and ``ground_truth.json``:
     ``{"views": {name: {"K": 3x3, "w2c": 4x4}}, "objects": [{"name", "kind", "box_min", "box_max"}],
-    "extent": float, "width", "height", "seed"}`` plus the keys of ``extra`` (e.g. provenance).
+    "extent": float, "width", "height", "seed", "supersample"}`` plus the keys of ``extra``
+    (e.g. provenance). :func:`load_demo_scene` turns the folder back into a :class:`DemoScene`.
     """
     from tqdm import tqdm
 
@@ -407,4 +408,17 @@ def ground_truth(scene: DemoScene) -> dict:
         "width": scene.views[0].width if scene.views else None,
         "height": scene.views[0].height if scene.views else None,
         "seed": scene.seed,
+        "supersample": scene.supersample,
     }
+
+
+def load_demo_scene(input_dir: Path) -> DemoScene:
+    """The :class:`DemoScene` behind ``input_dir/ground_truth.json`` (rebuilt from its seed,
+    cameras from the file), e.g. to render object masks for the written views."""
+    gt = read_json(Path(input_dir) / "ground_truth.json")
+    scene = build_demo_scene(0, gt["width"], gt["height"], gt["seed"], gt.get("supersample", 1))
+    scene.views = [
+        DemoView(name, np.array(v["K"]), np.array(v["w2c"]), gt["width"], gt["height"])
+        for name, v in sorted(gt["views"].items())
+    ]
+    return scene

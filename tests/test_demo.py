@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline import M3Error
-from pipeline.demo import build_demo_scene, make_demo_scene
+from pipeline.demo import build_demo_scene, load_demo_scene, make_demo_scene
 from stages import demo as demo_stage
 from stages.cli import app
 
@@ -39,7 +39,9 @@ def test_ground_truth_matches_images_and_masks(demo_input: Path) -> None:
     gt = json.loads((demo_input / "ground_truth.json").read_text())
     assert len(gt["views"]) == 36 and len(gt["objects"]) == 5
     assert gt["width"] == 320 and gt["height"] == 240
-    scene = build_demo_scene(seed=0)
+    scene = load_demo_scene(demo_input)
+    assert [v.name for v in scene.views] == sorted(gt["views"]) and [o.name for o in scene.objects] == [
+        "red box", "blue sphere", "green cylinder", "yellow box", "purple sphere"]
     centres = []
     visible = np.zeros(len(gt["objects"]), int)
     for i, (name, cam) in enumerate(sorted(gt["views"].items())):
