@@ -97,16 +97,18 @@ def measure(image: Image.Image) -> tuple[float, np.ndarray]:
     return float(lap.var()), np.asarray(thumb, dtype=np.float32) / 255
 
 
-def iter_images(paths: list[Path], root: Path) -> Iterator[tuple[str, float | None, Image.Image]]:
+def iter_images(paths: list[Path], root: Path, max_side: int) -> Iterator[tuple[str, float | None, Image.Image]]:
     """``(name, None, image)`` per readable image (EXIF orientation applied); unreadable ones are
-    skipped with a warning naming the file."""
+    skipped with a warning naming the file. JPEGs are decoded at a reduced scale that is still at
+    least ``max_side`` on both sides."""
     for path in paths:
         name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
         try:
             with Image.open(path) as im:
+                im.draft("RGB", (max_side, max_side))
                 im.load()
                 image = ImageOps.exif_transpose(im).convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             log.warning("skipping %s: unreadable image (%s); replace or remove the file", path, exc)
             continue
         yield name, None, image
@@ -201,7 +203,7 @@ def extract_frames(kind: str, paths: list[Path], root: Path, out_dir: Path, cfg:
             "use max_side >= 16 and target_count, video_candidates >= 1 in params.yaml"
         )
     start = time.perf_counter()
-    source = iter_video(paths[0], cfg.video_candidates) if kind == "video" else iter_images(paths, root)
+    source = iter_video(paths[0], cfg.video_candidates) if kind == "video" else iter_images(paths, root, cfg.max_side)
     total = cfg.video_candidates if kind == "video" else len(paths)
     cands: list[Candidate] = []
     for name, t, image in tqdm(source, total=total, desc="frames", unit="frame", disable=None):
