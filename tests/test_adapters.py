@@ -23,7 +23,7 @@ def dino():
 
 
 def test_registry_lists_adapters_and_checks_keys():
-    assert "dinov2" in available()
+    assert {"dinov2", "sam_clip"} <= set(available())
     with pytest.raises(M3Error, match="unknown key 'input_sise'.*input_size"):
         build_model("dinov2", {"weights": "random", "input_sise": 10})
 
@@ -66,7 +66,106 @@ def test_dinov2_loads_a_local_checkpoint_folder(dino, tmp_path):
         build_model("dinov2", {"checkpoint": str(tmp_path / "empty")})
 
 
-def test_dinov2_missing_weights_offline_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_dinov2_missing_weights_offline_is_a_clear_error():
     with pytest.raises(M3Error, match=r"m3-tests/dinov2-absent.*hf download m3-tests/dinov2-absent"):
         build_model("dinov2", {"checkpoint": "m3-tests/dinov2-absent"})
+
+
+# ---------------------------------------------------------------- sam_clip
+# Random SAM weights give low predicted IoU / stability, so the generator's filters are opened up;
+# a high cell coverage leaves some cells without a mask, to check the invalid cells.
+SAMC = {
+    "weights": "random",
+    "points_per_side": 3,
+    "pred_iou_thresh": 0.0,
+    "stability_score_thresh": 0.0,
+    "box_nms_thresh": 1.0,
+    "stride": 8,
+    "cell_coverage": 0.9,
+    "clip": {"weights": "random"},
+}
+
+
+@pytest.fixture(scope="module")
+def samclip():
+    model = build_model("sam_clip", SAMC)
+    image = _image(240, 320, seed=3)
+    return model, image, model.segment(image), model.extract(image)
+
+
+def test_sam_clip_shapes_mask_and_zero_invalid(samclip):
+    model, image, masks, fm = samclip
+    assert model.has_mask and model.grid_size(240, 320) == (30, 40) and model.grid_size(100, 50) == (12, 6)
+    assert fm.features.shape == (30, 40, model.dim) and fm.features.dtype == torch.float32
+    assert fm.valid.shape == (30, 40) and fm.valid.dtype == torch.bool
+    assert 0.2 < fm.valid.float().mean() < 1.0  # some cells covered, some not
+    assert bool((fm.features[~fm.valid] == 0).all())
+    assert torch.allclose(fm.features[fm.valid].norm(dim=-1), torch.ones(int(fm.valid.sum())), atol=1e-5)
+    assert masks.dtype == torch.bool and masks.shape[1:] == (240, 320) and len(masks) >= 3
+
+
+def test_sam_clip_cell_holds_embedding_of_smallest_covering_mask(samclip):
+    model, image, masks, fm = samclip
+    embeddings = model.encode_masks(image, masks)  # [M, d], every mask
+    # independent reference: a mask covers an 8x8 cell when >= 90% of its pixels are in the mask
+    cover = masks.view(len(masks), 30, 8, 40, 8).float().mean((2, 4)) >= 0.9  # [M, 30, 40]
+    area = masks.flatten(1).sum(1)
+    overlaps = 0
+    for i in range(30):
+        for j in range(40):
+            ids = torch.nonzero(cover[:, i, j]).flatten()
+            if len(ids) == 0:
+                assert not fm.valid[i, j]
+                continue
+            assert fm.valid[i, j]
+            smallest = ids[area[ids].argmin()]
+            assert torch.allclose(fm.features[i, j], embeddings[smallest], atol=1e-5)
+            largest = ids[area[ids].argmax()]
+            if area[largest] > area[smallest] and not torch.allclose(embeddings[largest], embeddings[smallest]):
+                overlaps += 1
+    assert overlaps > 10  # the overlap rule was exercised
+
+
+def test_sam_clip_mask_crop_embedding_matches_direct_clip(samclip):
+    model, image, masks, _ = samclip
+    k = int(masks.flatten(1).sum(1).argmin())  # the smallest mask: its box is a real crop
+    mask = masks[k]
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    crop = (image * mask)[:, y0:y1, x0:x1]  # background blanked
+    side = max(y1 - y0, x1 - x0)
+    square = torch.zeros(3, side, side)
+    top, left = (side - (y1 - y0)) // 2, (side - (x1 - x0)) // 2
+    square[:, top:top + y1 - y0, left:left + x1 - x0] = crop
+    s = model.crop_size
+    x = torch.nn.functional.interpolate(square[None], size=(s, s), mode="bilinear", align_corners=False,
+                                        antialias=side > s)
+    x = (x - model.mean) / model.std
+    with torch.no_grad():
+        direct = torch.nn.functional.normalize(model.clip.encode_image(x).float(), dim=-1)[0]
+    batched = model.encode_masks(image, masks)[k]
+    assert torch.allclose(batched, direct, atol=1e-5)
+
+
+def test_assign_masks_smaller_mask_wins_and_coverage_threshold():
+    from pipeline.models.sam_clip import assign_masks
+
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0] = True  # whole image, area 64
+    masks[1, :4, :4] = True  # top-left quadrant, area 16
+    masks[2, 6:, 6:] = True  # 4 pixels of the bottom-right cell: 25% < coverage
+    owner, cover = assign_masks(masks, (2, 2), coverage=0.5)
+    assert owner.tolist() == [[1, 0], [0, 0]]
+    assert cover[2].sum() == 0 and cover[0].all()
+    owner, _ = assign_masks(masks[1:], (2, 2), coverage=0.5)
+    assert owner.tolist() == [[0, -1], [-1, -1]]
+    owner, cover = assign_masks(masks[:0], (2, 2), coverage=0.5)
+    assert (owner == -1).all() and cover.shape == (0, 2, 2)
+
+
+def test_sam_clip_missing_checkpoint_is_a_clear_error(tmp_path):
+    missing = tmp_path / "sam_vit_b_01ec64.pth"
+    with pytest.raises(M3Error, match=r"sam_vit_b_01ec64\.pth' not found.*dl\.fbaipublicfiles\.com.*sam_vit_b"):
+        build_model("sam_clip", {"sam_type": "vit_b", "checkpoint": str(missing)})
+    with pytest.raises(M3Error, match="sam_type.*vit_x"):
+        build_model("sam_clip", {"sam_type": "vit_x", "weights": "random"})
