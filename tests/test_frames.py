@@ -101,13 +101,13 @@ def test_select_frames_values() -> None:
 
 
 def _photo(seed: int, size: tuple[int, int] = (60, 40)) -> Image.Image:
-    """A textured photo: red left half, blue right half, noise on top."""
+    """A textured photo: red left half, blue right half, noise on top, brightness by seed."""
     w, h = size
     rng = np.random.default_rng(seed)
     img = np.zeros((h, w, 3), np.int16)
     img[:, : w // 2] = (200, 30, 30)
     img[:, w // 2 :] = (30, 30, 200)
-    img += rng.integers(-25, 25, size=(h, w, 1))
+    img += rng.integers(-25, 25, size=(h, w, 1)) + 35 * seed  # distinct photos, not duplicates
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
@@ -125,6 +125,18 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
         assert img.shape == (60, 40, 3)  # portrait now
         top, bottom = img[:25].mean(axis=(0, 1)), img[35:].mean(axis=(0, 1))
         assert top[0] > 150 > top[2] and bottom[2] > 150 > bottom[0]  # the left (red) half is on top
+
+
+def test_large_photos_are_downscaled_keeping_aspect(tmp_path: Path) -> None:
+    scene = Scene(tmp_path / "big")
+    scene.input_dir.mkdir(parents=True)
+    for i in range(3):
+        _photo(i, size=(1001, 500)).save(scene.input_dir / f"p{i}.jpg", quality=90)
+    meta = frames.run(dataclasses.replace(CFG, max_side=200), scene)
+    assert meta["stats"]["kept"] == 3
+    for f in meta["frames"]:
+        with Image.open(scene.frames_dir / f["name"]) as im:
+            assert im.size == (200, 100)
 
 
 def test_image_folder_keeps_all_demo_views(demo_input: Path, tmp_path: Path) -> None:
