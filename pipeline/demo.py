@@ -105,7 +105,7 @@ class DemoScene:
             dirs = _ray_dirs(K, R, width, height, 0.5, 0.5)
             centre = (dirs, *_intersect(self, center, dirs)[:2])
         dirs, t, surf = centre
-        depth = (t * (dirs @ R[2])).reshape(height, width).astype(np.float32)
+        depth = (t * np.einsum("ij,j->i", dirs, R[2])).reshape(height, width).astype(np.float32)
         object_id = np.where(surf >= 6, surf - 6, -1).reshape(height, width).astype(np.int32)
         rgb = rgb.reshape(height, width, 3) / (ss * ss)
         srgb = np.clip(rgb, 0, 1) ** (1 / 2.2)
@@ -130,10 +130,9 @@ class DemoScene:
 
 def _ray_dirs(K: np.ndarray, R: np.ndarray, w: int, h: int, ox: float, oy: float) -> np.ndarray:
     """Unit world-space ray directions ``[h*w, 3]`` through pixel offsets ``(ox, oy)``."""
-    pix = np.ones((h, w, 3))
-    pix[..., 0] = np.arange(w) + ox
-    pix[..., 1] = (np.arange(h) + oy)[:, None]
-    d = pix.reshape(-1, 3) @ (np.linalg.inv(K).T @ R)  # camera -> world: R^T K^-1 pix
+    M = np.linalg.inv(K).T @ R  # camera -> world: d = R^T K^-1 (u, v, 1)
+    d = (np.arange(w) + ox)[None, :, None] * M[0] + (np.arange(h) + oy)[:, None, None] * M[1] + M[2]
+    d = d.reshape(-1, 3)
     return d / np.sqrt(np.einsum("ij,ij->i", d, d))[:, None]
 
 
