@@ -214,3 +214,22 @@ def test_params_typo_through_cli(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["frames", str(tmp_path / "scene"), "--params", str(params)])
     assert result.exit_code == 2
     assert "error: params.yaml: frames: unknown key 'max_sid'; did you mean 'max_side'?" in result.output
+
+
+def test_cli_options_override_params(demo_input: Path, tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("frames:\n  max_side: 640\n  target_count: 60\n")
+    scene = Scene(tmp_path / "demo")
+    scene.root.mkdir()
+    scene.input_dir.symlink_to(demo_input)
+    args = ["frames", str(scene.root), "--max-side", "100", "--target-count", "6", "--params", str(params)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = _meta(scene)
+    assert len(meta["frames"]) == 6 and meta["stats"]["dropped_target"] == 30
+    assert meta["provenance"]["config"]["max_side"] == 100 and meta["provenance"]["config"]["target_count"] == 6
+    # the sharpest view of each window of six consecutive views
+    sources = [f["source"] for f in meta["frames"]]
+    assert [int(s[5:8]) // 6 for s in sources] == list(range(6))
+    with Image.open(scene.frames_dir / "00000.png") as im:
+        assert im.size == (100, 75)
