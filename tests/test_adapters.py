@@ -169,3 +169,12 @@ def test_sam_clip_missing_checkpoint_is_a_clear_error(tmp_path):
         build_model("sam_clip", {"sam_type": "vit_b", "checkpoint": str(missing)})
     with pytest.raises(M3Error, match="sam_type.*vit_x"):
         build_model("sam_clip", {"sam_type": "vit_x", "weights": "random"})
+
+
+def test_sam_clip_text_space_is_the_crop_clip(samclip):
+    model = samclip[0]
+    text = model.encode_text(["a red chair", "a wooden table"])
+    assert text.shape == (2, model.dim)
+    assert torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-5)
+    same = build_model("clip", SAMC["clip"]).encode_text(["a red chair", "a wooden table"])
+    assert torch.allclose(text, same, atol=1e-6)

@@ -112,7 +112,8 @@ def assign_masks(masks: torch.Tensor, grid: tuple[int, int], coverage: float, ch
     """Which mask owns each grid cell.
 
     ``masks [M, H, W]`` bool at image resolution; a mask covers cell (i, j) of the ``grid (h, w)``
-    when at least ``coverage`` of the cell's pixels are in it; among the masks covering a cell the
+    (pixels ``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``, adaptive average pooling) when at least
+    ``coverage`` of the cell's pixels are in it; among the masks covering a cell the
     one with the smallest pixel area wins (the lowest index on ties). Returns
     ``owner [h, w]`` long (-1 where no mask covers) and ``cover [M, h, w]`` bool.
     """
@@ -137,7 +138,7 @@ class SamClip(FeatureModel):
     has_mask = True
     default_conf = {
         "sam_type": "vit_h",  # vit_h | vit_l | vit_b: architecture of the SAM checkpoint
-        "checkpoint": "sam_vit_h_4b8939.pth",  # local SAM checkpoint file (download once, see README)
+        "checkpoint": "sam_vit_h_4b8939.pth",  # local SAM checkpoint file (downloaded once from SAM_URLS)
         "weights": "pretrained",  # pretrained | random (random init of random_arch, or of sam_type if null)
         "random_arch": {"embed_dim": 64, "depth": 2, "num_heads": 2, "global_attn_indexes": [1], "img_size": 256},
         "seed": 0,  # random init seed (weights: random)
