@@ -1,11 +1,20 @@
 """Feature adapters `clip` and `siglip` (small random-weight configs) and the `features` stage."""
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+import zarr
+from PIL import Image
 
 from pipeline import M3Error
-from pipeline.models import build_model
+from pipeline.featurestore import FeatureStore, partial_path
+from pipeline.models import available, build_model
+from pipeline.scene import Scene, load_views
 
 CLIP = {"weights": "random"}
 
@@ -58,3 +67,132 @@ def test_clip_missing_weights_offline_is_a_clear_error(monkeypatch):
         build_model("clip", {})
     with pytest.raises(M3Error, match=r"m3-tests/clip-absent.*hf download m3-tests/clip-absent"):
         build_model("clip", {"source": "hf", "checkpoint": "m3-tests/clip-absent"})
+
+
+# ---------------------------------------------------------------- stage on the demo scene
+# Small random-weight configs per adapter; adapters not listed run with {"weights": "random"}.
+SMALL = {
+    "clip": CLIP,
+    "siglip": {"weights": "random"},
+    "dinov2": {"weights": "random", "input_size": 56},
+    "sam_clip": {"weights": "random", "points_per_side": 3, "pred_iou_thresh": 0.0,
+                 "stability_score_thresh": 0.0, "clip": {"weights": "random"}},
+}
+
+
+def posed_scene(root: Path, demo_input: Path, n_views: int) -> Scene:
+    """A scene folder with ``n_views`` demo views as an undistorted COLMAP model (ground-truth poses).
+
+    Views past the demo's count reuse its images cyclically under new names.
+    """
+    import pycolmap
+
+    gt = json.loads((demo_input / "ground_truth.json").read_text())
+    demo = sorted(gt["views"])
+    scene = Scene(root)
+    scene.images_dir.mkdir(parents=True)
+    scene.sparse_dir.mkdir(parents=True)
+    rec = pycolmap.Reconstruction()
+    for i in range(n_views):
+        src = demo[i % len(demo)]
+        name = f"{i:05d}.png"
+        shutil.copy(demo_input / src, scene.images_dir / name)
+        if i == 0:
+            with Image.open(demo_input / src) as im:
+                width, height = im.size
+            K = np.asarray(gt["views"][src]["K"])
+            rec.add_camera_with_trivial_rig(pycolmap.Camera(
+                model="PINHOLE", width=width, height=height, camera_id=1,
+                params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]]))
+        w2c = np.asarray(gt["views"][src]["w2c"], dtype=np.float64)
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=1, image_id=i + 1),
+                                         pycolmap.Rigid3d(w2c[:3, :4]))
+    rec.write(str(scene.sparse_dir))
+    return scene
+
+
+class Counting:
+    """Wraps an adapter and counts its forward passes (``extract`` calls)."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+        self.dim, self.grid_size = model.dim, model.grid_size
+
+    def __getattr__(self, key):
+        return getattr(self.model, key)
+
+    def extract(self, image):
+        self.calls += 1
+        return self.model.extract(image)
+
+
+@pytest.fixture(scope="module")
+def scene4(demo_input, tmp_path_factory):
+    return posed_scene(tmp_path_factory.mktemp("feat") / "four", demo_input, 4)
+
+
+SLOW_ADAPTERS = {"sam_clip"}  # SAM's automatic mask generator takes ~10 s per view on a contended CPU
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_ADAPTERS else n for n in available()]
+)
+def test_stage_store_equals_direct_forward_pass(name, scene4):
+    from stages.features import load_image, run
+
+    conf = SMALL.get(name, {"weights": "random"})
+    model = build_model(name, conf)
+    stats = run(conf, scene4, name, model=model)
+    views = load_views(scene4)
+    store = FeatureStore.open(scene4.features_path(name))
+    h, w = model.grid_size(240, 320)
+    assert store.names == [v.name for v in views] and store.shape == (h, w, model.dim)
+    assert stats["views"] == 4 and stats["computed_views"] == 4 and stats["map_size"] == [h, w, model.dim]
+    assert stats["bytes_on_disk"] > 0 and stats["seconds_per_view"] > 0
+    a = store.attrs
+    assert a["model"] == name and a["grid"] == [h, w] and a["image_size"] == [240, 320]
+    assert a["feature_stride"] == [240 / h, 320 / w] and a["weights"] == "random"
+    assert a["provenance"]["config"]["model"] == name and len(a["provenance"]["inputs_hash"]) == 16
+    assert a["config_hash"] == a["provenance"]["config_hash"] == stats["config_hash"]
+    for i in (0, 3):
+        feats, valid = store.read(i)
+        assert feats.dtype == np.float16 and valid.dtype == np.bool_
+        direct = model.extract(load_image(views[i].image_path, 240, 320))
+        expect = direct.features.numpy().astype(np.float16)
+        np.testing.assert_allclose(feats.astype(np.float32), expect.astype(np.float32), rtol=1e-3, atol=1e-3)
+        np.testing.assert_array_equal(valid, direct.valid.numpy())
+
+
+def test_kill_and_resume_recomputes_only_missing_views(demo_input, tmp_path):
+    from stages.features import run
+
+    model = build_model("clip", CLIP)
+    whole = posed_scene(tmp_path / "whole", demo_input, 6)
+    run(CLIP, whole, "clip", model=model)
+    reference = zarr.open_array(zarr.storage.LocalStore(whole.features_path("clip") / "features"))[:]
+
+    scene = posed_scene(tmp_path / "killed", demo_input, 6)
+
+    def kill_after_3(i: int) -> None:
+        if i == 2:
+            raise KeyboardInterrupt
+
+    first = Counting(model)
+    with pytest.raises(KeyboardInterrupt):
+        run(CLIP, scene, "clip", model=first, on_view=kill_after_3)
+    assert first.calls == 3 and not scene.features_path("clip").exists()
+    assert partial_path(scene.features_path("clip")).is_dir()
+    second = Counting(model)
+    stats = run(CLIP, scene, "clip", model=second)
+    assert second.calls == 3 and stats["computed_views"] == 3
+    assert not partial_path(scene.features_path("clip")).exists()
+    final = zarr.open_array(zarr.storage.LocalStore(scene.features_path("clip") / "features"))[:]
+    np.testing.assert_array_equal(final, reference)
+    # finished and unchanged: kept; a config change or an input change: every view recomputed
+    again = Counting(model)
+    assert run(CLIP, scene, "clip", model=again)["computed_views"] == 0 and again.calls == 0
+    changed = {**CLIP, "input_size": 84}
+    assert run(changed, scene, "clip")["computed_views"] == 6
+    assert FeatureStore.open(scene.features_path("clip")).shape[:2] == (6, 8)
+    Image.new("RGB", (320, 240), (10, 200, 30)).save(scene.images_dir / "00004.png")
+    assert run(changed, scene, "clip")["computed_views"] == 6
