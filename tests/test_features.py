@@ -69,6 +69,34 @@ def test_clip_missing_weights_offline_is_a_clear_error(monkeypatch):
         build_model("clip", {"source": "hf", "checkpoint": "m3-tests/clip-absent"})
 
 
+
+def test_siglip_dense_equals_pooled_embedding_when_all_tokens_are_equal():
+    """SigLIP invariant: with a uniform image and equal position embeddings every patch token is
+    the same, so the model's own pooled embedding (probe attending over all tokens) equals every
+    dense feature (the head applied to each token alone). A textured image gives distinct cells."""
+    model = build_model("siglip", {"weights": "random"})
+    assert model.dim == 64 and model.grid_size(240, 320) == (4, 5)
+    fm = model.extract(_image(240, 320))
+    assert fm.features.shape == (4, 5, 64) and bool(fm.valid.all())
+    assert (fm.features - fm.features.mean((0, 1))).abs().max() > 1e-2
+    with torch.no_grad():
+        pos = model.model.vision_model.embeddings.position_embedding.weight
+        pos.copy_(pos[:1].expand_as(pos))
+        uniform = torch.ones(3, 240, 320) * torch.tensor([0.2, 0.6, 0.4]).view(3, 1, 1)
+        dense = model.extract(uniform).features
+        x = model.preprocess(uniform)
+        pooled = model.model.get_image_features(pixel_values=x, interpolate_pos_encoding=True).pooler_output[0]
+    assert torch.allclose(dense, pooled.expand_as(dense), atol=1e-5)
+    text = model.encode_text(["a yellow duck", "a chair"])
+    assert text.shape == (2, 64) and torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_siglip_missing_weights_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(M3Error, match=r"google/siglip-so400m-patch14-384.*hf download google/siglip-so400m"):
+        build_model("siglip", {})
+
+
 # ---------------------------------------------------------------- stage on the demo scene
 # Small random-weight configs per adapter; adapters not listed run with {"weights": "random"}.
 SMALL = {
