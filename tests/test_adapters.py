@@ -165,8 +165,13 @@ def test_assign_masks_smaller_mask_wins_and_coverage_threshold():
 
 def test_sam_clip_missing_checkpoint_is_a_clear_error(tmp_path):
     missing = tmp_path / "sam_vit_b_01ec64.pth"
+    # text queries need only CLIP: the SAM checkpoint is checked when SAM is first used
+    model = build_model("sam_clip", {"sam_type": "vit_b", "checkpoint": str(missing), "clip": {"weights": "random"}})
+    assert model.encode_text(["a chair"]).shape == (1, model.dim)
     with pytest.raises(M3Error, match=r"sam_vit_b_01ec64\.pth' not found.*dl\.fbaipublicfiles\.com.*sam_vit_b"):
-        build_model("sam_clip", {"sam_type": "vit_b", "checkpoint": str(missing)})
+        model.extract(_image(60, 80))
+    with pytest.raises(M3Error, match=r"features\.sam_clip\.clip: cannot load .*'ViT-L-14-336'"):
+        build_model("sam_clip", {"weights": "random"})  # default CLIP, pretrained, not cached offline
     with pytest.raises(M3Error, match="sam_type.*vit_x"):
         build_model("sam_clip", {"sam_type": "vit_x", "weights": "random"})
 

@@ -59,7 +59,7 @@ def _build_sam_arch(embed_dim: int, depth: int, num_heads: int, global_attn_inde
 
 
 def check_sam_conf(conf: dict[str, Any]) -> None:
-    """Fail early (before any model is built) on a bad ``sam_type``/``weights`` or a missing checkpoint."""
+    """A bad ``sam_type`` / ``weights`` or a missing checkpoint file -> :class:`M3Error`."""
     sam_type = conf["sam_type"]
     if sam_type not in SAM_URLS:
         raise M3Error(f"features.sam_clip.sam_type: {sam_type!r} is not one of {', '.join(SAM_URLS)}; fix it")
@@ -158,9 +158,13 @@ class SamClip(FeatureModel):
 
     def __init__(self, conf: dict[str, Any], device: torch.device | str = "cpu") -> None:
         super().__init__(conf, device)
-        check_sam_conf(conf)
-        self._generator: Any = None  # SAM is loaded on first use: encode_text needs only CLIP
-        self.clip, mean, std = load_clip(conf["clip"], self.device)
+        if conf["sam_type"] not in SAM_URLS:  # the checkpoint file is checked when SAM is first needed
+            raise M3Error(f"features.sam_clip.sam_type: {conf['sam_type']!r} is not one of {', '.join(SAM_URLS)}; fix it")
+        self._generator: Any = None  # SAM is loaded on first use: encode_text (queries) needs only CLIP
+        try:
+            self.clip, mean, std = load_clip(conf["clip"], self.device)
+        except M3Error as exc:  # name the keys the user has to fix here
+            raise M3Error(str(exc).replace("features.clip", "features.sam_clip.clip")) from exc
         self.mean, self.std = mean[None], std[None]  # [1, 3, 1, 1]
         self.crop_size = int(self.clip.native_size)
         log.info("sam_clip: SAM %s (%s), CLIP %s (%s), d=%d", conf["sam_type"], conf["weights"],
