@@ -224,3 +224,22 @@ def test_kill_and_resume_recomputes_only_missing_views(demo_input, tmp_path):
     assert FeatureStore.open(scene.features_path("clip")).shape[:2] == (6, 8)
     Image.new("RGB", (320, 240), (10, 200, 30)).save(scene.images_dir / "00004.png")
     assert run(changed, scene, "clip")["computed_views"] == 6
+
+
+def test_cli_features_uses_params_section_and_reports_errors(scene4, tmp_path):
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text("models: [clip]\nfeatures:\n  clip: {weights: random, input_size: 28}\n")
+    runner = CliRunner()
+    result = runner.invoke(app, ["features", str(scene4.root), "--params", str(params), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    store = FeatureStore.open(scene4.features_path("clip"))
+    assert store.shape == (2, 3, 32) and store.attrs["input_size"] == 28
+    stats = json.loads((scene4.features_dir / "clip.stats.json").read_text())
+    assert stats["views"] == 4 and stats["map_size"] == [2, 3, 32]
+    params.write_text("models: [clip]\nfeatures:\n  clip: {weights: random, input_sise: 28}\n")
+    result = runner.invoke(app, ["features", str(scene4.root), "--params", str(params)])
+    assert result.exit_code == 2 and "unknown key 'input_sise'" in result.output
