@@ -24,12 +24,15 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logg
 
 
 def _register() -> None:
-    from stages import demo, features, frames, poses, share
+    from stages import bank, demo, features, frames, poses, render, share, train
 
     app.command("demo-scene", help=demo.cli.__doc__)(demo.cli)
     app.command("frames", help=frames.cli.__doc__)(frames.cli)
     app.command("poses", help=poses.cli.__doc__)(poses.cli)
     app.command("features", help=features.cli.__doc__)(features.cli)
+    app.command("bank", help=bank.cli.__doc__)(bank.cli)
+    app.command("train", help=train.cli.__doc__)(train.cli)
+    app.command("render", help=render.cli.__doc__)(render.cli)
     app.add_typer(share.app, name="share")
 
 
