@@ -14,7 +14,8 @@ def _image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     """A smooth random test image ``[3, H, W]`` in [0, 1] (blobs, so masks and features vary)."""
     g = torch.Generator().manual_seed(seed)
     low = torch.rand(1, 3, max(2, height // 24), max(2, width // 24), generator=g)
-    return torch.nn.functional.interpolate(low, size=(height, width), mode="bicubic", align_corners=False)[0].clamp(0, 1)
+    image = torch.nn.functional.interpolate(low, size=(height, width), mode="bicubic", align_corners=False)
+    return image[0].clamp(0, 1)
 
 
 @pytest.fixture(scope="module")

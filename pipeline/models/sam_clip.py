@@ -108,7 +108,9 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([x0, y0, x1, y1], 1)
 
 
-def assign_masks(masks: torch.Tensor, grid: tuple[int, int], coverage: float, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def assign_masks(
+    masks: torch.Tensor, grid: tuple[int, int], coverage: float, chunk: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Which mask owns each grid cell.
 
     ``masks [M, H, W]`` bool at image resolution; a mask covers cell (i, j) of the ``grid (h, w)``
@@ -159,7 +161,9 @@ class SamClip(FeatureModel):
     def __init__(self, conf: dict[str, Any], device: torch.device | str = "cpu") -> None:
         super().__init__(conf, device)
         if conf["sam_type"] not in SAM_URLS:  # the checkpoint file is checked when SAM is first needed
-            raise M3Error(f"features.sam_clip.sam_type: {conf['sam_type']!r} is not one of {', '.join(SAM_URLS)}; fix it")
+            raise M3Error(
+                f"features.sam_clip.sam_type: {conf['sam_type']!r} is not one of {', '.join(SAM_URLS)}; fix it"
+            )
         self._generator: Any = None  # SAM is loaded on first use: encode_text (queries) needs only CLIP
         try:
             self.clip, mean, std = load_clip(conf["clip"], self.device)
@@ -245,7 +249,8 @@ class SamClip(FeatureModel):
         if len(used):
             embeddings = self.encode_masks(image, masks[used])
             features[valid.to(self.device)] = embeddings[torch.searchsorted(used, owner[valid]).to(self.device)]
-        log.debug("sam_clip: %d masks, %d encoded, %.0f%% cells valid", len(masks), len(used), 100 * valid.float().mean())
+        log.debug("sam_clip: %d masks, %d encoded, %.0f%% cells valid",
+                  len(masks), len(used), 100 * valid.float().mean())
         return FeatureMap(features=features, valid=valid.to(self.device))
 
     @torch.no_grad()
