@@ -1,6 +1,8 @@
 """Foundation-model adapters `dinov2` and `sam_clip` with small random-weight configs."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -62,6 +64,10 @@ def test_dinov2_loads_a_local_checkpoint_folder(dino, tmp_path):
     loaded = build_model("dinov2", {"checkpoint": str(tmp_path / "dino"), "input_size": 112})
     image = _image(120, 160, seed=2)
     assert torch.allclose(loaded.extract(image).features, dino.extract(image).features, atol=1e-5)
+    copy.deepcopy(dino.model).half().save_pretrained(tmp_path / "dino16")  # fp16 files load as fp32
+    half = build_model("dinov2", {"checkpoint": str(tmp_path / "dino16"), "input_size": 112})
+    assert half.model.dtype == torch.float32
+    assert torch.allclose(half.extract(image).features, dino.extract(image).features, atol=0.05)
     (tmp_path / "empty").mkdir()
     with pytest.raises(M3Error, match="no config.json"):
         build_model("dinov2", {"checkpoint": str(tmp_path / "empty")})

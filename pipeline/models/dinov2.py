@@ -58,7 +58,7 @@ def load_dinov2(conf: dict[str, Any]) -> Any:
         )
     source = str(local) if local.is_dir() else checkpoint
     try:
-        return Dinov2Model.from_pretrained(source)
+        return Dinov2Model.from_pretrained(source, dtype=torch.float32)  # fp32 whatever the files hold
     except OSError as exc:
         raise _hub_error(checkpoint, "the weights", exc) from exc
 
