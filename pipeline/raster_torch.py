@@ -145,6 +145,7 @@ def _composite(
     (entry adds alpha >= 1/255 to a pixel inside the image before that pixel's cut-off).
     """
     log_t = quad.new_zeros(inside.shape)
+    log_t_all = torch.zeros_like(log_t)  # also counts cut-off entries: the cut-off is sticky
     out = None if colors is None else quad.new_zeros(inside.shape + (colors.shape[1],))
     used = torch.zeros_like(ids, dtype=torch.bool)
     for k0 in range(0, ids.shape[1], chunk):
@@ -157,17 +158,22 @@ def _composite(
         keep = s <= LOG_ALPHA_MIN_INV
         alpha = torch.where(keep, torch.exp(-s), torch.zeros_like(s)).clamp(max=ALPHA_MAX)
         log1m = torch.log1p(-alpha)
-        incl = torch.cumsum(log1m, dim=-1) + log_t[..., None]  # log T after each entry
-        live = incl.detach() > LOG_T_MIN
+        csum = torch.cumsum(log1m, dim=-1)
+        incl_all = csum.detach() + log_t_all[..., None]  # log T ignoring the cut-off
+        live = incl_all > LOG_T_MIN  # before the cut-off: monotone, so the cut-off is sticky
         if colors is None:
-            used[:, k0 : k0 + chunk] = (keep & live & inside[..., None]).any(dim=1)
-            log_t = log_t + torch.where(live, log1m, 0.0).sum(dim=-1)
+            # Keep the entry that triggers a pixel's cut-off too, so the pass with gradients
+            # sees the same cut-off.
+            reached = (incl_all - log1m) > LOG_T_MIN
+            used[:, k0 : k0 + chunk] = (keep & reached & inside[..., None]).any(dim=1)
             if not bool((live[..., -1] & inside).any()):
                 break  # every pixel of these tiles is done
         else:
+            incl = csum + log_t[..., None]  # log T after each entry (exact where live)
             weights = torch.where(live, alpha * torch.exp(incl - log1m), 0.0)
             out = out + torch.matmul(weights, colors[g])
             log_t = log_t + torch.where(live, log1m, 0.0).sum(dim=-1)
+        log_t_all = incl_all[..., -1]
     return out, log_t, used
 
 

@@ -12,6 +12,15 @@ from pipeline.raster import rasterize
 W, H = 37, 29  # odd sizes: partial tiles on both axes
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one thread avoids thread hand-offs that dominate on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def random_scene(n: int, channels: int = 3, seed: int = 0, dtype=torch.float64, width=W, height=H):
     """n Gaussians in front of a camera at the origin looking down +z (plus one behind it)."""
     g = torch.Generator().manual_seed(seed)
@@ -116,13 +125,14 @@ def test_matches_reference_forward_and_gradients(tile_size, budget):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=name)
 
 
-def test_multichannel_backgrounds_and_saturation():
-    """3+16+32+32 channels, a background, and opaque layers that hit the 1e-4 cut-off."""
+@pytest.mark.parametrize("budget", [1 << 22, 3000])
+def test_multichannel_backgrounds_and_saturation(budget):
+    """3+16+32+32 channels, a background, opaque layers that hit the 1e-4 cut-off, chunked lists."""
     params, viewmats, Ks = random_scene(100, channels=83, seed=2)
     params[3] = torch.full_like(params[3], 0.98)
     params[2] = params[2] * 4
     bg = torch.rand(1, 83, dtype=torch.float64)
-    img, alpha, g = grads(torch_backend(viewmats, Ks, bg=bg), params)
+    img, alpha, g = grads(torch_backend(viewmats, Ks, bg=bg, budget=budget), params)
     ref_img, ref_alpha, ref_g = grads(reference_fn(viewmats, Ks, bg=bg), params)
     assert img.shape == (H, W, 83)
     assert (alpha > 1 - 2e-4).float().mean() > 0.1  # the transmittance cut-off is active
@@ -130,6 +140,20 @@ def test_multichannel_backgrounds_and_saturation():
     torch.testing.assert_close(alpha, ref_alpha, rtol=0, atol=1e-10)
     for a, b in zip(g, ref_g):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8)
+
+
+def test_dense_scene_every_tiling_matches_reference():
+    """Many overlapping Gaussians (most pixels reach the cut-off): list compaction and chunking
+    must keep each pixel's cut-off exactly where the reference puts it."""
+    params, viewmats, Ks = random_scene(1500, seed=8, width=40, height=30)
+    params[3] = params[3] * 0.3 + 0.7
+    ref_img, ref_alpha = reference(*params, viewmats[0], Ks[0], 40, 30)
+    assert (ref_alpha > 0.999).float().mean() > 0.5
+    for tile_size, budget in [(2, 1 << 22), (4, 20000), (16, 1 << 22), (64, 1 << 18)]:
+        img, alpha, _ = rasterize(*params, viewmats, Ks, 40, 30, backend="torch",
+                                  tile_size=tile_size, budget=budget)
+        torch.testing.assert_close(img[0], ref_img, rtol=0, atol=1e-10)
+        torch.testing.assert_close(alpha[0, ..., 0], ref_alpha, rtol=0, atol=1e-10)
 
 
 def test_float32_and_low_resolution_tiles_larger_than_image():
