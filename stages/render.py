@@ -1,0 +1,95 @@
+"""Command ``m3 render``: RGB and per-model feature PCA images of a trained memory at scene cameras.
+
+Not a DVC stage (a tool over ``data/<scene>/model/``). For each chosen view writes, in
+``data/<scene>/renders/`` unless ``--out`` is given::
+
+    <view>_rgb.png            the RGB render at the view's size
+    <view>_<model>_pca.png    the rendered features projected on 3 principal components, upsampled
+                              (nearest) to the view's size; the projection is fitted on the first
+                              rendered view, so colours are comparable across views
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import typer
+from PIL import Image
+
+from pipeline import M3Error, logger
+from pipeline.scene import Scene, View, load_views
+from pipeline.train import resolve_device
+from pipeline.trained import TrainedMemory
+from stages.common import SCENE_HELP, reports_errors
+
+log = logger.getChild("render")
+
+
+class PCA3:
+    """A 3-component projection of features ``[h, w, d]`` to colours in [0, 1]."""
+
+    def __init__(self, feats: torch.Tensor):
+        x = feats.reshape(-1, feats.shape[-1]).float()
+        self.mean = x.mean(0)
+        _, _, v = torch.linalg.svd(x - self.mean, full_matrices=False)
+        self.basis = v[:3].T
+        y = (x - self.mean) @ self.basis
+        self.lo, self.hi = torch.quantile(y, 0.01, dim=0), torch.quantile(y, 0.99, dim=0)
+
+    def __call__(self, feats: torch.Tensor) -> np.ndarray:
+        y = (feats.float() - self.mean) @ self.basis
+        y = ((y - self.lo) / (self.hi - self.lo).clamp_min(1e-8)).clamp(0, 1)
+        if y.shape[-1] < 3:
+            y = torch.cat([y, torch.zeros(*y.shape[:-1], 3 - y.shape[-1])], -1)
+        return (y.numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def run(scene: Scene, views: list[str] | None = None, out: Path | None = None, device: str = "auto") -> list[Path]:
+    """Render ``views`` (names; None: every registered view) of ``scene``; returns the written files."""
+    memory = TrainedMemory.load(scene, device=resolve_device(device))
+    all_views = load_views(scene)
+    by_name = {v.name: v for v in all_views}
+    if views:
+        missing = [n for n in views if n not in by_name]
+        if missing:
+            raise M3Error(f"{scene.name}: no registered view {missing[0]!r}; pick one of {', '.join(list(by_name)[:5])}, ...")
+        chosen: list[View] = [by_name[n] for n in views]
+    else:
+        chosen = all_views
+    out = Path(out) if out else scene.root / "renders"
+    out.mkdir(parents=True, exist_ok=True)
+    pcas: dict[str, PCA3] = {}
+    written = []
+    for view in chosen:
+        r = memory.render(view)
+        stem = Path(view.name).stem
+        rgb = (r.rgb.cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        Image.fromarray(rgb).save(out / f"{stem}_rgb.png")
+        written.append(out / f"{stem}_rgb.png")
+        for m, f in r.features.items():
+            f = f.cpu()
+            pcas.setdefault(m, PCA3(f))
+            img = Image.fromarray(pcas[m](f)).resize((view.width, view.height), Image.NEAREST)
+            img.save(out / f"{stem}_{m}_pca.png")
+            written.append(out / f"{stem}_{m}_pca.png")
+    log.info("rendered %d view(s) of %s -> %s", len(chosen), scene.name, out)
+    return written
+
+
+@reports_errors
+def cli(
+    scene: str = typer.Argument(..., help=SCENE_HELP),
+    view: Optional[list[str]] = typer.Option(None, "--view", help="image name of a registered view (repeatable)"),
+    all_views: bool = typer.Option(False, "--all", help="render every registered view"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: data/<scene>/renders)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+) -> None:
+    """Render RGB and per-model feature PCA images of the trained memory at scene cameras.
+
+    Give --view NAME (repeatable) or --all; without either, the first registered view is rendered.
+    """
+    sc = Scene.resolve(scene)
+    names = None if all_views else (list(view) if view else [load_views(sc)[0].name])
+    run(sc, names, out, device)

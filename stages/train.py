@@ -1,0 +1,73 @@
+"""Stage ``train``: 3D Gaussians with per-model principal queries and memory attention.
+
+Reads ``params.yaml: train`` (and the top-level ``models`` list). Inputs: the COLMAP model
+(``colmap/``), each model's feature store (``features/<model>.zarr``, streamed one view at a time)
+and bank (``bank/<model>.zarr``, checked to be built from those features). Outputs in
+``data/<scene>/model/``: ``point_cloud.ply``, ``memory.pt``, ``config.json`` (provenance incl.
+bank hashes), ``checkpoint.pt`` (a rerun with the same config and inputs resumes from it),
+``stats.json`` and ``curves.csv`` (DVC plots). Every ``test_every``-th view is never trained on.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from pipeline import M3Error, logger
+from pipeline.config import PARAMS_FILE, from_dict, load_params, load_section, to_dict
+from pipeline.train import TrainConfig, resolve_device, train
+from pipeline.trained import write_model
+from stages.common import PARAMS_HELP, SCENE_HELP, override, reports_errors
+
+log = logger.getChild("train")
+
+
+def load_models(params: Path) -> list[str]:
+    """The top-level ``models`` list of ``params``."""
+    models = load_params(params).get("models") or []
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+        raise M3Error(f"{params}: 'models' must be a non-empty list of model names; add e.g. `models: [clip]`")
+    return models
+
+
+def run(config: TrainConfig, scene: Any, models: list[str], progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) ``scene``; writes ``model/``; returns the stats."""
+    tr = train(scene, config, models, progress=progress)
+    last = tr.curves[-min(len(tr.curves), 5):]
+    losses = {k[5:]: round(sum(r[k] for r in last) / len(last), 6) for k in last[0] if k.startswith("loss_")} if last else {}
+    stats = {
+        "steps": tr.step,
+        "seconds": round(tr.elapsed, 2),
+        "gaussians": int(len(tr.params["means"])),
+        "final_losses": losses,
+        "peak_ram_mb": round(tr.peak_ram_mb, 1),
+        "device": resolve_device(config.device),
+        "backend": config.backend,
+        "method": config.method,
+        "train_views": len(tr.inp.train),
+        "test_views": len(tr.inp.test),
+    }
+    write_model(scene.model_dir, tr, stats)
+    log.info("%s: %d steps in %.0f s, %d Gaussians, losses %s, peak RAM %.0f MB", scene.name, tr.step,
+             tr.elapsed, stats["gaussians"], losses, stats["peak_ram_mb"])
+    return stats
+
+
+@reports_errors
+def cli(
+    scene: str = typer.Argument(..., help=SCENE_HELP),
+    iterations: Optional[int] = typer.Option(None, help="training steps (reference: 30000)"),
+    method: Optional[str] = typer.Option(None, help="memory (M3 memory attention) | distill (F-3DGS decoder)"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    backend: Optional[str] = typer.Option(None, help="rasterizer: auto | torch | gsplat"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
+    params: Path = typer.Option(PARAMS_FILE, help=PARAMS_HELP),
+) -> None:
+    """Train the scene's Gaussians, principal queries and memory (data/<scene>/model/); resumes."""
+    from pipeline.scene import Scene
+
+    cfg = override(load_section(TrainConfig, "train", params), iterations=iterations, method=method,
+                   device=device, backend=backend)
+    cfg = from_dict(TrainConfig, to_dict(cfg), "m3 train options")
+    run(cfg, Scene.resolve(scene), load_models(params), progress)
