@@ -325,10 +325,6 @@ class Clip(FeatureModel):
     def dim(self) -> int:
         return self.clip.dim
 
-    @property
-    def stride(self) -> int:
-        return self.clip.patch
-
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         return grid_for(height, width, self.input_size, self.clip.patch)
 
