@@ -37,8 +37,20 @@ class PosesConfig:
     single_camera: bool = True
     max_num_features: int = 8192
     min_registered: int = 3
+    mapper_attempts: int = 3  # mapper runs with relaxed initialisation while the model is small
+    retry_below: float = 0.5  # ... i.e. while it registers fewer than this fraction of the frames
     num_threads: int = -1  # -1: all cores
     seed: int = 0
+
+
+# Mapper initialisation tried in turn while the largest model stays small: the defaults, then
+# initial pairs with more forward motion, then pairs with a smaller triangulation angle. Without
+# EXIF focal lengths a poor initial pair can collapse the focal length and stall the model.
+INIT_FALLBACKS: tuple[dict[str, float], ...] = (
+    {},
+    {"init_max_forward_motion": 0.99},
+    {"init_min_tri_angle": 4.0},
+)
 
 
 def choose_matcher(cfg: PosesConfig, source_kind: str, n_images: int) -> str:
@@ -131,13 +143,22 @@ def run_sfm(images_dir: Path, names: list[str], work: Path, cfg: PosesConfig, ma
     pycolmap.set_random_seed(cfg.seed)
     database = work / "database.db"
     extract_and_match(database, images_dir, names, cfg, matcher)
-    log.info("incremental mapping")
-    models = pycolmap.incremental_mapping(database, images_dir, work / "sparse", options=_mapping_options(cfg))
-    if not models:
-        return None
-    largest = max(models.values(), key=lambda rec: rec.num_reg_images())
-    log.info("%d model(s); largest has %d of %d views", len(models), largest.num_reg_images(), len(names))
-    return largest
+    best = None
+    for attempt, init in enumerate(INIT_FALLBACKS[: max(1, cfg.mapper_attempts)]):
+        pycolmap.set_random_seed(cfg.seed)
+        options = _mapping_options(cfg)
+        for key, value in init.items():
+            setattr(options.mapper, key, value)
+        log.info("incremental mapping%s", f" (retry {attempt}: {init})" if init else "")
+        models = pycolmap.incremental_mapping(database, images_dir, work / f"sparse{attempt}", options=options)
+        for rec in models.values():
+            if best is None or rec.num_reg_images() > best.num_reg_images():
+                best = rec
+        registered = best.num_reg_images() if best is not None else 0
+        log.info("%d model(s); the largest so far has %d of %d views", len(models), registered, len(names))
+        if registered >= cfg.retry_below * len(names):
+            break
+    return best
 
 
 def triangulate_known(rec: Any, images_dir: Path, work: Path, cfg: PosesConfig) -> Any:

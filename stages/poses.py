@@ -107,6 +107,8 @@ def cli(
     single_camera: Optional[bool] = typer.Option(None, "--single-camera/--camera-per-image", help="share one camera among all frames, or estimate one per image"),
     max_num_features: Optional[int] = typer.Option(None, help="most SIFT features kept per image"),
     min_registered: Optional[int] = typer.Option(None, help="fewer registered views than this is an error"),
+    mapper_attempts: Optional[int] = typer.Option(None, help="mapper runs with relaxed initialisation while the model stays small (1: no retry)"),
+    retry_below: Optional[float] = typer.Option(None, help="retry the mapper while its largest model registers fewer than this fraction of frames"),
     num_threads: Optional[int] = typer.Option(None, help="CPU threads for pycolmap (-1: all cores)"),
     seed: Optional[int] = typer.Option(None, help="random seed of the mapper (same seed and threads, same model)"),
     params: Path = typer.Option(PARAMS_FILE, help=PARAMS_HELP),
@@ -120,6 +122,7 @@ def cli(
         source=source, import_path=import_path, import_images=import_images, matcher=matcher,
         exhaustive_max=exhaustive_max, sequential_overlap=sequential_overlap,
         camera_model=camera_model, single_camera=single_camera, max_num_features=max_num_features,
-        min_registered=min_registered, num_threads=num_threads, seed=seed,
+        min_registered=min_registered, mapper_attempts=mapper_attempts, retry_below=retry_below,
+        num_threads=num_threads, seed=seed,
     )
     run(from_dict(PosesConfig, to_dict(cfg), "m3 poses options"), Scene.resolve(scene))

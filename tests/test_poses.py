@@ -80,6 +80,34 @@ def test_choose_matcher() -> None:
     assert choose_matcher(dataclasses.replace(cfg, matcher="exhaustive"), "video", 500) == "exhaustive"
 
 
+def test_mapper_retries_with_relaxed_initialisation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import pycolmap
+
+    from pipeline import sfm
+
+    calls = []
+
+    class Model:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def num_reg_images(self) -> int:
+            return self.n
+
+    def mapping(database, images, out, options):  # a stalled first model, then a good one
+        calls.append(options.mapper.init_max_forward_motion)
+        return {0: Model(2)} if len(calls) == 1 else {0: Model(9), 1: Model(1)}
+
+    monkeypatch.setattr(sfm, "extract_and_match", lambda *args, **kwargs: None)
+    monkeypatch.setattr(pycolmap, "incremental_mapping", mapping)
+    names = [f"{i}.png" for i in range(10)]
+    assert sfm.run_sfm(tmp_path, names, tmp_path, PosesConfig(), "exhaustive").n == 9
+    assert calls == [pytest.approx(0.95), 0.99]  # default, then more forward motion allowed; 9/10 stops
+    calls.clear()
+    assert sfm.run_sfm(tmp_path, names, tmp_path, PosesConfig(mapper_attempts=1), "exhaustive").n == 2
+    assert len(calls) == 1
+
+
 def _write_frames(frames_dir: Path, images: list[Path], kind: str = "images") -> list[str]:
     frames_dir.mkdir(parents=True, exist_ok=True)
     names = []
