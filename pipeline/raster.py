@@ -1,19 +1,18 @@
 """One rasterization entry point for 3D Gaussians, on CUDA (gsplat) or CPU (plain torch).
 
 :func:`rasterize` has the signature and conventions of ``gsplat.rasterization`` (gsplat 1.5.3,
-``sh_degree=None``: colours are post-activation values of any channel count) and returns the same
-``meta`` keys, so gsplat's ``DefaultStrategy`` densifies from either backend:
-``meta["means2d"].retain_grad()`` before ``backward()`` gives the pixel-space gradient of the
-projected means, ``meta["radii"]`` ([B, N, 2], 0 = culled) selects the visible Gaussians.
+pinhole, classic mode, ``sh_degree=None``: colours are post-activation values of any channel
+count) and returns the same ``meta`` keys, so gsplat's ``DefaultStrategy`` densifies from either
+backend: ``meta["means2d"].retain_grad()`` before ``backward()`` gives the pixel-space gradient
+of the projected means ([B, N, 2]; the strategy scales it by width/2 * n_cameras),
+``meta["radii"]`` ([B, N, 2] int32, 0 = culled) selects the visible Gaussians.
 
 Backends: ``"gsplat"`` calls ``gsplat.rasterization`` (needs CUDA tensors); ``"torch"`` runs
-:mod:`pipeline.raster_torch` (any device, autograd backward; see there for the exact algorithm
-and its one documented difference: none in the maths, the tile lists are processed in memory
-bounded chunks). ``"auto"`` picks gsplat for CUDA tensors and torch otherwise.
+:mod:`pipeline.raster_torch` on any device with an autograd backward (same maths; differences
+are rounding-level, listed there). ``"auto"`` picks gsplat for CUDA tensors, torch otherwise.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
 import torch
@@ -22,10 +21,9 @@ from torch import Tensor
 from . import M3Error
 from . import raster_torch
 
-log = logging.getLogger("m3.raster")
-
 Backend = Literal["auto", "torch", "gsplat"]
 DEFAULT_BUDGET = 1 << 22  # torch backend: pixel x list entries evaluated per step
+DEFAULT_TILE = {"gsplat": 16, "torch": 8}  # measured fastest for each backend
 
 
 def rasterize(
@@ -44,7 +42,7 @@ def rasterize(
     far_plane: float = 1e10,
     radius_clip: float = 0.0,
     eps2d: float = 0.3,
-    tile_size: int = 16,
+    tile_size: int | None = None,
     backgrounds: Tensor | None = None,
     packed: bool = False,
     budget: int = DEFAULT_BUDGET,
@@ -64,7 +62,8 @@ def rasterize(
         near_plane, far_plane: depth culling range.
         radius_clip: Gaussians whose 2D radii are both <= this (pixels) are skipped.
         eps2d: blur added to the 2D covariance diagonal (pixels^2).
-        tile_size: tile edge in pixels (may exceed the image).
+        tile_size: tile edge in pixels (may exceed the image); None = the backend's fastest
+            (gsplat 16; torch 8, about 2x faster than 16 on CPU for 50k small Gaussians).
         backgrounds: [B, C] colour behind the Gaussians, or None (black).
         packed: gsplat's packed layout of the per-Gaussian meta ([nnz, ...] plus
             "camera_ids"/"gaussian_ids") instead of [B, N, ...].
@@ -81,6 +80,9 @@ def rasterize(
     _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, n, b)
     if backend == "auto":
         backend = "gsplat" if means.is_cuda else "torch"
+    if backend not in DEFAULT_TILE:
+        raise M3Error(f"rasterize: unknown backend '{backend}'; use 'auto', 'torch' or 'gsplat'")
+    tile_size = tile_size or DEFAULT_TILE[backend]
     if backend == "gsplat":
         if not means.is_cuda:
             raise M3Error("rasterize: backend 'gsplat' needs CUDA tensors; use backend 'torch' on CPU")
@@ -91,8 +93,6 @@ def rasterize(
             near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d,
             packed=packed, tile_size=tile_size, backgrounds=backgrounds,
         )
-    if backend != "torch":
-        raise M3Error(f"rasterize: unknown backend '{backend}'; use 'auto', 'torch' or 'gsplat'")
     return _rasterize_torch(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane,
         far_plane, radius_clip, eps2d, tile_size, backgrounds, packed, budget,

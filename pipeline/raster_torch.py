@@ -1,28 +1,31 @@
-"""CPU rasterizer in plain torch ops, following gsplat 1.5.3's CUDA conventions.
+"""CPU rasterizer in plain torch ops, following gsplat 1.5.3's CUDA kernels; autograd backward.
 
-Used by :func:`pipeline.raster.rasterize` with ``backend="torch"``; autograd gives the backward
-pass. Steps (each matches gsplat's ``fully_fused_projection`` / ``isect_tiles`` /
-``rasterize_to_pixels`` kernels unless noted):
+Used by :func:`pipeline.raster.rasterize` with ``backend="torch"``. Steps:
 
-1. Projection (EWA, pinhole): world-to-camera, Jacobian with gsplat's 1.3x-FOV clamp, 2D blur
-   ``eps2d`` added to the covariance, conic = its inverse. Culled (radii 0): depth outside
-   ``[near_plane, far_plane]``, det <= 0, opacity < 1/255, both radii <= ``radius_clip``, or the
-   box entirely outside the image. Radius per axis is ``ceil(extend * sqrt(cov2d[i, i]))`` with
-   gsplat's opacity-aware ``extend = min(3.33, sqrt(2 ln(255 * opacity)))``, i.e. the tight box of
-   the alpha >= 1/255 ellipse.
-2. Tiles: every (image, Gaussian) pair is listed once per overlapped ``tile_size`` tile and sorted
-   by (image, tile, depth) with gsplat's 64-bit key, giving ``flatten_ids`` / ``isect_offsets``.
-3. Compositing per batch of tiles as padded, depth-sorted lists ``[tiles, K]``: for pixel centres
-   (x + 0.5, y + 0.5), ``alpha = min(0.999, opacity * exp(-sigma))`` (gsplat 1.5.3 clamps at
-   0.999), alpha < 1/255 (or sigma < 0) skipped; transmittance from the exclusive cumulative sum
-   of ``log(1 - alpha)``; a pixel stops before the first Gaussian that would bring its
-   transmittance to <= 1e-4 (gsplat's exclusive cut-off). Colour = sum(alpha T c) + T_final bg.
+1. :func:`project` (gsplat ``fully_fused_projection``, pinhole EWA): world-to-camera, Jacobian
+   with gsplat's 1.3x-FOV clamp, ``eps2d`` added to the 2D covariance, conic = its inverse.
+   Culled (radii 0): depth outside ``[near_plane, far_plane]``, det <= 0, opacity < 1/255, both
+   radii <= ``radius_clip``, or the box entirely outside the image. Radius per axis is
+   ``ceil(extend * sqrt(cov2d[i, i]))`` with gsplat's opacity-aware
+   ``extend = min(3.33, sqrt(2 ln(255 opacity)))``: the tight box of the alpha >= 1/255 ellipse.
+2. :func:`isect_tiles` (gsplat ``isect_tiles``): one entry per overlapped tile, sorted by
+   gsplat's 64-bit key (image | tile | depth bits) into per-tile depth-sorted lists.
+3. :func:`rasterize_tiles` (gsplat ``rasterize_to_pixels``): tiles are grouped by list length
+   into padded ``[tiles, K]`` id lists; at pixel centres (x + 0.5, y + 0.5)
+   ``alpha = min(0.999, opacity exp(-sigma))`` (gsplat 1.5.3 clamps at 0.999, not 0.99),
+   entries with alpha < 1/255 skipped; transmittance = exp of the exclusive cumulative sum of
+   log(1 - alpha); a pixel stops before the first entry that would bring its transmittance
+   to <= 1e-4 (gsplat's exclusive cut-off). Colour = sum(alpha T c); the caller adds T bg.
 
-Memory is bounded by ``budget`` (pixel x list entries per step): tiles are grouped by list length
-and long lists are processed in chunks of K that carry the log-transmittance, so there is no cap
-on a tile's list. A gradient-free pre-pass first drops, per tile, the entries that touch none of
-its pixels (alpha < 1/255 everywhere or after every pixel's cut-off); this is exact (they add
-nothing and get zero gradient) and keeps the differentiable pass small.
+Memory and time: ``budget`` bounds pixel x entries per step; long lists are split into chunks
+that carry the log-transmittance, so a tile's list length is not capped. A gradient-free
+pre-pass drops entries that reach no pixel of their tile (alpha < 1/255 everywhere, or all its
+pixels already cut off), which is exact and leaves the autograd pass a fraction of the entries.
+
+Differences from gsplat CUDA, all rounding-level: transmittance is a sum of logs rather than a
+running product; gsplat also skips a pixel-entry pair whose exponent is negative, which only
+rounding can produce (conics are positive definite) and which is not replicated here;
+``means2d``/``depths``/``conics`` of culled Gaussians hold their projection rather than zeros.
 """
 from __future__ import annotations
 
@@ -124,57 +127,95 @@ def _groups(counts: list[int], pixels: int, budget: int) -> list[tuple[int, int]
     return runs
 
 
-def _composite(
-    ids: Tensor, centres: Tensor, quad: Tensor, inside: Tensor, rows: Tensor,
-    colors: Tensor | None, chunk: int,
-) -> tuple[Tensor | None, Tensor, Tensor]:
-    """Front-to-back compositing of padded depth-sorted lists for a batch of tiles.
+def _exponent(g: Tensor, centres: Tensor, quad: Tensor, rows: Tensor) -> Tensor:
+    """``s = sigma - ln(opacity)`` (so ``opacity * exp(-sigma) = exp(-s)``) for list entries.
 
-    The Gaussian exponent minus log-opacity, ``s = sigma - ln(opacity)`` so that
-    ``opacity * exp(-sigma) = exp(-s)``, is a quadratic in the pixel offset (u, v) from the tile
-    centre; one batched matmul of the pixel monomials ``quad`` with six per-entry coefficients
-    gives it for every (pixel, entry) pair (offsets stay small, so float32 keeps ~1e-6 relative).
+    ``s`` is a quadratic in the pixel offset (u, v) from the tile centre, so one batched matmul
+    of the pixel monomials with six per-entry coefficients evaluates every (pixel, entry) pair
+    (offsets stay within a tile, which keeps float32 cancellation small).
 
-    Args: ids [Tb, K] rows of ``rows`` (padding points at a row with log-opacity -1e4),
-    centres [Tb, 2] tile centres, quad [P, 6] monomials (u^2, v^2, uv, u, v, 1) of the pixel
-    centres, inside [Tb, P] (pixel within the image), rows [M+1, 6] per entry
-    (mean x, mean y, conic a, b, c, log-opacity), colors [M+1, C] or None for the gradient-free
-    pre-pass, chunk: list entries per step (the log-transmittance is carried across steps).
+    Args: g [Tb, k] rows of ``rows`` [M+1, 6] (mean x, mean y, conic a, b, c, log-opacity),
+    centres [Tb, 2] tile centres, quad [P, 6] monomials (u^2, v^2, uv, u, v, 1).
 
-    Returns: colour [Tb, P, C] (None in the pre-pass), log transmittance [Tb, P], used [Tb, K]
-    (entry adds alpha >= 1/255 to a pixel inside the image before that pixel's cut-off).
+    Returns: s [Tb, P, k].
     """
-    log_t = quad.new_zeros(inside.shape)
-    log_t_all = torch.zeros_like(log_t)  # also counts cut-off entries: the cut-off is sticky
-    out = None if colors is None else quad.new_zeros(inside.shape + (colors.shape[1],))
+    shift = torch.cat([centres, centres.new_zeros(len(centres), 4)], dim=1)[:, None, :]
+    mx, my, a, b, c, log_op = (rows[g] - shift).unbind(-1)  # each [Tb, k]
+    coef = torch.stack([0.5 * a, 0.5 * c, b, -(a * mx + b * my), -(c * my + b * mx),
+                        0.5 * (a * mx * mx + c * my * my) + b * mx * my - log_op], dim=1)
+    return torch.matmul(quad, coef)
+
+
+def _log1m_alpha(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """alpha = min(0.999, exp(-s)), zeroed below 1/255; returns (keep, alpha, log(1 - alpha))."""
+    keep = s <= LOG_ALPHA_MIN_INV
+    alpha = torch.where(keep, torch.exp(-s), 0.0).clamp(max=ALPHA_MAX)
+    return keep, alpha, torch.log1p(-alpha)
+
+
+@torch.no_grad()
+def _used_entries(
+    ids: Tensor, lengths: Tensor, centres: Tensor, quad: Tensor, inside: Tensor, rows: Tensor,
+    budget: int,
+) -> Tensor:
+    """Gradient-free pre-pass: which list entries reach a pixel of their tile.
+
+    An entry is used if it has alpha >= 1/255 at a pixel inside the image that is not done yet
+    (this includes the entry that triggers the pixel's cut-off, so the differentiable pass sees
+    the same cut-off). Tiles drop out once their pixels are all done or their list ends.
+
+    Args: ids [Tb, K], lengths [Tb] list lengths (the rest is padding), centres [Tb, 2], quad [P, 6], inside [Tb, P], rows [M+1, 6] (see
+    :func:`_exponent`), budget: pixel x entries per step.
+
+    Returns: used [Tb, K] bool.
+    """
     used = torch.zeros_like(ids, dtype=torch.bool)
+    active = torch.arange(len(ids), device=ids.device)
+    log_t = quad.new_zeros(inside.shape)  # log transmittance, ignoring the cut-off
+    k0 = 0
+    while k0 < ids.shape[1] and len(active):
+        chunk = max(1, budget // (len(active) * len(quad)))
+        keep, _, log1m = _log1m_alpha(_exponent(ids[active, k0 : k0 + chunk], centres[active],
+                                                quad, rows))
+        incl = torch.cumsum(log1m, dim=-1) + log_t[..., None]
+        reached = (incl - log1m) > LOG_T_MIN
+        used[active, k0 : k0 + chunk] = (keep & reached & inside[active, :, None]).any(dim=1)
+        log_t = incl[..., -1]
+        k0 += chunk
+        alive = ((log_t > LOG_T_MIN) & inside[active]).any(dim=1) & (lengths[active] > k0)
+        active, log_t = active[alive], log_t[alive]
+    return used
+
+
+def _composite(
+    ids: Tensor, centres: Tensor, quad: Tensor, rows: Tensor, colors: Tensor, chunk: int
+) -> tuple[Tensor, Tensor]:
+    """Differentiable front-to-back compositing of padded depth-sorted lists for a tile batch.
+
+    Transmittance is the exclusive cumulative sum of log(1 - alpha), carried across chunks of
+    ``chunk`` entries; a pixel stops before the first entry that would bring it to <= 1e-4
+    (the cut-off ignores later entries, so it is sticky, as in gsplat).
+
+    Args: ids [Tb, K], centres [Tb, 2], quad [P, 6], rows [M+1, 6] (see :func:`_exponent`),
+    colors [M+1, C].
+
+    Returns: colour [Tb, P, C], log transmittance [Tb, P].
+    """
+    log_t = quad.new_zeros((len(ids), len(quad)))
+    log_t_all = torch.zeros_like(log_t)  # also counting entries past the cut-off
+    out = quad.new_zeros((len(ids), len(quad), colors.shape[1]))
     for k0 in range(0, ids.shape[1], chunk):
         g = ids[:, k0 : k0 + chunk]
-        mx, my, a, b, c, log_op = (rows[g] - torch.cat([centres, centres.new_zeros(len(g), 4)], 1)
-                                   [:, None, :]).unbind(-1)  # each [Tb, k]
-        coef = torch.stack([0.5 * a, 0.5 * c, b, -(a * mx + b * my), -(c * my + b * mx),
-                            0.5 * (a * mx * mx + c * my * my) + b * mx * my - log_op], dim=1)
-        s = torch.matmul(quad, coef)  # [Tb, P, k]
-        keep = s <= LOG_ALPHA_MIN_INV
-        alpha = torch.where(keep, torch.exp(-s), torch.zeros_like(s)).clamp(max=ALPHA_MAX)
-        log1m = torch.log1p(-alpha)
+        _, alpha, log1m = _log1m_alpha(_exponent(g, centres, quad, rows))
         csum = torch.cumsum(log1m, dim=-1)
-        incl_all = csum.detach() + log_t_all[..., None]  # log T ignoring the cut-off
-        live = incl_all > LOG_T_MIN  # before the cut-off: monotone, so the cut-off is sticky
-        if colors is None:
-            # Keep the entry that triggers a pixel's cut-off too, so the pass with gradients
-            # sees the same cut-off.
-            reached = (incl_all - log1m) > LOG_T_MIN
-            used[:, k0 : k0 + chunk] = (keep & reached & inside[..., None]).any(dim=1)
-            if not bool((live[..., -1] & inside).any()):
-                break  # every pixel of these tiles is done
-        else:
-            incl = csum + log_t[..., None]  # log T after each entry (exact where live)
-            weights = torch.where(live, alpha * torch.exp(incl - log1m), 0.0)
-            out = out + torch.matmul(weights, colors[g])
-            log_t = log_t + torch.where(live, log1m, 0.0).sum(dim=-1)
+        incl_all = csum.detach() + log_t_all[..., None]
+        live = incl_all > LOG_T_MIN  # monotone in k: once cut off, always cut off
+        incl = csum + log_t[..., None]  # log T after each entry (exact where live)
+        weights = torch.where(live, alpha * torch.exp(incl - log1m), 0.0)
+        out = out + torch.matmul(weights, colors[g])
+        log_t = log_t + torch.where(live, log1m, 0.0).sum(dim=-1)
         log_t_all = incl_all[..., -1]
-    return out, log_t, used
+    return out, log_t
 
 
 def rasterize_tiles(
@@ -208,13 +249,18 @@ def rasterize_tiles(
     u, v = ((grid + 0.5) - tile_size / 2).to(dtype).unbind(-1)  # pixel centre - tile centre
     quad = torch.stack([u * u, v * v, u * v, u, v, torch.ones_like(u)], dim=-1)  # [P, 6]
 
-    def batches(tile_of: Tensor, flat: Tensor, grad: bool):
+    def batches(tile_of: Tensor, flat: Tensor, prepass: bool):
+        """Yield (tiles, list positions, ids, lengths, centres, inside) for groups of tiles of
+        similar list lengths: a pre-pass group starts with >= 32 entries per step, others hold
+        at most ``budget`` pixel x entries."""
         counts = torch.bincount(tile_of, minlength=n_images * n_tiles)
         offsets = torch.cumsum(counts, 0) - counts
         tiles = torch.nonzero(counts).flatten()
         tiles = tiles[torch.argsort(counts[tiles], stable=True)]
         ordered = counts[tiles].tolist()
-        for i, j in _groups(ordered, n_px, budget):
+        size = max(1, budget // (32 * n_px))
+        runs = [(i, min(i + size, len(ordered))) for i in range(0, len(ordered), size)]
+        for i, j in runs if prepass else _groups(ordered, n_px, budget):
             t, k = tiles[i:j], ordered[j - 1]
             ar = torch.arange(k, device=dev)
             pos = offsets[t][:, None] + ar
@@ -223,23 +269,24 @@ def rasterize_tiles(
             pix = tile_xy[:, None, :] * tile_size + grid  # [Tb, P, 2]
             inside = (pix[..., 0] < width) & (pix[..., 1] < height)
             centres = (tile_xy * tile_size + tile_size / 2).to(dtype)
-            chunk = max(1, budget // (len(t) * n_px))
-            yield t, pos, _composite(ids, centres, quad, inside, rows, col if grad else None, chunk)
+            yield t, pos, ids, counts[t], centres, inside
 
-    # Gradient-free pre-pass: keep only list entries that reach a pixel.
+    # Pre-pass: keep only list entries that reach a pixel (exact, see _used_entries).
     keep = torch.zeros(len(flatten_ids), dtype=torch.bool, device=dev)
-    with torch.no_grad():
-        for t, pos, (_, _, used) in batches(tile_of, flatten_ids, grad=False):
-            keep[pos[used]] = True
+    for _, pos, ids, lengths, centres, inside in batches(tile_of, flatten_ids, prepass=True):
+        used = _used_entries(ids, lengths, centres, quad, inside, rows.detach(), budget)
+        keep[pos[used]] = True
     tile_of, flatten_ids = tile_of[keep], flatten_ids[keep]
 
     out = means2d.new_zeros((n_images * n_tiles, n_px, colors.shape[1]))
     log_t = means2d.new_zeros((n_images * n_tiles, n_px))
-    parts = list(batches(tile_of, flatten_ids, grad=True))
-    if parts:
-        idx = torch.cat([t for t, _, _ in parts])
-        out = out.index_copy(0, idx, torch.cat([r[0] for _, _, r in parts]))
-        log_t = log_t.index_copy(0, idx, torch.cat([r[1] for _, _, r in parts]))
+    idx, outs, log_ts = [], [], []
+    for t, _, ids, _, centres, _ in batches(tile_of, flatten_ids, prepass=False):
+        o, lt = _composite(ids, centres, quad, rows, col, max(1, budget // (len(t) * n_px)))
+        idx.append(t), outs.append(o), log_ts.append(lt)
+    if idx:
+        out = out.index_copy(0, torch.cat(idx), torch.cat(outs))
+        log_t = log_t.index_copy(0, torch.cat(idx), torch.cat(log_ts))
 
     def image(x: Tensor) -> Tensor:  # [I * tiles, P, C] -> [I, H, W, C]
         x = x.reshape(n_images, th, tw, tile_size, tile_size, -1).permute(0, 1, 3, 2, 4, 5)

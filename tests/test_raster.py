@@ -179,7 +179,7 @@ def test_meta_and_culling_behind_camera():
     assert (meta["radii"][0, :2] == 0).all() and (meta["radii"][0, 2:] > 0).any()
     assert meta["means2d"].shape == (1, 10, 2)
     assert meta["gaussian_ids"] is None and meta["n_cameras"] == 1
-    assert (meta["width"], meta["height"], meta["tile_width"], meta["tile_height"]) == (W, H, 3, 2)
+    assert (meta["width"], meta["height"], meta["tile_width"], meta["tile_height"]) == (W, H, 5, 4)  # default torch tile 8
     meta["means2d"].retain_grad()
     img.sum().backward()
     grad2d = meta["means2d"].grad
