@@ -6,22 +6,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _gauss_window(size: int = 11, sigma: float = 1.5, device: torch.device | None = None) -> Tensor:
+def _gauss_1d(size: int = 11, sigma: float = 1.5, device: torch.device | None = None) -> Tensor:
     x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
+    return g / g.sum()
 
 
 def ssim(a: Tensor, b: Tensor, window: int = 11) -> Tensor:
-    """Mean SSIM of two images ``[H, W, C]`` in [0, 1] (Gaussian window 11, sigma 1.5, as 3DGS)."""
+    """Mean SSIM of two images ``[H, W, C]`` in [0, 1] (Gaussian window 11, sigma 1.5, as 3DGS).
+
+    The Gaussian window is applied as two separable 1D convolutions (same result, ~5x cheaper).
+    """
     c = a.shape[-1]
     x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
-    w = _gauss_window(window, device=a.device).expand(c, 1, window, window)
+    g = _gauss_1d(window, device=a.device)
+    wy, wx = g.view(1, 1, -1, 1).expand(c, 1, window, 1), g.view(1, 1, 1, -1).expand(c, 1, 1, window)
     pad = window // 2
 
     def filt(t: Tensor) -> Tensor:
-        return F.conv2d(t, w, padding=pad, groups=c)
+        t = F.conv2d(t, wy, padding=(pad, 0), groups=c)
+        return F.conv2d(t, wx, padding=(0, pad), groups=c)
 
     mu_x, mu_y = filt(x), filt(y)
     sxx = filt(x * x) - mu_x**2

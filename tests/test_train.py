@@ -94,7 +94,7 @@ def build_scene(root: Path, n_views: int = 36, width: int = 320, height: int = 2
 
 @pytest.fixture(scope="module")
 def small_scene(tmp_path_factory) -> Scene:
-    return build_scene(tmp_path_factory.mktemp("train") / "small", n_views=12, width=64, height=48, n_points=800)
+    return build_scene(tmp_path_factory.mktemp("train") / "small", n_views=10, width=64, height=48, n_points=300)
 
 
 def _quick(**kw) -> TrainConfig:
@@ -114,10 +114,21 @@ def test_losses_on_known_inputs() -> None:
     assert abs(psnr(torch.zeros(4, 4, 3), torch.full((4, 4, 3), 0.1)) - 20.0) < 1e-4
 
 
-def test_train_writes_model_and_resumes(small_scene: Scene) -> None:
+def test_train_writes_model_and_resumes(small_scene: Scene, monkeypatch) -> None:
+    reads: list[int] = []
+    real_read = FeatureStore.read
+
+    def counting_read(self, i):
+        reads.append(i)
+        return real_read(self, i)
+
+    monkeypatch.setattr(FeatureStore, "read", counting_read)
+    monkeypatch.setattr(FeatureStore, "iter_views", None)  # training must never load every view
     cfg = _quick()
     tr = train(small_scene, cfg, ["clip", "dinov2"], progress=False)
     assert tr.step == 4 and len(tr.curves) == 4
+    assert len(reads) == 4 * 2  # streamed: one view per step and model
+    assert not set(reads) & {0, 8}  # held-out views (every 8th) are never read for training
     write_model(small_scene.model_dir, tr, {"steps": tr.step})
     ck = torch.load(small_scene.model_dir / "checkpoint.pt", weights_only=False)
     assert ck["step"] == 4
@@ -183,6 +194,20 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(small_scene: Scene
         train(small_scene, _quick(iterations=5, checkpoint_every=2, seed=2), ["clip"], progress=False)
     ck = torch.load(small_scene.model_dir / "checkpoint.pt", weights_only=False)
     assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["params"].values())
+
+
+def test_distill_method_trains_decoders(small_scene: Scene, tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.memory import Decoder
+
+    other = Scene(tmp_path / "distill")
+    shutil.copytree(small_scene.root, other.root, ignore=shutil.ignore_patterns("model"))
+    tr = train(other, _quick(iterations=2, method="distill", decoder_hidden=8), ["clip"], progress=False)
+    write_model(other.model_dir, tr, {})
+    mem = TrainedMemory.load(other)
+    assert mem.method == "distill" and isinstance(mem.heads["clip"], Decoder)
+    assert mem.gaussian_features("clip").shape == (len(mem.means), 32)
 
 
 def test_bank_from_other_features_is_refused(small_scene: Scene, tmp_path: Path) -> None:
