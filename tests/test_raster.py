@@ -188,6 +188,21 @@ def test_meta_and_culling_behind_camera():
     assert grad2d[0, 2:].abs().sum() > 0
 
 
+def test_projection_matches_gsplat_torch_reference():
+    """means2d / depths / conics equal gsplat's own pure-torch projection for visible Gaussians."""
+    from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
+
+    params, viewmats, Ks = random_scene(200, seed=9)
+    _, _, meta = rasterize(*params, viewmats, Ks, W, H, backend="torch")
+    covars, _ = _quat_scale_to_covar_preci(params[1], params[2], compute_preci=False)
+    radii, means2d, depths, conics, _ = _fully_fused_projection(params[0], covars, viewmats, Ks, W, H)
+    vis = (meta["radii"] > 0).all(-1)
+    assert vis.sum() > 50 and not (vis & ~(radii > 0).all(-1)).any()
+    torch.testing.assert_close(meta["means2d"][vis], means2d[vis])
+    torch.testing.assert_close(meta["depths"][vis], depths[vis])
+    torch.testing.assert_close(meta["conics"][vis], conics[vis])
+
+
 def test_default_strategy_reads_meta():
     from gsplat.strategy import DefaultStrategy
 
@@ -231,30 +246,36 @@ def test_empty_scene_and_errors():
         rasterize(*params, viewmats, Ks, W, H, backend="gsplat")
 
 
-@pytest.mark.gpu
-def test_torch_backend_matches_gsplat_cuda():
-    params, viewmats, Ks = random_scene(2000, channels=19, seed=7, dtype=torch.float32, width=160, height=120)
+def compare_backends(pairs):
+    """Render one float32 scene with each (backend, device); return max abs differences of the
+    second against the first and both results (forward, radii, means2d and parameter grads)."""
+    params, viewmats, Ks = random_scene(3000, channels=19, seed=7, dtype=torch.float32,
+                                        width=160, height=120)
     params[0] = params[0] * torch.tensor([2.0, 2.0, 1.0])
-    bg = torch.rand(1, 19)
-    out = {}
-    for backend, device in [("torch", "cpu"), ("gsplat", "cuda")]:
+    bg = torch.rand(1, 19, generator=torch.Generator().manual_seed(0))
+    out = []
+    for backend, device in pairs:
         ps = [p.to(device).requires_grad_() for p in params]
         img, alpha, meta = rasterize(*ps, viewmats.to(device), Ks.to(device), 160, 120,
                                      backend=backend, backgrounds=bg.to(device))
         meta["means2d"].retain_grad()
         weights = torch.linspace(0.5, 1.5, img.numel(), device=device).reshape(img.shape)
         ((img * weights).sum() + alpha.sum()).backward()
-        out[backend] = [t.detach().cpu() for t in (img, alpha, meta["radii"], meta["means2d"].grad,
-                                                   *(p.grad for p in ps))]
-    names = ["colors", "alphas", "radii", "means2d.grad", "d_means", "d_quats", "d_scales",
-             "d_opacities", "d_colors"]
-    report = {}
-    for name, a, b in zip(names, out["torch"], out["gsplat"]):
-        report[name] = (a.float() - b.float()).abs().max().item()
-        scale = b.float().abs().max().item()
-        assert report[name] <= 1e-3 * max(scale, 1.0) if name in ("colors", "alphas") else True
-    print("max abs differences torch vs gsplat CUDA:", report)
-    assert (out["torch"][2] - out["gsplat"][2]).abs().max() <= 1
-    for name, a, b in zip(names[3:], out["torch"][3:], out["gsplat"][3:]):
-        rel = (a - b).norm() / b.norm()
-        assert rel < 1e-3, (name, rel.item())
+        out.append({"colors": img, "alphas": alpha, "radii": meta["radii"],
+                    "means2d.grad": meta["means2d"].grad,
+                    **{f"d_{k}": p.grad for k, p in zip(["means", "quats", "scales",
+                                                         "opacities", "colors"], ps)}})
+    a, b = ({k: v.detach().cpu().double() for k, v in o.items()} for o in out)
+    return {k: (a[k] - b[k]).abs().max().item() for k in a}, a, b
+
+
+@pytest.mark.gpu
+def test_torch_backend_matches_gsplat_cuda():
+    diff, ours, theirs = compare_backends([("torch", "cpu"), ("gsplat", "cuda")])
+    print("max abs differences, torch backend vs gsplat CUDA:", diff)
+    for key in ("colors", "alphas"):  # a rare alpha/cut-off threshold flip moves a pixel <= 1/255
+        assert diff[key] < 5e-3 and (ours[key] - theirs[key]).abs().mean() < 1e-5, key
+    assert ((ours["radii"] - theirs["radii"]).abs() > 0).double().mean() < 1e-3
+    for key in [k for k in ours if k.startswith("d_") or k == "means2d.grad"]:
+        rel = ((ours[key] - theirs[key]).norm() / theirs[key].norm()).item()
+        assert rel < 1e-2, (key, rel)
