@@ -75,9 +75,7 @@ def rasterize(
         "width", "height", "tile_size", "tile_width", "tile_height", "n_cameras", "n_batches",
         "tiles_per_gauss", "isect_ids", "flatten_ids", "isect_offsets").
     """
-    n = means.shape[0]
-    b = viewmats.shape[0]
-    _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, n, b)
+    _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds)
     if backend == "auto":
         backend = "gsplat" if means.is_cuda else "torch"
     if backend not in DEFAULT_TILE:
@@ -85,7 +83,8 @@ def rasterize(
     tile_size = tile_size or DEFAULT_TILE[backend]
     if backend == "gsplat":
         if not means.is_cuda:
-            raise M3Error("rasterize: backend 'gsplat' needs CUDA tensors; use backend 'torch' on CPU")
+            raise M3Error("rasterize: backend 'gsplat' needs CUDA tensors; "
+                          "use backend 'torch' on CPU")
         from gsplat import rasterization
 
         return rasterization(
@@ -99,26 +98,36 @@ def rasterize(
     )
 
 
-def _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds, n, b) -> None:
+def _check_shapes(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+    viewmats: Tensor, Ks: Tensor, backgrounds: Tensor | None,
+) -> None:
+    n, b = means.shape[0], viewmats.shape[0]
     expected = {
         "means": (means, (n, 3)), "quats": (quats, (n, 4)), "scales": (scales, (n, 3)),
         "opacities": (opacities, (n,)), "viewmats": (viewmats, (b, 4, 4)), "Ks": (Ks, (b, 3, 3)),
     }
     for name, (t, shape) in expected.items():
         if tuple(t.shape) != shape:
-            raise M3Error(f"rasterize: {name} has shape {tuple(t.shape)}, expected {shape}; fix the caller")
-    if colors.dim() not in (2, 3) or colors.shape[-2] != n or (colors.dim() == 3 and colors.shape[0] != b):
-        raise M3Error(f"rasterize: colors has shape {tuple(colors.shape)}, expected [N, C] or [B, N, C] "
-                      f"with N={n}, B={b}; fix the caller")
+            raise M3Error(f"rasterize: {name} has shape {tuple(t.shape)}, expected {shape}; "
+                          "fix the caller")
+    if colors.dim() not in (2, 3) or colors.shape[-2] != n or (
+        colors.dim() == 3 and colors.shape[0] != b
+    ):
+        raise M3Error(f"rasterize: colors has shape {tuple(colors.shape)}, expected [N, C] or "
+                      f"[B, N, C] with N={n}, B={b}; fix the caller")
     if backgrounds is not None and tuple(backgrounds.shape) != (b, colors.shape[-1]):
         raise M3Error(f"rasterize: backgrounds has shape {tuple(backgrounds.shape)}, expected "
                       f"{(b, colors.shape[-1])}; fix the caller")
 
 
 def _rasterize_torch(
-    means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
-    radius_clip, eps2d, tile_size, backgrounds, packed, budget,
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+    viewmats: Tensor, Ks: Tensor, width: int, height: int, near_plane: float, far_plane: float,
+    radius_clip: float, eps2d: float, tile_size: int, backgrounds: Tensor | None, packed: bool,
+    budget: int,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """The torch backend of :func:`rasterize` (same arguments and results)."""
     n, b = means.shape[0], viewmats.shape[0]
     radii, means2d, depths, conics = raster_torch.project(
         means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane,
@@ -126,24 +135,26 @@ def _rasterize_torch(
     )
     opac = opacities[None].expand(b, n)
     cols = colors if colors.dim() == 3 else colors[None].expand(b, n, colors.shape[-1])
-    if packed:
+    if packed:  # one row per visible (camera, Gaussian) pair
         camera_ids, gaussian_ids = torch.nonzero((radii > 0).all(dim=-1), as_tuple=True)
-        radii, means2d, depths, conics = (t[camera_ids, gaussian_ids] for t in (radii, means2d, depths, conics))
-        opac, cols = opac[camera_ids, gaussian_ids], cols[camera_ids, gaussian_ids]
-        flat = (means2d, conics, opac, cols, radii, depths, camera_ids)
-    else:
+        radii, means2d, depths, conics, opac, cols = (
+            t[camera_ids, gaussian_ids] for t in (radii, means2d, depths, conics, opac, cols))
+        rows = (means2d, conics, opac, cols, radii, depths, camera_ids)
+    else:  # one row per (camera, Gaussian), camera-major
         camera_ids = gaussian_ids = None
         image_of = torch.arange(b, device=means.device).repeat_interleave(n)
-        flat = (means2d.reshape(b * n, 2), conics.reshape(b * n, 3), opac.reshape(b * n),
-                cols.reshape(b * n, cols.shape[-1]), radii.reshape(b * n, 2), depths.reshape(b * n), image_of)
-    m2d, con, opa, col, rad, dep, img = flat
+        rows = tuple(t.flatten(0, 1) for t in (means2d, conics, opac, cols, radii, depths))
+        rows = rows + (image_of,)
+    m2d, con, opa, col, rad, dep, img = rows
     tw, th = -(-width // tile_size), -(-height // tile_size)
-    tiles_per_gauss, isect_ids, flatten_ids = raster_torch.isect_tiles(m2d, rad, dep, img, tile_size, tw, th)
+    tiles_per_gauss, isect_ids, flatten_ids = raster_torch.isect_tiles(
+        m2d, rad, dep, img, tile_size, tw, th)
     render_colors, transmittance = raster_torch.rasterize_tiles(
         m2d, con, opa, col, isect_ids, flatten_ids, b, width, height, tile_size, budget,
     )
     if backgrounds is not None:
         render_colors = render_colors + transmittance * backgrounds[:, None, None, :]
+    counts = torch.bincount(raster_torch.tile_index(isect_ids, tw * th), minlength=b * tw * th)
     meta = {
         "batch_ids": None if not packed else torch.zeros_like(camera_ids),
         "camera_ids": camera_ids,
@@ -152,13 +163,13 @@ def _rasterize_torch(
         "means2d": means2d,
         "depths": depths,
         "conics": conics,
-        "opacities": opa if packed else opac,
+        "opacities": opac,
         "tile_width": tw,
         "tile_height": th,
         "tiles_per_gauss": tiles_per_gauss if packed else tiles_per_gauss.reshape(b, n),
         "isect_ids": isect_ids,
         "flatten_ids": flatten_ids.to(torch.int32),
-        "isect_offsets": _offsets(isect_ids, b, tw, th),
+        "isect_offsets": (torch.cumsum(counts, 0) - counts).to(torch.int32).reshape(b, th, tw),
         "width": width,
         "height": height,
         "tile_size": tile_size,
@@ -166,13 +177,3 @@ def _rasterize_torch(
         "n_cameras": b,
     }
     return render_colors, 1.0 - transmittance, meta
-
-
-def _offsets(isect_ids: Tensor, n_images: int, tile_width: int, tile_height: int) -> Tensor:
-    """gsplat's isect_offsets [B, th, tw] int32: start of each tile's run in the sorted list."""
-    n_tiles = tile_width * tile_height
-    bits = n_tiles.bit_length()
-    key = isect_ids >> 32
-    tile = (key >> bits) * n_tiles + (key & ((1 << bits) - 1))
-    counts = torch.bincount(tile, minlength=n_images * n_tiles)
-    return (torch.cumsum(counts, 0) - counts).to(torch.int32).reshape(n_images, tile_height, tile_width)

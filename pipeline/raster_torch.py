@@ -115,6 +115,13 @@ def isect_tiles(
     return count.to(torch.int32), isect_ids, entry[order]
 
 
+def tile_index(isect_ids: Tensor, n_tiles: int) -> Tensor:
+    """Global tile index (image * n_tiles + tile) [n_isects] of gsplat-style isect_ids."""
+    key = isect_ids >> 32
+    bits = n_tiles.bit_length()
+    return (key >> bits) * n_tiles + (key & ((1 << bits) - 1))
+
+
 def _groups(counts: list[int], pixels: int, budget: int) -> list[tuple[int, int]]:
     """Split tiles sorted by ascending list length into runs [i, j) of <= ``budget`` entries."""
     runs, i, n = [], 0, len(counts)
@@ -164,8 +171,9 @@ def _used_entries(
     (this includes the entry that triggers the pixel's cut-off, so the differentiable pass sees
     the same cut-off). Tiles drop out once their pixels are all done or their list ends.
 
-    Args: ids [Tb, K], lengths [Tb] list lengths (the rest is padding), centres [Tb, 2], quad [P, 6], inside [Tb, P], rows [M+1, 6] (see
-    :func:`_exponent`), budget: pixel x entries per step.
+    Args: ids [Tb, K], lengths [Tb] list lengths (the rest is padding), centres [Tb, 2],
+    quad [P, 6], inside [Tb, P], rows [M+1, 6] (see :func:`_exponent`), budget: pixel x entries
+    per step.
 
     Returns: used [Tb, K] bool.
     """
@@ -232,9 +240,7 @@ def rasterize_tiles(
     dev, dtype = means2d.device, means2d.dtype
     tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
     n_tiles, n_px = tw * th, tile_size * tile_size
-    tile_bits = n_tiles.bit_length()
-    key = isect_ids >> 32
-    tile_of = (key >> tile_bits) * n_tiles + (key & ((1 << tile_bits) - 1))  # [n_isects]
+    tile_of = tile_index(isect_ids, n_tiles)
 
     # Per-entry rows (mean x, mean y, conic a, b, c, log-opacity) plus the padding row.
     log_op = torch.log(opacities.clamp(min=1e-30))
@@ -243,8 +249,8 @@ def rasterize_tiles(
     rows = torch.cat([rows, pad_row])
     col = torch.cat([colors, colors.new_zeros((1, colors.shape[1]))])
     pad = len(means2d)
-    gy, gx = torch.meshgrid(torch.arange(tile_size, device=dev), torch.arange(tile_size, device=dev),
-                            indexing="ij")
+    ar = torch.arange(tile_size, device=dev)
+    gy, gx = torch.meshgrid(ar, ar, indexing="ij")
     grid = torch.stack([gx.flatten(), gy.flatten()], dim=-1)  # [P, 2] pixel offsets in a tile
     u, v = ((grid + 0.5) - tile_size / 2).to(dtype).unbind(-1)  # pixel centre - tile centre
     quad = torch.stack([u * u, v * v, u * v, u, v, torch.ones_like(u)], dim=-1)  # [P, 6]

@@ -47,7 +47,8 @@ def reference(means, quats, scales, opacities, colors, viewmat, K, width, height
     w, x, y, z = q.unbind(-1)
     R = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
                      2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(-1, 3, 3)
+                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)
+    R = R.reshape(-1, 3, 3)
     M = R * scales[:, None, :]
     cov = M @ M.transpose(1, 2)
     Rc, t = viewmat[:3, :3], viewmat[:3, 3]
@@ -56,8 +57,8 @@ def reference(means, quats, scales, opacities, colors, viewmat, K, width, height
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     order = torch.argsort(pc[:, 2])
     visible = [i for i in order.tolist() if near <= pc[i, 2] <= far]
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=means.dtype), torch.arange(width, dtype=means.dtype),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=means.dtype),
+                            torch.arange(width, dtype=means.dtype), indexing="ij")
     px, py = xs + 0.5, ys + 0.5
     T = torch.ones_like(px)
     done = torch.zeros_like(px, dtype=torch.bool)
@@ -157,10 +158,12 @@ def test_dense_scene_every_tiling_matches_reference():
 
 
 def test_float32_and_low_resolution_tiles_larger_than_image():
-    params, viewmats, Ks = random_scene(300, channels=16, seed=3, dtype=torch.float32, width=8, height=6)
+    params, viewmats, Ks = random_scene(300, channels=16, seed=3, dtype=torch.float32,
+                                        width=8, height=6)
     img, alpha, g = grads(torch_backend(viewmats, Ks, width=8, height=6, tile_size=16), params)
     p64 = [p.double() for p in params]
-    ref_img, ref_alpha, ref_g = grads(reference_fn(viewmats.double(), Ks.double(), width=8, height=6), p64)
+    ref = reference_fn(viewmats.double(), Ks.double(), width=8, height=6)
+    ref_img, ref_alpha, ref_g = grads(ref, p64)
     assert img.shape == (6, 8, 16)
     torch.testing.assert_close(img.double(), ref_img, rtol=0, atol=2e-4)
     torch.testing.assert_close(alpha.double(), ref_alpha, rtol=0, atol=2e-4)
@@ -179,7 +182,8 @@ def test_meta_and_culling_behind_camera():
     assert (meta["radii"][0, :2] == 0).all() and (meta["radii"][0, 2:] > 0).any()
     assert meta["means2d"].shape == (1, 10, 2)
     assert meta["gaussian_ids"] is None and meta["n_cameras"] == 1
-    assert (meta["width"], meta["height"], meta["tile_width"], meta["tile_height"]) == (W, H, 5, 4)  # default torch tile 8
+    sizes = (meta["width"], meta["height"], meta["tile_width"], meta["tile_height"])
+    assert sizes == (W, H, 5, 4)  # the torch backend's default tile is 8
     meta["means2d"].retain_grad()
     img.sum().backward()
     grad2d = meta["means2d"].grad
@@ -195,7 +199,8 @@ def test_projection_matches_gsplat_torch_reference():
     params, viewmats, Ks = random_scene(200, seed=9)
     _, _, meta = rasterize(*params, viewmats, Ks, W, H, backend="torch")
     covars, _ = _quat_scale_to_covar_preci(params[1], params[2], compute_preci=False)
-    radii, means2d, depths, conics, _ = _fully_fused_projection(params[0], covars, viewmats, Ks, W, H)
+    radii, means2d, depths, conics, _ = _fully_fused_projection(params[0], covars, viewmats, Ks,
+                                                                W, H)
     vis = (meta["radii"] > 0).all(-1)
     assert vis.sum() > 50 and not (vis & ~(radii > 0).all(-1)).any()
     torch.testing.assert_close(meta["means2d"][vis], means2d[vis])
