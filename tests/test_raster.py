@@ -190,6 +190,10 @@ def test_meta_and_culling_behind_camera():
     assert torch.isfinite(grad2d).all() and torch.isfinite(params[0].grad).all()
     assert (grad2d[0, :2] == 0).all() and (params[0].grad[:2] == 0).all()
     assert grad2d[0, 2:].abs().sum() > 0
+    _, _, meta_far = rasterize(*params, viewmats, Ks, W, H, backend="torch", far_plane=3.0)
+    beyond = meta["depths"][0] > 3.0
+    assert beyond.any() and (meta_far["radii"][0][beyond] == 0).all()
+    assert (meta_far["radii"][0][~beyond] == meta["radii"][0][~beyond]).all()
 
 
 def test_projection_matches_gsplat_torch_reference():
