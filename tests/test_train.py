@@ -146,6 +146,16 @@ def test_train_writes_model_and_resumes(small_scene: Scene, monkeypatch) -> None
     cfgjson = json.loads((small_scene.model_dir / "config.json").read_text())
     assert set(cfgjson["provenance"]["banks"]) == {"clip", "dinov2"}
     assert "view_000.png" in cfgjson["test_views"]
+    from PIL import Image
+
+    from stages.render import run as render
+
+    files = render(small_scene, ["view_000.png"], small_scene.root / "renders", device="cpu")
+    assert sorted(f.name for f in files) == ["view_000_clip_pca.png", "view_000_dinov2_pca.png", "view_000_rgb.png"]
+    pca = np.asarray(Image.open(files[1]))
+    assert pca.shape == (48, 64, 3) and pca.std() > 0
+    with pytest.raises(M3Error, match="no registered view"):
+        render(small_scene, ["nope.png"], small_scene.root / "renders", device="cpu")
 
 
 def test_interrupted_run_resumes_to_the_same_result(small_scene: Scene, monkeypatch) -> None:
@@ -252,3 +262,19 @@ def heldout_metrics(scene: Scene, test_every: int = 8) -> dict:
             **{f"cos_{m}": float(np.mean(out["cos"][m])) for m in mem.models},
             **{f"mean_cos_{m}": float(np.mean(out["mean_cos"][m])) for m in mem.models},
             "gaussians": len(mem.means)}
+
+
+@pytest.mark.slow
+def test_demo_scene_acceptance(tmp_path: Path) -> None:
+    """Issue 5 acceptance on the demo scene (small size, CPU, default params except the step count)."""
+    from stages.train import run
+
+    scene = build_scene(tmp_path / "demo", n_views=36, width=80, height=60, n_points=2000)
+    stats = run(TrainConfig(iterations=300, device="cpu"), scene, list(MODELS), progress=False)
+    assert stats["steps"] == 300 and stats["gaussians"] > 0
+    assert (scene.model_dir / "curves.csv").read_text().startswith("step,")
+    m = heldout_metrics(scene)
+    print(m, stats)
+    assert m["psnr"] >= 25.0
+    for model in MODELS:
+        assert 2 * m[f"cos_{model}"] <= m[f"mean_cos_{model}"], (model, m)
