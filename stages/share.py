@@ -74,10 +74,30 @@ def stage_targets(repo: Any, scene: str, stages: list[str]) -> list[str]:
     return sorted(names)
 
 
-def push(root: Path, scene: str, stages: list[str], remote: str | None = None) -> dict[str, int]:
-    """Push the outputs of ``scene``'s ``stages`` (and everything upstream) plus the run-cache.
+def _run_entries(repo: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every run-cache entry in the local cache: ``(key, value) -> lockfile-style record``."""
+    runs = Path(repo.stage_cache.cache_dir)
+    return {
+        (path.parent.name, path.name): yaml.safe_load(path.read_text()) or {}
+        for path in runs.glob("*/*/*") if path.is_file()
+    }
 
-    Stage outputs must be present in the workspace (run ``dvc repro`` first).
+
+def _outs(record: dict[str, Any]) -> dict[str, str | None]:
+    return {o["path"]: o.get("md5") for o in record.get("outs", [])}
+
+
+def _remote_odb(repo: Any, remote: str, legacy: bool = False) -> Any:
+    """The remote's object store: ``files/md5/`` for data, the legacy root (``runs/``) for run-cache."""
+    return repo.cloud.get_remote_odb(remote, "m3 share", hash_name="md5-dos2unix" if legacy else "md5")
+
+
+def push(root: Path, scene: str, stages: list[str], remote: str | None = None) -> dict[str, int]:
+    """Push the outputs of ``scene``'s ``stages`` (and everything upstream) plus their run-cache entries.
+
+    Only the entries recording the current outputs (as in ``dvc.lock``) travel, with every object
+    they name (metrics kept out of the DVC cache included, which ``dvc push`` alone skips).
+    Stage outputs must be present and up to date (run ``dvc repro`` first).
     """
     with _open_repo(root, remote) as (repo, remote):
         targets = stage_targets(repo, scene, stages)
@@ -86,59 +106,64 @@ def push(root: Path, scene: str, stages: list[str], remote: str | None = None) -
             raise M3Error(
                 f"stages not up to date: {', '.join(sorted(status))}; run `dvc repro {' '.join(targets)}` before pushing"
             )
+        lock = (yaml.safe_load(Path("dvc.lock").read_text()) or {}).get("stages", {})
+        current = [_outs(lock[name]) for name in targets if name in lock]
+        wanted = [kv for kv, record in _run_entries(repo).items() if _outs(record) in current]
         files = repo.push(targets=targets, remote=remote)
-        runs = repo.stage_cache.push(remote)
-    log.info("pushed %d file(s) and %d run-cache entr(y/ies) for %s to '%s'", files, len(runs), ", ".join(targets), remote)
-    return {"files": files, "runs": len(runs)}
+        for objs in repo.stage_cache.get_used_objs(wanted).values():
+            result = repo.cloud.push(objs, remote=remote)
+            if result.failed:
+                raise M3Error(f"push to '{remote}' failed for {len(result.failed)} object(s); check the remote and retry")
+            files += len(result.transferred)
+        odb = _remote_odb(repo, remote, legacy=True)
+        for key, value in wanted:
+            parent = odb.fs.join(odb.path, "runs", key[:2], key)
+            odb.fs.makedirs(parent, exist_ok=True)
+            odb.fs.put_file(str(Path(repo.stage_cache.cache_dir) / key[:2] / key / value), odb.fs.join(parent, value))
+    log.info("pushed %d file(s) and %d run-cache entr(y/ies) for %s to '%s'", files, len(wanted), ", ".join(targets), remote)
+    return {"files": files, "runs": len(wanted)}
 
 
-def _entry_outs(repo: Any, key: str, value: str) -> list[str]:
-    entry = Path(repo.stage_cache.cache_dir) / key[:2] / key / value
-    data = yaml.safe_load(entry.read_text()) or {}
-    return [o["path"] for o in data.get("outs", [])]
-
-
-def _absent(repo: Any, hash_infos: Any) -> list[str]:
-    """Objects (files inside directory outputs included) not in the local cache after a pull."""
+def _absent(repo: Any, hash_infos: Any) -> list[tuple[str, str]]:
+    """``(name, md5)`` of objects (files inside directory outputs included) not in the local cache."""
     from dvc_data.hashfile.tree import Tree
 
     odb, absent = repo.cache.local, []
     for hi in hash_infos:
         if not odb.exists(hi.value):
-            absent.append(f"{hi.obj_name or '?'} ({hi.value})")
+            absent.append((hi.obj_name or "?", hi.value))
         elif hi.isdir:
             tree = Tree.load(odb, hi)
-            absent += [
-                f"{hi.obj_name}/{'/'.join(key)} ({entry.value})"
-                for key, _, entry in tree
-                if entry and not odb.exists(entry.value)
-            ]
+            absent += [(f"{hi.obj_name}/{'/'.join(key)}", entry.value)
+                       for key, _, entry in tree if entry and not odb.exists(entry.value)]
     return absent
 
 
 def pull(root: Path, scene: str, stages: list[str], remote: str | None = None) -> dict[str, int]:
     """Pull the run-cache and the outputs it records for ``scene``'s ``stages``, verifying checksums.
 
-    Raises :class:`M3Error` listing every object whose content failed its checksum (not used).
+    Entries whose objects are not in the remote are skipped (``dvc repro`` recomputes those stages).
+    Raises :class:`M3Error` naming every object that is in the remote but fails its checksum:
+    such objects are never put in the cache, so they are never used.
     """
     with _open_repo(root, remote, verify=True) as (repo, remote):
         targets = stage_targets(repo, scene, stages)
-        prefixes = {
-            out.def_path for stage in repo.index.stages if stage.addressing in targets for out in stage.outs
-        }
-        runs = repo.stage_cache.pull(remote)
-        wanted = [(k, v) for k, v in runs if set(_entry_outs(repo, k, v)) & prefixes]
-        used = repo.stage_cache.get_used_objs(wanted)
-        transferred, missing = 0, []
-        for objs in used.values():
+        paths = {out.def_path for stage in repo.index.stages if stage.addressing in targets for out in stage.outs}
+        repo.stage_cache.pull(remote)
+        wanted = [kv for kv, record in _run_entries(repo).items() if set(_outs(record)) & paths]
+        transferred, absent = 0, []
+        for objs in repo.stage_cache.get_used_objs(wanted).values():
             transferred += len(repo.cloud.pull(objs, remote=remote).transferred)
-            missing += _absent(repo, objs)
-    if missing:
-        names = ", ".join(sorted(set(missing)))
+            absent += _absent(repo, objs)
+        rodb = _remote_odb(repo, remote)
+        corrupt = sorted({f"{name} ({md5})" for name, md5 in absent if rodb.exists(md5)})
+    if corrupt:
         raise M3Error(
-            f"remote '{remote}': {len(set(missing))} object(s) failed checksum verification or are missing and were "
-            f"not used: {names}; re-push them from a clone that has them (`m3 share push {scene}`) or recompute with `dvc repro`"
+            f"remote '{remote}': {len(corrupt)} object(s) failed checksum verification and were not used: "
+            f"{', '.join(corrupt)}; re-push them from a clone that has them (`m3 share push {scene}`) or recompute with `dvc repro`"
         )
+    if absent:
+        log.warning("%d object(s) are not in remote '%s'; `dvc repro` recomputes their stages", len(set(absent)), remote)
     log.info("pulled %d run-cache entr(y/ies) and %d file(s) for %s; now `dvc repro` restores them", len(wanted), transferred, ", ".join(targets))
     return {"files": transferred, "runs": len(wanted)}
 
