@@ -67,3 +67,20 @@ def test_model_conf_from_attrs():
     assert Q.model_conf_from_attrs(attrs)["checkpoint"] == "ViT-B-16"
     with pytest.raises(M3Error, match="no model config"):
         Q.model_conf_from_attrs({})
+
+
+def test_text_query_uses_the_stored_models_text_tower():
+    from pipeline.models import available
+
+    if "clip" not in available():
+        pytest.skip("clip adapter not present")
+    attrs = {"provenance": {"config": {"model": "clip", "weights": "random"}}}  # as the features stage records
+    qv = Q.build_query("clip", attrs, text="a yellow duck", mode="canonical")
+    assert qv.negatives is not None and qv.negatives.shape == (4, qv.dim) and qv.text == "a yellow duck"
+    rel = qv(torch.randn(3, 5, qv.dim))
+    assert rel.shape == (3, 5) and float(rel.min()) >= 0.0 and float(rel.max()) <= 1.0
+    assert Q.pick_model(["dinov2", "clip"], None) == "clip"  # first model with a text encoder
+    with pytest.raises(M3Error, match="no text encoder"):
+        Q.build_query("dinov2", {}, text="x", mode="cosine")
+    with pytest.raises(M3Error, match="either a text or a query vector"):
+        Q.build_query("clip", attrs)
