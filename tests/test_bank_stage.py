@@ -123,7 +123,6 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_bank(Path("data/demo/bank/clip.zarr"))[0].shape[1] == 48
 
 
-@pytest.mark.slow
 def test_full_coverage_on_demo_scene_features(tmp_path: Path) -> None:
     """Real pipeline features: demo-scene renders through a (random-weight, small) DINOv2 adapter."""
     import torch
