@@ -24,7 +24,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logg
 
 
 def _register() -> None:
-    from stages import bank, demo, features, frames, poses, render, share, train
+    from stages import bank, demo, evaluate, features, frames, poses, query, render, share, train
 
     app.command("demo-scene", help=demo.cli.__doc__)(demo.cli)
     app.command("frames", help=frames.cli.__doc__)(frames.cli)
@@ -33,6 +33,8 @@ def _register() -> None:
     app.command("bank", help=bank.cli.__doc__)(bank.cli)
     app.command("train", help=train.cli.__doc__)(train.cli)
     app.command("render", help=render.cli.__doc__)(render.cli)
+    app.command("evaluate", help=evaluate.cli.__doc__)(evaluate.cli)
+    app.command("query", help=query.cli.__doc__)(query.cli)
     app.add_typer(share.app, name="share")
 
 

@@ -1,0 +1,169 @@
+"""Stage ``evaluate``: metrics of a trained memory on held-out views (+ grounding when given).
+
+Reads ``params.yaml: evaluate``. Every ``test_every``-th registered view (0, 8, 16, ... — keep it
+equal to the views the train stage held out) is rendered once; outputs::
+
+    data/<scene>/eval/metrics.json     DVC metrics: method, psnr, ssim (lpips when available),
+                                       features.<model>.{cosine, l2, cells} (Table 1 protocol),
+                                       gaussians, model_size_mb, banks.<model>.{slots, dim, size_mb},
+                                       grounding.{mIoU, cIoU, precision@0.5, precision@0.6, samples}
+                                       when data/<scene>/grounding.json exists, notes
+    data/<scene>/eval/per_view.json    per-view metrics, grounding IoUs and provenance
+    data/<scene>/eval/renders/         <view>.png: render | ground truth, for the first n_renders views
+
+Compare memory and distillation on the same scene with ``dvc exp run -S train.method=distill``
+and ``dvc metrics diff`` / ``dvc exp show`` (see the README).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import torch
+import typer
+from PIL import Image
+
+from pipeline import M3Error, logger
+from pipeline.config import PARAMS_FILE, from_dict, load_section, to_dict
+from pipeline.evaluation import evaluate_grounding, evaluate_views, load_grounding
+from pipeline.featurestore import FeatureStore
+from pipeline.io import atomic_dir, hash_files, provenance, write_json
+from pipeline.query import CANONICAL_NEGATIVES, build_query, pick_model
+from pipeline.reduction import load_bank
+from pipeline.scene import Scene, load_views, split_views
+from pipeline.train import resolve_device
+from pipeline.trained import TrainedMemory
+from stages.common import PARAMS_HELP, SCENE_HELP, override, reports_errors
+
+log = logger.getChild("evaluate")
+MODEL_FILES = ("point_cloud.ply", "memory.pt")  # what a trained memory needs at query time
+
+
+@dataclass
+class GroundingConfig:
+    """``params.yaml: evaluate.grounding`` (used only when the scene has the grounding file)."""
+
+    file: str = "grounding.json"  # relative to the scene folder
+    model: Optional[str] = None  # language model to query (default: the first with a text encoder)
+    mode: Literal["canonical", "cosine"] = "canonical"
+    negatives: list[str] = field(default_factory=lambda: list(CANONICAL_NEGATIVES))
+    scale: float = 10.0
+    threshold: float = 0.5  # on the per-view min-max normalised relevance
+
+
+@dataclass
+class EvaluateConfig:
+    """``params.yaml: evaluate``."""
+
+    test_every: int = 8  # held-out views: every test_every-th registered view
+    n_renders: int = 3  # save render | ground-truth images of this many held-out views
+    lpips: bool = True  # LPIPS when the lpips package and its weights are on this machine
+    device: str = "auto"  # auto | cpu | cuda
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
+
+
+def _size_mb(paths: list[Path]) -> float:
+    total = 0
+    for p in paths:
+        if p.is_dir():
+            total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        elif p.is_file():
+            total += p.stat().st_size
+    return round(total / 2**20, 4)
+
+
+def _sizes(scene: Scene, memory: TrainedMemory) -> dict[str, Any]:
+    banks = {}
+    for m in memory.models:
+        bank, _ = load_bank(scene.bank_path(m))
+        banks[m] = {"slots": int(bank.shape[0]), "dim": int(bank.shape[1]), "size_mb": _size_mb([scene.bank_path(m)])}
+    return {
+        "gaussians": int(len(memory.means)),
+        "model_size_mb": _size_mb([scene.model_dir / f for f in MODEL_FILES]),
+        "banks": banks,
+    }
+
+
+def _save_render(renders: Path, n: int):
+    def save(i: int, view: Any, out: Any, gt: torch.Tensor) -> None:
+        if i < n:
+            rgb = out.rgb.detach().float().cpu().clamp(0, 1)
+            both = torch.cat([rgb, gt], dim=1).numpy()
+            Image.fromarray((both * 255 + 0.5).astype(np.uint8)).save(renders / f"{Path(view.name).stem}.png")
+
+    return save
+
+
+def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
+    """Evaluate ``scene``'s trained memory; writes ``eval/``; returns the metrics."""
+    start = time.perf_counter()
+    device = resolve_device(config.device)
+    memory = TrainedMemory.load(scene, device=device)
+    views = load_views(scene)
+    _, test = split_views(views, config.test_every)
+    if not test:
+        raise M3Error(f"evaluate.test_every={config.test_every}: no held-out views; set it to a positive number")
+    held_out = set(memory.config.get("test_views", []))
+    seen = [v.name for v in test if v.name not in held_out]
+    stores = {m: FeatureStore.open(scene.features_path(m)) for m in memory.models}
+    model_files = [scene.model_dir / f for f in (*MODEL_FILES, "config.json") if (scene.model_dir / f).is_file()]
+    prov = provenance("evaluate", to_dict(config), hash_files(model_files))
+    scene.eval_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(scene.eval_dir / "renders") as renders:
+        summary, per_view, notes = evaluate_views(
+            memory, test, stores, config.lpips, _save_render(renders, config.n_renders)
+        )
+    metrics: dict[str, Any] = {"method": memory.method, "test_views": len(test), **summary, **_sizes(scene, memory)}
+    details: dict[str, Any] = {"views": [vars(r) for r in per_view], "provenance": prov}
+    if seen:
+        notes.append(f"{len(seen)} of {len(test)} evaluated views were training views; "
+                     "set evaluate.test_every equal to train.test_every")
+    g = config.grounding
+    samples = load_grounding(scene, g.file)
+    if samples:
+        model = pick_model(memory.models, g.model)
+        attrs = stores[model].attrs
+
+        def encode(text: str):
+            return build_query(model, attrs, text, None, g.mode, g.negatives, g.scale, device)
+
+        metrics["grounding"], details["grounding"] = evaluate_grounding(
+            memory, {v.name: v for v in views}, samples, model, encode, g.threshold
+        )
+    else:
+        notes.append(f"grounding skipped: no {scene.root / g.file}")
+    metrics["notes"] = notes
+    metrics["seconds"] = round(time.perf_counter() - start, 2)
+    write_json(scene.eval_dir / "per_view.json", details)
+    write_json(scene.eval_dir / "metrics.json", metrics)
+    feats = ", ".join(f"{m} cos {v['cosine']:.4f} / L2 {v['l2']:.4f}" for m, v in summary["features"].items())
+    log.info(
+        "%s (%s): %d held-out views, PSNR %.2f dB, SSIM %.4f, %s; %d Gaussians, %.2f MB",
+        scene.name, memory.method, len(test), summary["psnr"], summary["ssim"], feats,
+        metrics["gaussians"], metrics["model_size_mb"],
+    )
+    return metrics
+
+
+@reports_errors
+def cli(
+    scene: str = typer.Argument(..., help=SCENE_HELP),
+    test_every: Optional[int] = typer.Option(None, help="evaluate every n-th registered view (the views train held out)"),
+    n_renders: Optional[int] = typer.Option(None, help="save render | ground-truth images of this many views"),
+    lpips: Optional[bool] = typer.Option(None, "--lpips/--no-lpips", help="compute LPIPS when its package and weights are local"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    params: Path = typer.Option(PARAMS_FILE, help=PARAMS_HELP),
+) -> None:
+    """Evaluate the trained memory on held-out views: PSNR, SSIM, feature cosine/L2 per model, sizes.
+
+    Writes data/<scene>/eval/metrics.json (DVC metrics), per_view.json and renders/; adds grounding
+    mIoU/cIoU/precision when data/<scene>/grounding.json exists.
+    """
+    cfg = override(
+        load_section(EvaluateConfig, "evaluate", params),
+        test_every=test_every, n_renders=n_renders, lpips=lpips, device=device,
+    )
+    run(from_dict(EvaluateConfig, to_dict(cfg), "m3 evaluate options"), Scene.resolve(scene))
