@@ -52,7 +52,7 @@ class QueryConfig:
     negatives: list[str] = field(default_factory=lambda: list(CANONICAL_NEGATIVES))
     scale: float = 10.0  # softmax scale of the canonical mode (1 / temperature)
     top_k: Optional[int] = None  # Gaussians kept for the 3D box (None: use quantile)
-    quantile: float = 0.995  # keep Gaussians with relevance at or above this quantile
+    quantile: float = 0.99  # keep Gaussians with relevance at or above this quantile
     min_opacity: float = 0.1  # ignore Gaussians more transparent than this
     trim: float = 3.0  # drop kept Gaussians farther than median + trim * MAD from their median
     n_views: int = 4  # heatmaps on this many views spread over the scene (when none are named)

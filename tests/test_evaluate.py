@@ -194,7 +194,8 @@ def test_planted_vector_is_localised_inside_its_object(trained_planted, tmp_path
 
     scene, planted, box = trained_planted
     out = tmp_path / "q"
-    result = query_run(QueryConfig(mode="cosine", device="cpu", n_views=2), scene, vector=planted, out_dir=out)
+    result = query_run(QueryConfig(mode="cosine", quantile=0.98, device="cpu", n_views=2), scene, vector=planted,
+                       out_dir=out)
     c = np.array(result["centroid"])
     print(f"{TARGET}: centroid {c.round(3)}, box {box['min'].round(3)}..{box['max'].round(3)}, "
           f"{result['n_inliers']}/{result['n_selected']} Gaussians")
@@ -219,3 +220,30 @@ def test_evaluate_stage_on_planted_scene(trained_planted) -> None:
     assert saved["banks"]["clip"]["dim"] == 16 and saved["banks"]["clip"]["slots"] > 1
     assert len(list((scene.eval_dir / "renders").glob("*.png"))) == 2
     print(f"evaluate (planted demo, 150 steps): {json.dumps({k: saved[k] for k in ('psnr', 'ssim', 'features')})}")
+
+
+@pytest.mark.slow
+def test_memory_and_distill_side_by_side(trained_planted, tmp_path: Path) -> None:
+    """The same scene trained with method distill evaluates the same way (Table 1 style)."""
+    import shutil
+
+    from pipeline.train import TrainConfig, train
+    from pipeline.trained import write_model
+    from stages.evaluate import EvaluateConfig
+    from stages.evaluate import run as evaluate_run
+
+    scene, _, _ = trained_planted
+    other = Scene(tmp_path / "distill")
+    for part in ("colmap", "features", "bank"):
+        shutil.copytree(scene.root / part, other.root / part)
+    cfg = TrainConfig(method="distill", iterations=150, query_dims={"clip": 8}, densify_start=1000, pixels=500,
+                      device="cpu", backend="torch", checkpoint_every=1000)
+    write_model(other.model_dir, train(other, cfg, ["clip"], progress=False), {"steps": 150})
+    ev = EvaluateConfig(device="cpu", lpips=False, n_renders=0)
+    rows = {name: evaluate_run(ev, s) for name, s in (("memory", scene), ("distill", other))}
+    assert rows["distill"]["method"] == "distill" and rows["memory"]["method"] == "memory"
+    for name, m in rows.items():
+        f = m["features"]["clip"]
+        assert 0.0 <= f["cosine"] < 1.0 and f["l2"] >= 0.0 and m["gaussians"] > 0
+        print(f"{name:8s} psnr {m['psnr']:.2f} ssim {m['ssim']:.4f} clip cos {f['cosine']:.4f} "
+              f"l2 {f['l2']:.5f} gaussians {m['gaussians']} size {m['model_size_mb']:.3f} MB")
