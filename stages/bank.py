@@ -2,10 +2,10 @@
 
 Reads ``params.yaml: bank.<model>`` (:class:`pipeline.reduction.BankConfig`; ``threshold`` is
 required, the other keys default). Streams ``data/<scene>/features/<model>.zarr`` view by view
-(bounded memory) through :func:`pipeline.reduction.build_bank`; with ``verify`` a second pass
-measures every row's exact best cosine against the final bank. Outputs::
+(bounded memory) through :func:`pipeline.reduction.build_bank` (``refine + 1`` passes); with
+``verify`` one more pass measures every row's exact best cosine against the final bank. Outputs::
 
-    data/<scene>/bank/<model>.zarr         bank [t, d] (raw feature rows, bank.dtype) + provenance attrs
+    data/<scene>/bank/<model>.zarr         bank [t, d] (raw-scale feature vectors: centres and rows, bank.dtype) + provenance attrs
     data/<scene>/bank/<model>.stats.json   N, t, compression, coverage, min/mean best cosine, seconds, peak RAM
 
 The provenance records the features' ``config_hash``/``inputs_hash``; consumers call
@@ -23,7 +23,7 @@ from tqdm import tqdm
 from pipeline import M3Error, logger
 from pipeline.config import PARAMS_FILE, from_dict, load_params, to_dict
 from pipeline.io import config_hash, provenance, write_json
-from pipeline.reduction import BankConfig, bank_hash, build_bank, coverage_stats, save_bank
+from pipeline.reduction import BankConfig, bank_hash, build_bank, coverage_stats, n_passes, save_bank
 from pipeline.scene import Scene
 from stages.common import PARAMS_HELP, SCENE_HELP, override, reports_errors
 
@@ -52,10 +52,9 @@ def _rows(store: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         yield feats.reshape(-1, feats.shape[-1]), valid.reshape(-1)
 
 
-def _stream(store: Any, desc: str) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], tqdm]:
+def _bar(store: Any, desc: str, passes: int = 1) -> tqdm:
     h, w, _ = store.shape
-    bar = tqdm(total=store.n_views * h * w, desc=desc, unit="row", unit_scale=True)
-    return _rows(store), bar
+    return tqdm(total=passes * store.n_views * h * w, desc=desc, unit="row", unit_scale=True)
 
 
 def run(config: BankConfig, scene: Scene, model: str) -> dict[str, Any]:
@@ -69,16 +68,14 @@ def run(config: BankConfig, scene: Scene, model: str) -> dict[str, Any]:
     feats_prov = store.attrs.get("provenance") or {}
     if not feats_prov.get("config_hash") or not feats_prov.get("inputs_hash"):
         raise M3Error(f"{path}: features without provenance; rerun `m3 features {scene.name} --model {model}`")
-    rows, bar = _stream(store, f"bank {model}")
-    with bar:
-        result = build_bank(rows, config, progress=bar.update)
+    with _bar(store, f"bank {model}", n_passes(config)) as bar:
+        result = build_bank(lambda: _rows(store), config, progress=bar.update)
     stats = dict(result.stats)
     if stats["t"] == 0:
         raise M3Error(f"{path}: no valid feature rows (all masked or zero); check the features of {scene.name}")
     if config.verify:
-        rows, bar = _stream(store, f"verify {model}")
-        with bar:
-            stats.update(coverage_stats(result.bank, rows, config, progress=bar.update))
+        with _bar(store, f"verify {model}") as bar:
+            stats.update(coverage_stats(result.bank, _rows(store), config, progress=bar.update))
         if stats["coverage"] < 1.0:
             raise M3Error(f"{path}: bank covers only {stats['coverage']:.6f} of the rows (bug); report it with the stats")
     features = {k: feats_prov[k] for k in ("config_hash", "inputs_hash")}
@@ -108,7 +105,8 @@ def cli(
     chunk_rows: Optional[int] = typer.Option(None, help="rows per streamed chunk (search batch and greedy pass size)"),
     dtype: Optional[str] = typer.Option(None, help="stored bank dtype: float16 | float32"),
     device: Optional[str] = typer.Option(None, help="FAISS index device: auto | cpu | cuda"),
-    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="second pass measuring each row's exact best cosine"),
+    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="extra pass measuring each row's exact best cosine"),
+    refine: Optional[int] = typer.Option(None, help="re-centring passes before the final cover pass (0: one pass, entries are input rows)"),
     params: Path = typer.Option(PARAMS_FILE, help=PARAMS_HELP),
 ) -> None:
     """Reduce a scene's features to a PSC memory bank per model (every row within the threshold of an entry).
@@ -119,5 +117,5 @@ def cli(
     if not models:
         raise M3Error(f"{params}: no `models` listed; add one or pass --model")
     for name in models:
-        cfg = override(load_config(name, params), threshold=threshold, chunk_rows=chunk_rows, dtype=dtype, device=device, verify=verify)
+        cfg = override(load_config(name, params), threshold=threshold, chunk_rows=chunk_rows, dtype=dtype, device=device, verify=verify, refine=refine)
         run(from_dict(BankConfig, to_dict(cfg), f"m3 bank options ({name})"), Scene.resolve(scene), name)

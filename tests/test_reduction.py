@@ -48,9 +48,30 @@ def test_every_row_covered_on_clustered_data(theta: float) -> None:
     best = best_cos64(res.bank, x)
     assert best.min() >= theta
     assert 1 < len(res.bank) < len(x) / 2  # it does reduce, and needs more than one entry
-    # bank entries are raw input rows, unnormalised, at the recorded positions
-    np.testing.assert_array_equal(res.bank, x[res.entry_rows])
     assert res.stats["coverage"] == 1.0 and res.stats["min_best_cosine"] >= theta
+    # entries are raw input rows (at the recorded positions) or raw-scale centres (-1)
+    rows = res.entry_rows >= 0
+    np.testing.assert_array_equal(res.bank[rows], x[res.entry_rows[rows]])
+    assert res.stats["centre_entries"] == (~rows).sum() > 0 and res.stats["passes"] == 4
+    norms = np.linalg.norm(res.bank, axis=1)
+    assert norms.mean() > 1.3  # raw scale (the rows' norms average ~1.75), not unit vectors
+    # one pass (refine 0): every entry an input row; refining gives a smaller bank, still covering
+    single = build_bank(blocks(x, 300), BankConfig(threshold=theta, dtype="float32", chunk_rows=512, refine=0))
+    np.testing.assert_array_equal(single.bank, x[single.entry_rows])
+    assert best_cos64(single.bank, x).min() >= theta and single.stats["passes"] == 1
+    closer = best.mean() > best_cos64(single.bank, x).mean() + 0.01
+    assert len(res.bank) < len(single.bank) or (len(res.bank) == len(single.bank) and closer)
+
+
+def test_sources_one_shot_iterator_gets_one_pass() -> None:
+    x = clustered(seed=6)
+    cfg = BankConfig(threshold=0.8, dtype="float32", chunk_rows=512)
+    listed = build_bank(blocks(x, 300), cfg)
+    called = build_bank(lambda: iter(blocks(x, 300)), cfg)
+    assert listed.bank.tobytes() == called.bank.tobytes()
+    once = build_bank(iter(blocks(x, 300)), cfg)  # a generator cannot be replayed
+    single = build_bank(blocks(x, 300), BankConfig(threshold=0.8, dtype="float32", chunk_rows=512, refine=0))
+    assert once.bank.tobytes() == single.bank.tobytes() and once.stats["passes"] == 1
 
 
 def test_fp16_bank_covers_its_stored_vectors() -> None:
@@ -107,7 +128,8 @@ def test_masked_rows_are_ignored() -> None:
     clean = build_bank(blocks(x[valid], 250), cfg)
     assert masked.bank.tobytes() == clean.bank.tobytes()
     assert masked.stats["N"] == valid.sum() and masked.stats["masked_rows"] == (~valid).sum()
-    assert set(masked.entry_rows.tolist()) <= set(range(valid.sum()))  # numbered among valid rows
+    assert set(masked.entry_rows.tolist()) <= set(range(-1, valid.sum()))  # valid rows (-1: a centre)
+    np.testing.assert_array_equal(masked.entry_rows, clean.entry_rows)
 
 
 def test_stats_match_an_exact_recomputation() -> None:
@@ -138,10 +160,12 @@ def test_greedy_cover_takes_best_connected_rows() -> None:
     c = rng.standard_normal(16)
     rows = np.concatenate([rng.standard_normal((3, 16)) * 3, c + 0.05 * rng.standard_normal((20, 16))])
     y = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
-    entries, assigned = greedy_cover(y, 0.9)
+    entries, assigned, owner = greedy_cover(y, 0.9)
     assert len(entries) == 4 and entries[0] >= 3  # the cluster first, then each isolated row
     assert sorted(entries[1:].tolist()) == [0, 1, 2]
     assert (assigned >= 0.9).all()
+    assert (owner[3:] == 0).all() and sorted(owner[:3].tolist()) == [1, 2, 3]
+    np.testing.assert_allclose(assigned, (y * y[entries[owner]]).sum(axis=1), atol=1e-6)
 
 
 def test_rechunk_fixed_sizes_and_mask_counts() -> None:
@@ -173,3 +197,5 @@ def test_bad_config_is_a_clear_error() -> None:
         BankConfig(threshold=1.5)
     with pytest.raises(M3Error, match="chunk_rows"):
         BankConfig(threshold=0.8, chunk_rows=0)
+    with pytest.raises(M3Error, match="refine"):
+        BankConfig(threshold=0.8, refine=-1)
