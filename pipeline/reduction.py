@@ -20,7 +20,11 @@ those rows (a *centre*; entries that covered nothing are dropped), and the centr
 by how many rows they covered, most first. The next pass starts from those centres: a centre
 of a group of rows reaches more of them at the same threshold than any member does (it is
 free of their pixel noise), and since rows go to the first covering entry, a rarely used
-centre whose rows the larger ones also cover gets none and is dropped. The **last** pass does
+centre whose rows the larger ones also cover gets none and is dropped. Entries that covered
+at most ``merge_rows`` rows keep those rows (unit, fp16) during the pass, and before the next
+pass two such small groups are merged into one centre when the mean of both covers every row
+of both (:func:`merge_small`; rare rows far from the bulk otherwise cost an entry each). The
+**last** pass does
 not re-centre: it keeps exactly the entries that covered some row in that pass (centres, plus
 input rows added for rows no centre reached). So **every** valid row has a stored entry of
 cosine ``>= theta`` (coverage 100%, by construction of the last pass; the stage's ``verify``
@@ -32,7 +36,8 @@ feature space (input rows or means of input rows, never normalised), one per gro
 similar features, which training renders through attention as in the paper; only the choice
 of entries differs from Algorithm 1 (full coverage; centres instead of arbitrary members).
 
-Cost ``O(passes N t d)``; memory holds one chunk, the bank and its ``[t, d]`` sums. Refinement
+Cost ``O(passes N t d)``; memory holds one chunk, the bank, its ``[t, d]`` sums and at most
+``merge_rows`` rows per small entry. Refinement
 needs the rows again: :func:`build_bank` takes a function returning a fresh iterable (or a
 sequence); a one-shot iterator gets the single-pass bank. Rows and centres are cast to the
 configured dtype *before* they are compared, so the guarantee holds for the stored vectors.
@@ -75,6 +80,7 @@ class BankConfig:
     tolerance: float = 1.0e-5  # cosine margin against float rounding (see module docstring)
     verify: bool = True  # extra pass: exact best cosine of every row against the final bank
     refine: int = 3  # re-centring passes before the final cover pass (0: entries are input rows)
+    merge_rows: int = 256  # entries covering at most this many rows may merge between passes
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.threshold <= 1.0:
@@ -83,6 +89,8 @@ class BankConfig:
             raise M3Error(f"bank.chunk_rows: {self.chunk_rows} must be >= 1; fix it")
         if self.refine < 0:
             raise M3Error(f"bank.refine: {self.refine} must be >= 0; fix it")
+        if self.merge_rows < 0:
+            raise M3Error(f"bank.merge_rows: {self.merge_rows} must be >= 0; fix it")
 
 
 @dataclass
@@ -186,6 +194,43 @@ def greedy_cover(y: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray, np.
     return np.asarray(entries, dtype=np.int64), assigned, owner
 
 
+def merge_small(members: list[np.ndarray], sums: np.ndarray, thr: float, dtype: str) -> list[tuple[int, int]]:
+    """Merges of small groups of rows whose joint centre still covers them all.
+
+    ``members[i] [n_i, d]`` are the unit rows of group ``i``, ``sums [g, d]`` their raw sums. Pairs
+    are tried by decreasing cosine of their centres (ties: lower numbers first); a pair merges
+    when the raw mean of both groups (cast to ``dtype``) has cosine ``>= thr`` with every row of
+    both. Repeats over the merged groups until no pair merges. Returns ``(kept, merged_into_it)``
+    pairs in the order done. Memory: the ``[g, g]`` centre cosines.
+    """
+    groups = {i: (m, sums[i].copy()) for i, m in enumerate(members)}
+    done: list[tuple[int, int]] = []
+    merged = True
+    while merged and len(groups) > 1:
+        merged = False
+        ids = sorted(groups)
+        cen, _ = _normalise(np.stack([groups[i][1] for i in ids]).astype(dtype))
+        sim = cen @ cen.T
+        a, b = np.triu_indices(len(ids), 1)
+        near = sim[a, b] >= 2 * thr * thr - 1  # farther apart, no point is within thr of both
+        a, b, c = a[near], b[near], sim[a, b][near]
+        taken: set[int] = set()
+        for k in np.lexsort((b, a, -c)):
+            i, j = ids[a[k]], ids[b[k]]
+            if i in taken or j in taken:
+                continue
+            rows = np.concatenate([groups[i][0], groups[j][0]])
+            total = groups[i][1] + groups[j][1]
+            centre = _normalise((total / len(rows))[None].astype(dtype))[0]
+            if len(centre) and float((rows @ centre[0]).min()) >= thr:
+                groups[i] = (rows, total)
+                del groups[j]
+                taken.update((i, j))
+                done.append((i, j))
+                merged = True
+    return done
+
+
 class _Pass:
     """One streamed cover pass: FAISS index over unit entries, the raw entries and their members.
 
@@ -204,6 +249,7 @@ class _Pass:
         self.rows: list[np.ndarray] = []
         self.count = np.zeros(0, dtype=np.int64)
         self.sums = np.zeros((0, 0), dtype=np.float64)
+        self.members: dict[int, list[np.ndarray]] = {}  # unit rows of entries with <= merge_rows rows
         self.t = 0
         if seeds is not None and len(seeds):
             self._add(seeds, np.full(len(seeds), -1, dtype=np.int64))
@@ -247,13 +293,31 @@ class _Pass:
         ids, starts = np.unique(nearest[order], return_index=True)
         self.count[ids] += np.diff(np.append(starts, len(order)))
         self.sums[ids] += np.add.reduceat(raw[order].astype(np.float64), starts, axis=0)
+        ends = np.append(starts[1:], len(order))
+        for j in np.flatnonzero(self.count[ids] <= self.cfg.merge_rows):  # small entries keep their rows
+            self.members.setdefault(int(ids[j]), []).append(x[order[starts[j] : ends[j]]].astype(np.float16))
+        for e in ids[self.count[ids] > self.cfg.merge_rows]:
+            self.members.pop(int(e), None)
         return best
 
     def centres(self) -> np.ndarray:
-        """Every used entry re-centred on the raw mean of its rows ``[t', d]`` (config dtype)."""
-        order = np.argsort(-self.count, kind="stable")
-        order = order[self.count[order] > 0]
-        return (self.sums[order] / self.count[order, None]).astype(self.cfg.dtype)
+        """Every used entry re-centred on the raw mean of its rows ``[t', d]`` (config dtype).
+
+        Small entries (``<= merge_rows`` rows) are merged first: two of them become one when the
+        mean of their rows together covers all of them (see :func:`merge_small`). The centres are
+        ordered by the number of rows they represent, most first.
+        """
+        sums, count = self.sums.copy(), self.count.copy()
+        small = sorted(e for e in self.members if count[e] > 0)
+        for into, gone in merge_small(
+            [np.concatenate(self.members[e]).astype(np.float32) for e in small], sums[small], self.thr, self.cfg.dtype
+        ):
+            sums[small[into]] += sums[small[gone]]
+            count[small[into]] += count[small[gone]]
+            count[small[gone]] = 0
+        order = np.argsort(-count, kind="stable")
+        order = order[count[order] > 0]
+        return (sums[order] / count[order, None]).astype(self.cfg.dtype)
 
     def result(self, d: int) -> tuple[np.ndarray, np.ndarray]:
         """The used entries ``[t', d]`` (entries no row chose are dropped) and their input rows."""

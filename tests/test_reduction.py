@@ -12,6 +12,7 @@ from pipeline.reduction import (
     coverage_stats,
     greedy_cover,
     load_bank,
+    merge_small,
     rechunk,
     save_bank,
 )
@@ -168,6 +169,22 @@ def test_greedy_cover_takes_best_connected_rows() -> None:
     np.testing.assert_allclose(assigned, (y * y[entries[owner]]).sum(axis=1), atol=1e-6)
 
 
+def test_merge_small_merges_only_groups_one_centre_covers() -> None:
+    rng = np.random.default_rng(0)
+    axis = np.eye(16, dtype=np.float32)
+    # groups 0 and 1: rows near two directions at cosine 0.5 (no row covers both at 0.8, their
+    # mean does); group 2: an orthogonal direction, too far to merge
+    dirs = [axis[0], 0.5 * axis[0] + np.sqrt(0.75) * axis[1], axis[5]]
+    groups = []
+    for d in dirs:
+        rows = d + 0.02 * rng.standard_normal((5, 16)).astype(np.float32)
+        groups.append(rows / np.linalg.norm(rows, axis=1, keepdims=True))
+    sums = np.stack([g.sum(axis=0) * 2.0 for g in groups]).astype(np.float64)  # raw rows: 2 x unit
+    assert (groups[0] @ groups[1].T).max() < 0.8
+    assert merge_small(groups, sums, 0.8, "float32") == [(0, 1)]
+    assert merge_small(groups, sums, 0.9, "float32") == []  # at 0.9 their mean (cos ~0.87) is too far
+
+
 def test_rechunk_fixed_sizes_and_mask_counts() -> None:
     x = np.arange(50, dtype=np.float32).reshape(25, 2)
     valid = np.ones(25, dtype=bool)
@@ -199,3 +216,5 @@ def test_bad_config_is_a_clear_error() -> None:
         BankConfig(threshold=0.8, chunk_rows=0)
     with pytest.raises(M3Error, match="refine"):
         BankConfig(threshold=0.8, refine=-1)
+    with pytest.raises(M3Error, match="merge_rows"):
+        BankConfig(threshold=0.8, merge_rows=-1)
