@@ -79,7 +79,7 @@ class BankConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # FAISS index on the GPU when available
     tolerance: float = 1.0e-5  # cosine margin against float rounding (see module docstring)
     verify: bool = True  # extra pass: exact best cosine of every row against the final bank
-    refine: int = 3  # re-centring passes before the final cover pass (0: entries are input rows)
+    refine: int = 5  # re-centring passes before the final cover pass (0: entries are input rows)
     merge_rows: int = 256  # entries covering at most this many rows may merge between passes
 
     def __post_init__(self) -> None:
@@ -385,6 +385,8 @@ def build_bank(
     if callable(blocks):
         source = blocks
     elif iter(blocks) is blocks:  # one-shot iterator: one pass only
+        if n_passes(cfg) > 1:
+            log.info("bank: rows from a one-shot iterator; single pass (pass a function for refinement)")
         source, cfg = (lambda: blocks), replace(cfg, refine=0)
     else:
         source = lambda: blocks  # noqa: E731 - a re-iterable sequence

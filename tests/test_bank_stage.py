@@ -67,7 +67,7 @@ def test_stage_writes_a_covering_bank_and_stats(tmp_path: Path) -> None:
     # stored raw-scale vectors (input rows or centres of rows, not normalised)
     norms, row_norms = np.linalg.norm(bank, axis=1), np.linalg.norm(valid_rows.astype(np.float32), axis=1)
     assert row_norms.min() * 0.5 < norms.min() and norms.max() <= row_norms.max() and norms.mean() > 3
-    assert stats["passes"] == 4 and 0 < stats["centre_entries"] <= len(bank)
+    assert stats["passes"] == 6 and 0 < stats["centre_entries"] <= len(bank)
     written = read_json(bank_stage.stats_path(scene, "clip"))
     assert written["t"] == len(bank) and written["provenance"] == attrs["provenance"]
     prov = attrs["provenance"]
