@@ -194,6 +194,23 @@ def greedy_cover(y: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray, np.
     return np.asarray(entries, dtype=np.int64), assigned, owner
 
 
+def covering(index: Any, x: np.ndarray, thr: float, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Entries of ``index`` with inner product ``>= thr`` for every row of ``x [q, d]``.
+
+    Returns ``(lims [q+1], sim [m], idx [m])``: row ``i``'s entries are ``idx[lims[i]:lims[i+1]]``.
+    ``k=None``: a FAISS range search (CPU indexes); else the ``k`` nearest entries, thresholded
+    (GPU indexes have no range search; a row with more than ``k`` covering entries sees the
+    nearest ``k``, which still cover it).
+    """
+    if k is None:
+        lims, sim, idx = index.range_search(x, thr)
+        return lims.astype(np.int64), sim, idx
+    sim, idx = index.search(x, min(k, index.ntotal))
+    keep = (sim >= thr) & (idx >= 0)
+    lims = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int64)
+    return lims, sim[keep], idx[keep]
+
+
 def merge_small(members: list[np.ndarray], sums: np.ndarray, thr: float, dtype: str) -> list[tuple[int, int]]:
     """Merges of small groups of rows whose joint centre still covers them all.
 
@@ -275,8 +292,7 @@ class _Pass:
         best = np.full(len(x), -np.inf, dtype=np.float32)
         nearest = np.zeros(len(x), dtype=np.int64)
         if self.index.ntotal:
-            lims, sim, idx = self.index.range_search(x, self.thr)
-            lims = lims.astype(np.int64)
+            lims, sim, idx = covering(self.index, x, self.thr, None if self.device == "cpu" else 2048)
             hit = np.flatnonzero(np.diff(lims) > 0)
             if hit.size:
                 nearest[hit] = np.minimum.reduceat(idx, lims[hit])  # the first entry covering it

@@ -10,6 +10,7 @@ from pipeline.reduction import (
     build_bank,
     check_bank_matches,
     coverage_stats,
+    covering,
     greedy_cover,
     load_bank,
     merge_small,
@@ -167,6 +168,24 @@ def test_greedy_cover_takes_best_connected_rows() -> None:
     assert (assigned >= 0.9).all()
     assert (owner[3:] == 0).all() and sorted(owner[:3].tolist()) == [1, 2, 3]
     np.testing.assert_allclose(assigned, (y * y[entries[owner]]).sum(axis=1), atol=1e-6)
+
+
+def test_covering_range_search_and_top_k_agree() -> None:
+    import faiss
+
+    rng = np.random.default_rng(0)
+    bank = rng.standard_normal((40, 8)).astype(np.float32)
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    x = (bank[rng.integers(0, 40, 100)] + 0.4 * rng.standard_normal((100, 8))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(8)
+    index.add(bank)
+    expect = [set(np.flatnonzero(r >= 0.5).tolist()) for r in x @ bank.T]
+    for k in (None, 40, 1000):  # range search (CPU) and top-k (the GPU path)
+        lims, sim, idx = covering(index, x, 0.5, k)
+        got = [set(idx[lims[i] : lims[i + 1]].tolist()) for i in range(100)]
+        assert got == expect and (sim >= 0.5).all()
+    assert sum(map(len, expect)) > 100  # rows with several covering entries
 
 
 def test_merge_small_merges_only_groups_one_centre_covers() -> None:
