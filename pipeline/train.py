@@ -7,12 +7,16 @@ through the model's head and compared with the stored features (0.5 (mean(1 - co
 read one view at a time from the feature store. Densification and pruning: gsplat's
 ``DefaultStrategy`` (queries are params entries, so they are cloned/split/pruned too).
 
+On CPU, views (images and intrinsics) are resampled so the longer side is ``cpu_max_side``
+(:func:`training_views`; evaluate at that same size); on CUDA training uses the full size.
+
 Every ``checkpoint_every`` steps ``checkpoint.pt`` is replaced atomically; a rerun with the same
 config and inputs resumes from it. A non-finite loss raises :class:`M3Error` naming the step and
 the term, leaving the last good checkpoint in place.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -45,10 +49,12 @@ def _default_dims() -> dict[str, int]:
 
 @dataclass
 class TrainConfig:
-    """``params.yaml: train`` (defaults: a CPU budget; the reference runs 30k iterations)."""
+    """``params.yaml: train`` (defaults: a short CPU schedule tuned on the demo scene; the reference
+    3DGS/M3 schedule on a GPU is 30000 iterations, densification 500..15000 every 100, opacity 0.1,
+    lr sh0 2.5e-3, opacities 0.05, scales 5e-3, means 1.6e-4)."""
 
     method: Literal["memory", "distill"] = "memory"
-    iterations: int = 2000
+    iterations: int = 400
     query_dims: dict[str, int] = field(default_factory=_default_dims)
     sh_degree: int = 3
     sh_increase_every: int = 400  # one more SH band every this many steps
@@ -59,17 +65,17 @@ class TrainConfig:
     feature_weight: float = 1.0
     feature_grad_geometry: bool = False  # reference: feature gradients do not reach geometry
     ssim_weight: float = 0.2
-    init_opacity: float = 0.1
-    lr_means: float = 1.6e-4  # x scene scale, decays exponentially to lr_means_final
+    init_opacity: float = 0.5
+    lr_means: float = 4e-4  # x scene scale, decays exponentially to lr_means_final
     lr_means_final: float = 1.6e-6
-    lr_sh0: float = 2.5e-3
+    lr_sh0: float = 2.5e-2
     lr_shN: float = 1.25e-4
-    lr_opacities: float = 0.05
-    lr_scales: float = 5e-3
+    lr_opacities: float = 0.1
+    lr_scales: float = 1e-2
     lr_quats: float = 1e-3
     lr_query: float = 5e-3
     lr_heads: float = 1e-3
-    densify_start: int = 100
+    densify_start: int = 500  # >= iterations: no densification (the CPU default)
     densify_stop: int = 1500
     densify_every: int = 100
     grad_threshold: float = 2e-4
@@ -78,6 +84,8 @@ class TrainConfig:
     test_every: int = 8  # held-out views (never trained on): every test_every-th view
     checkpoint_every: int = 500
     log_every: int = 20  # curves.csv row period
+    cpu_max_side: int = 80  # on CPU: longer image side used for training (0: full size; CUDA: always full)
+    cpu_threads: int = 1  # torch CPU threads (0: torch's default)
     device: str = "auto"  # auto | cpu | cuda
     backend: str = "auto"  # rasterizer: auto | torch | gsplat
     seed: int = 0
@@ -89,6 +97,26 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise M3Error("train.device: cuda requested but no GPU is visible; set device: auto or cpu")
     return device
+
+
+def resampled_views(views: list[View], max_side: int) -> list[View]:
+    """``views`` with size and intrinsics scaled so the longer side is at most ``max_side`` (0: unchanged)."""
+    out = []
+    for v in views:
+        s = max_side / max(v.width, v.height) if max_side > 0 else 1.0
+        if s >= 1.0:
+            out.append(v)
+            continue
+        w, h = max(1, round(v.width * s)), max(1, round(v.height * s))
+        K = v.K * np.array([[w / v.width], [h / v.height], [1.0]])
+        out.append(dataclasses.replace(v, K=K, width=w, height=h))
+    return out
+
+
+def training_views(scene: Scene, cfg: TrainConfig) -> list[View]:
+    """The scene's views at the training resolution (``cpu_max_side`` on CPU, full size on CUDA)."""
+    views = load_views(scene)
+    return resampled_views(views, cfg.cpu_max_side) if resolve_device(cfg.device) == "cpu" else views
 
 
 def scene_scale(views: list[View]) -> float:
@@ -112,7 +140,7 @@ class Inputs:
 
 def open_inputs(scene: Scene, cfg: TrainConfig, models: list[str]) -> Inputs:
     """Views split, feature stores opened (not read), banks loaded and checked against them."""
-    views = load_views(scene)
+    views = training_views(scene, cfg)
     train, test = split_views(views, cfg.test_every)
     if not train:
         raise M3Error(f"{scene.sparse_dir}: no training views after holding out every {cfg.test_every}th; add views")
@@ -292,6 +320,8 @@ def train(scene: Scene, cfg: TrainConfig, models: list[str], progress: bool = Tr
     """Train (or resume) ``scene``'s Gaussians; returns the trainer after ``cfg.iterations`` steps."""
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
+    if cfg.cpu_threads > 0:
+        torch.set_num_threads(cfg.cpu_threads)
     inputs = open_inputs(scene, cfg, models)
     tr = Trainer(scene, cfg, models, inputs, device)
     ckpt = scene.model_dir / "checkpoint.pt"
@@ -316,4 +346,5 @@ def train(scene: Scene, cfg: TrainConfig, models: list[str], progress: bool = Tr
     return tr
 
 
-__all__ = ["TrainConfig", "Trainer", "train", "open_inputs", "scene_scale", "resolve_device", "QUERY_PREFIX"]
+__all__ = ["TrainConfig", "Trainer", "train", "open_inputs", "scene_scale", "resolve_device", "training_views",
+           "resampled_views", "QUERY_PREFIX"]
