@@ -57,12 +57,12 @@ import logging
 import resource
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 
 from . import M3Error
+from .cover import covering, greedy_cover, make_index, merge_small, unit_rows
 
 log = logging.getLogger("m3.reduction")
 
@@ -133,121 +133,6 @@ def rechunk(blocks: Iterable[Block], chunk_rows: int) -> Iterator[tuple[np.ndarr
         yield (np.concatenate(pending) if pending else np.empty((0, 0), np.float32)), masked
 
 
-def _normalise(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """fp32 unit rows ``[k, d]`` and a mask ``[k]`` of the non-zero rows they come from."""
-    x = raw.astype(np.float32)
-    norms = np.linalg.norm(x, axis=1)
-    nonzero = norms > 0
-    x = x[nonzero]
-    x /= norms[nonzero, None]
-    return x, nonzero
-
-
-def _make_index(d: int, device: str) -> tuple[Any, str]:
-    """A FAISS inner-product index (GPU when asked/available) and the device it lives on."""
-    import faiss
-
-    index = faiss.IndexFlatIP(d)
-    gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    if device == "cuda" and not gpu:
-        raise M3Error(
-            "bank.device: cuda asked for but faiss has no usable GPU; install faiss-gpu "
-            "(pip install -e '.[gpu]') on a CUDA machine or set device: auto"
-        )
-    if gpu and device != "cpu":
-        res = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(res, 0, index)
-        index.m3_resources = res  # keep the GPU resources alive with the index
-        return index, "cuda"
-    return index, "cpu"
-
-
-def greedy_cover(y: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Greedy set cover of unit rows ``y [u, d]`` at cosine ``thr`` (all rows must end up covered).
-
-    Repeatedly takes the row that covers the most still-uncovered rows (ties: the lowest row
-    number), makes it an entry and marks its neighbours (cosine ``>= thr``) covered. Returns the
-    entries' positions ``[e]`` (in the order taken), per row the cosine ``[u]`` to the entry that
-    covered it and that entry's number ``[u]`` (an index into the entries). Memory: the
-    ``[u, u]`` cosine matrix and its thresholded copy.
-    """
-    u = len(y)
-    gram = y @ y.T  # [u, u]
-    adj = gram >= thr
-    np.fill_diagonal(adj, True)  # an entry covers itself (cosine 1 up to rounding)
-    degree = adj.sum(axis=1, dtype=np.int64)  # uncovered rows each row would cover
-    covered = np.zeros(u, dtype=bool)
-    assigned = np.full(u, -np.inf, dtype=np.float32)
-    owner = np.zeros(u, dtype=np.int64)
-    entries: list[int] = []
-    left = u
-    while left:
-        r = int(np.argmax(degree))
-        new = adj[r] & ~covered
-        owner[new] = len(entries)
-        entries.append(r)
-        covered |= new
-        left -= int(new.sum())
-        assigned[new] = gram[r, new]
-        assigned[r] = 1.0
-        degree -= adj[new].sum(axis=0, dtype=np.int64)
-    return np.asarray(entries, dtype=np.int64), assigned, owner
-
-
-def covering(index: Any, x: np.ndarray, thr: float, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Entries of ``index`` with inner product ``>= thr`` for every row of ``x [q, d]``.
-
-    Returns ``(lims [q+1], sim [m], idx [m])``: row ``i``'s entries are ``idx[lims[i]:lims[i+1]]``.
-    ``k=None``: a FAISS range search (CPU indexes); else the ``k`` nearest entries, thresholded
-    (GPU indexes have no range search; a row with more than ``k`` covering entries sees the
-    nearest ``k``, which still cover it).
-    """
-    if k is None:
-        lims, sim, idx = index.range_search(x, thr)
-        return lims.astype(np.int64), sim, idx
-    sim, idx = index.search(x, min(k, index.ntotal))
-    keep = (sim >= thr) & (idx >= 0)
-    lims = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int64)
-    return lims, sim[keep], idx[keep]
-
-
-def merge_small(members: list[np.ndarray], sums: np.ndarray, thr: float, dtype: str) -> list[tuple[int, int]]:
-    """Merges of small groups of rows whose joint centre still covers them all.
-
-    ``members[i] [n_i, d]`` are the unit rows of group ``i``, ``sums [g, d]`` their raw sums. Pairs
-    are tried by decreasing cosine of their centres (ties: lower numbers first); a pair merges
-    when the raw mean of both groups (cast to ``dtype``) has cosine ``>= thr`` with every row of
-    both. Repeats over the merged groups until no pair merges. Returns ``(kept, merged_into_it)``
-    pairs in the order done. Memory: the ``[g, g]`` centre cosines.
-    """
-    groups = {i: (m, sums[i].copy()) for i, m in enumerate(members)}
-    done: list[tuple[int, int]] = []
-    merged = True
-    while merged and len(groups) > 1:
-        merged = False
-        ids = sorted(groups)
-        cen, _ = _normalise(np.stack([groups[i][1] for i in ids]).astype(dtype))
-        sim = cen @ cen.T
-        a, b = np.triu_indices(len(ids), 1)
-        near = sim[a, b] >= 2 * thr * thr - 1  # farther apart, no point is within thr of both
-        a, b, c = a[near], b[near], sim[a, b][near]
-        taken: set[int] = set()
-        for k in np.lexsort((b, a, -c)):
-            i, j = ids[a[k]], ids[b[k]]
-            if i in taken or j in taken:
-                continue
-            rows = np.concatenate([groups[i][0], groups[j][0]])
-            total = groups[i][1] + groups[j][1]
-            centre = _normalise((total / len(rows))[None].astype(dtype))[0]
-            if len(centre) and float((rows @ centre[0]).min()) >= thr:
-                groups[i] = (rows, total)
-                del groups[j]
-                taken.update((i, j))
-                done.append((i, j))
-                merged = True
-    return done
-
-
 class _Pass:
     """One streamed cover pass: FAISS index over unit entries, the raw entries and their members.
 
@@ -273,9 +158,9 @@ class _Pass:
 
     def _add(self, raw: np.ndarray, rows: np.ndarray) -> None:
         if self.index is None:
-            self.index, self.device = _make_index(raw.shape[1], self.cfg.device)
+            self.index, self.device = make_index(raw.shape[1], self.cfg.device)
             self.sums = np.zeros((0, raw.shape[1]), dtype=np.float64)
-        self.index.add(np.ascontiguousarray(_normalise(raw)[0]))
+        self.index.add(np.ascontiguousarray(unit_rows(raw)[0]))
         self.raw.append(raw.copy())
         self.rows.append(rows)
         self.count = np.concatenate([self.count, np.zeros(len(raw), dtype=np.int64)])
@@ -284,10 +169,10 @@ class _Pass:
 
     def add_chunk(self, raw: np.ndarray, offset: int) -> np.ndarray:
         """Cover one chunk ``raw [k, d]`` (rows ``offset..offset+k``); returns assigned cosines ``[k']``."""
-        x, nonzero = _normalise(raw)
+        x, nonzero = unit_rows(raw)
         raw, pos = raw[nonzero], np.flatnonzero(nonzero) + offset
         if self.index is None:
-            self.index, self.device = _make_index(raw.shape[1], self.cfg.device)
+            self.index, self.device = make_index(raw.shape[1], self.cfg.device)
             self.sums = np.zeros((0, raw.shape[1]), dtype=np.float64)
         best = np.full(len(x), -np.inf, dtype=np.float32)
         nearest = np.zeros(len(x), dtype=np.int64)
@@ -459,8 +344,8 @@ def coverage_stats(
     equal to an entry), ``min_best_cosine``, ``mean_best_cosine``, ``uncovered`` and ``seconds``.
     """
     start = time.perf_counter()
-    unit, nonzero = _normalise(np.asarray(bank))
-    index, _ = _make_index(bank.shape[1], cfg.device)
+    unit, nonzero = unit_rows(np.asarray(bank))
+    index, _ = make_index(bank.shape[1], cfg.device)
     index.add(unit)
     exact = {r.tobytes() for r in np.asarray(bank, dtype=cfg.dtype)} if cfg.threshold >= 1.0 else None
     n = uncovered = 0
@@ -468,7 +353,7 @@ def coverage_stats(
     for rows, n_masked in rechunk(blocks, cfg.chunk_rows):
         if len(rows):
             raw = np.ascontiguousarray(rows.astype(cfg.dtype, copy=False))
-            x, keep = _normalise(raw)
+            x, keep = unit_rows(raw)
             best = index.search(x, 1)[0][:, 0] if len(x) else np.empty(0, np.float32)
             if exact is not None:
                 hit = np.array([r.tobytes() in exact for r in raw[keep]], dtype=bool)
@@ -488,61 +373,3 @@ def coverage_stats(
         "mean_best_cosine": cos_sum / n if n else None,
         "verify_seconds": time.perf_counter() - start,
     }
-
-
-def bank_hash(bank: np.ndarray) -> str:
-    """sha256 of the bank's dtype, shape and bytes (16 hex chars)."""
-    h = hashlib.sha256(f"{bank.dtype.str}{bank.shape}".encode())
-    h.update(np.ascontiguousarray(bank).tobytes())
-    return h.hexdigest()[:16]
-
-
-def save_bank(path: Path, bank: np.ndarray, attrs: dict[str, Any], chunk_rows: int = 4096) -> None:
-    """Write ``bank [t, d]`` as one zarr array with ``attrs``, atomically (temp folder + rename)."""
-    import zarr
-
-    from .io import atomic_dir
-
-    with atomic_dir(Path(path)) as tmp:
-        arr = zarr.create_array(
-            store=zarr.storage.LocalStore(tmp),
-            shape=bank.shape,
-            chunks=(max(1, min(chunk_rows, len(bank))), bank.shape[1]),
-            dtype=bank.dtype,
-        )
-        arr[:] = bank
-        arr.attrs.update(attrs)
-
-
-def load_bank(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """A stored bank: ``(bank np.float32 [t, d], attrs)``; attrs hold its ``provenance``."""
-    import zarr
-
-    path = Path(path)
-    try:
-        arr = zarr.open_array(zarr.storage.LocalStore(path, read_only=True), mode="r")
-    except FileNotFoundError:
-        raise M3Error(f"{path}: no memory bank; run `m3 bank` for this scene and model first") from None
-    attrs = arr.attrs.asdict()
-    if "provenance" not in attrs:
-        raise M3Error(f"{path}: bank without provenance (incomplete or foreign); delete it and rerun `m3 bank`")
-    return np.asarray(arr[:], dtype=np.float32), attrs
-
-
-def check_bank_matches(bank_attrs: dict[str, Any], features_attrs: dict[str, Any], what: str = "bank") -> None:
-    """Refuse a bank built from other features than ``features_attrs`` describe (raises :class:`M3Error`).
-
-    Compares the features' ``config_hash`` and ``inputs_hash`` recorded in the bank's provenance
-    with the provenance of the features it is about to be used with.
-    """
-    recorded = (bank_attrs.get("provenance") or {}).get("features") or {}
-    current = features_attrs.get("provenance") or {}
-    keys = ("config_hash", "inputs_hash")
-    if not recorded or any(recorded.get(k) != current.get(k) for k in keys):
-        found = ", ".join(f"{k}={recorded.get(k)}" for k in keys)
-        now = ", ".join(f"{k}={current.get(k)}" for k in keys)
-        model = (bank_attrs.get("provenance") or {}).get("config", {}).get("model", "<model>")
-        raise M3Error(
-            f"{what}: built from other features ({found}) than the current ones ({now}); "
-            f"rebuild it with `m3 bank <scene> --model {model}` (or dvc repro)"
-        )

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import M3Error, logger
+from . import logger
 
 log = logger.getChild("sfm")
 

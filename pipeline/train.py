@@ -37,7 +37,8 @@ from .gaussians import QUERY_PREFIX, init_params, render_query, render_rgb, scal
 from .io import config_hash, hash_files, provenance
 from .losses import feature_loss, rgb_loss
 from .memory import build_heads
-from .reduction import check_bank_matches, load_bank, peak_ram_mb
+from .bankstore import check_bank_matches, load_bank
+from .reduction import peak_ram_mb
 from .scene import Scene, View, load_points, load_views, split_views
 
 log = logging.getLogger("m3.train")

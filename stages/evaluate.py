@@ -32,7 +32,7 @@ from pipeline.evaluation import evaluate_grounding, evaluate_views, load_groundi
 from pipeline.featurestore import FeatureStore
 from pipeline.io import atomic_dir, hash_files, provenance, write_json
 from pipeline.query import CANONICAL_NEGATIVES, build_query, pick_model
-from pipeline.reduction import load_bank
+from pipeline.bankstore import load_bank
 from pipeline.scene import Scene, load_views, split_views
 from pipeline.train import resolve_device
 from pipeline.trained import TrainedMemory

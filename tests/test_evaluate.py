@@ -130,7 +130,8 @@ def planted_scene(root: Path, n_views: int = 24, width: int = 128, height: int =
     import pycolmap
 
     from pipeline.demo import build_demo_scene
-    from pipeline.reduction import BankConfig, bank_hash, build_bank, save_bank
+    from pipeline.bankstore import bank_hash, save_bank
+    from pipeline.reduction import BankConfig, build_bank
 
     demo = build_demo_scene(n_views, width, height, seed=0)
     target = next(i for i, o in enumerate(demo.objects) if o.name == TARGET)

@@ -1,8 +1,6 @@
 """pipeline.raster: the torch backend against a brute-force per-pixel reference and gsplat CUDA."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 

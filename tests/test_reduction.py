@@ -5,18 +5,9 @@ import numpy as np
 import pytest
 
 from pipeline import M3Error
-from pipeline.reduction import (
-    BankConfig,
-    build_bank,
-    check_bank_matches,
-    coverage_stats,
-    covering,
-    greedy_cover,
-    load_bank,
-    merge_small,
-    rechunk,
-    save_bank,
-)
+from pipeline.bankstore import check_bank_matches, load_bank, save_bank
+from pipeline.cover import covering, greedy_cover, merge_small
+from pipeline.reduction import BankConfig, build_bank, coverage_stats, rechunk
 
 
 def clustered(n: int = 3000, d: int = 64, k: int = 12, noise: float = 0.45, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -91,7 +90,7 @@ def test_local_remote_round_trip_runs_nothing(shared: dict[str, Path]) -> None:
 @pytest.mark.slow
 def test_pulled_bank_with_changed_features_is_refused(shared: dict[str, Path]) -> None:
     from pipeline.featurestore import FeatureStore
-    from pipeline.reduction import check_bank_matches, load_bank
+    from pipeline.bankstore import check_bank_matches, load_bank
     from pipeline import M3Error
 
     c = _clone(shared["origin"], shared["tmp"] / "C")

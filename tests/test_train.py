@@ -20,7 +20,8 @@ from pipeline import M3Error
 from pipeline.demo import build_demo_scene
 from pipeline.featurestore import FeatureStore
 from pipeline.losses import feature_loss, psnr, rgb_loss, ssim
-from pipeline.reduction import BankConfig, bank_hash, build_bank, save_bank
+from pipeline.bankstore import bank_hash, save_bank
+from pipeline.reduction import BankConfig, build_bank
 from pipeline.scene import Scene, load_views, split_views
 from pipeline.train import TrainConfig, train, training_views
 from pipeline.trained import TrainedMemory, write_model
