@@ -3,7 +3,9 @@
 :func:`evaluate_views` renders each view once and compares the RGB render with the view's image
 (PSNR, SSIM, LPIPS when available) and, for every model, the features rendered through the
 memory with the stored features of that view (cosine distance and L2, the paper's Table 1
-protocol, :mod:`pipeline.metrics`). Features are read one view at a time.
+protocol, :mod:`pipeline.metrics`). Features are read one view at a time. As a reference point
+the same errors are given for the constant mean-feature predictor (:func:`mean_features` of the
+training views): a memory that has learnt the scene's features beats it by a wide margin.
 
 Grounding samples come from ``data/<scene>/grounding.json``, a list of::
 
@@ -54,20 +56,37 @@ class ViewResult:
     features: dict[str, dict[str, float | int]] = field(default_factory=dict)
 
 
+def mean_features(store: Any, names: Sequence[str]) -> torch.Tensor:
+    """Mean stored feature ``[d]`` (float64) over the valid cells of the views ``names``, one view at a time."""
+    index = {n: i for i, n in enumerate(store.names)}
+    total, count = torch.zeros(store.shape[2], dtype=torch.float64), 0
+    for name in names:
+        feats, valid = store.read(index[name])
+        rows = torch.from_numpy(feats.reshape(-1, feats.shape[-1])[valid.reshape(-1)].astype(np.float64))
+        total += rows.sum(0)
+        count += len(rows)
+    if not count:
+        raise M3Error("mean_features: the training views have no valid feature cells; check the features stage")
+    return total / count
+
+
 def evaluate_views(
     memory: Any,
     views: Sequence[View],
     stores: dict[str, Any],
     use_lpips: bool = True,
     on_render: Callable[[int, View, Any, torch.Tensor], None] | None = None,
+    baselines: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, Any], list[ViewResult], list[str]]:
     """Render ``views`` through ``memory`` (a ``TrainedMemory``) and compare with ground truth.
 
     ``stores`` maps each model to its open ``FeatureStore``. ``on_render(i, view, render_out,
-    gt_rgb [H, W, 3])`` is called per view (e.g. to save images). Returns the summary
-    (means over views; feature errors are cell-weighted over all views), per-view results and
-    notes (e.g. why LPIPS was omitted).
+    gt_rgb [H, W, 3])`` is called per view (e.g. to save images). ``baselines`` maps models to a
+    constant prediction ``[d]`` (e.g. :func:`mean_features`), scored as ``baseline_cosine`` and
+    ``baseline_l2``. Returns the summary (means over views; feature errors are cell-weighted over
+    all views), per-view results and notes (e.g. why LPIPS was omitted).
     """
+    baselines = baselines or {}
     notes: list[str] = []
     lp = None
     if use_lpips:
@@ -79,6 +98,7 @@ def evaluate_views(
         notes.append("LPIPS omitted: disabled by evaluate.lpips")
     index = {m: {n: i for i, n in enumerate(fs.names)} for m, fs in stores.items()}
     totals = {m: FeatureErrors() for m in stores}
+    base_totals = {m: FeatureErrors() for m in baselines}
     results: list[ViewResult] = []
     for i, view in enumerate(tqdm(views, desc="evaluate", unit="view")):
         with torch.no_grad():
@@ -102,14 +122,21 @@ def evaluate_views(
             target, mask = torch.from_numpy(feats.astype(np.float32)), torch.from_numpy(valid)
             per.add(pred, target, mask)
             totals[model].add(pred, target, mask)
+            if model in baselines:
+                const = baselines[model].to(target.dtype).expand_as(target)
+                base_totals[model].add(const, target, mask)
             res.features[model] = per.result()
         results.append(res)
         if on_render is not None:
             on_render(i, view, out, gt)
+    features = {m: acc.result() for m, acc in totals.items()}
+    for m, acc in base_totals.items():
+        base = acc.result()
+        features[m].update(baseline_cosine=base["cosine"], baseline_l2=base["l2"])
     summary: dict[str, Any] = {
         "psnr": float(np.mean([r.psnr for r in results])),
         "ssim": float(np.mean([r.ssim for r in results])),
-        "features": {m: acc.result() for m, acc in totals.items()},
+        "features": features,
     }
     if lp is not None:
         summary["lpips"] = float(np.mean([r.lpips for r in results]))

@@ -1,10 +1,13 @@
 """Stage ``evaluate``: metrics of a trained memory on held-out views (+ grounding when given).
 
 Reads ``params.yaml: evaluate``. Every ``test_every``-th registered view (0, 8, 16, ... — keep it
-equal to the views the train stage held out) is rendered once; outputs::
+equal to the views the train stage held out) is rendered once, at the image size the memory was
+trained at (``train.cpu_max_side`` on CPU, recorded in the model; full size on CUDA); outputs::
 
-    data/<scene>/eval/metrics.json     DVC metrics: method, psnr, ssim (lpips when available),
-                                       features.<model>.{cosine, l2, cells} (Table 1 protocol),
+    data/<scene>/eval/metrics.json     DVC metrics: method, image_size, psnr, ssim (lpips when
+                                       available), features.<model>.{cosine, l2, cells} (Table 1
+                                       protocol) and {baseline_cosine, baseline_l2} (the constant
+                                       mean feature of the training views, for reference),
                                        gaussians, model_size_mb, banks.<model>.{slots, dim, size_mb},
                                        grounding.{mIoU, cIoU, precision@0.5, precision@0.6, samples}
                                        when data/<scene>/grounding.json exists, notes
@@ -28,13 +31,13 @@ from PIL import Image
 
 from pipeline import M3Error, logger
 from pipeline.config import PARAMS_FILE, from_dict, load_section, to_dict
-from pipeline.evaluation import evaluate_grounding, evaluate_views, load_grounding
+from pipeline.evaluation import evaluate_grounding, evaluate_views, load_grounding, mean_features
 from pipeline.featurestore import FeatureStore
 from pipeline.io import atomic_dir, hash_files, provenance, write_json
 from pipeline.query import CANONICAL_NEGATIVES, build_query, pick_model
 from pipeline.bankstore import load_bank
 from pipeline.scene import Scene, load_views, split_views
-from pipeline.train import resolve_device
+from pipeline.train import resampled_views, resolve_device
 from pipeline.trained import TrainedMemory
 from stages.common import PARAMS_HELP, SCENE_HELP, override, reports_errors
 
@@ -102,8 +105,8 @@ def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
     start = time.perf_counter()
     device = resolve_device(config.device)
     memory = TrainedMemory.load(scene, device=device)
-    views = load_views(scene)
-    _, test = split_views(views, config.test_every)
+    views = resampled_views(load_views(scene), int(memory.config.get("max_side", 0)))
+    train, test = split_views(views, config.test_every)
     if not test:
         raise M3Error(f"evaluate.test_every={config.test_every}: no held-out views; set it to a positive number")
     held_out = set(memory.config.get("test_views", []))
@@ -113,10 +116,12 @@ def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
     prov = provenance("evaluate", to_dict(config), hash_files(model_files))
     scene.eval_dir.mkdir(parents=True, exist_ok=True)
     with atomic_dir(scene.eval_dir / "renders") as renders:
+        baselines = {m: mean_features(fs, [v.name for v in train]) for m, fs in stores.items()}
         summary, per_view, notes = evaluate_views(
-            memory, test, stores, config.lpips, _save_render(renders, config.n_renders)
+            memory, test, stores, config.lpips, _save_render(renders, config.n_renders), baselines
         )
-    metrics: dict[str, Any] = {"method": memory.method, "test_views": len(test), **summary, **_sizes(scene, memory)}
+    metrics: dict[str, Any] = {"method": memory.method, "test_views": len(test),
+                               "image_size": [test[0].width, test[0].height], **summary, **_sizes(scene, memory)}
     details: dict[str, Any] = {"views": [vars(r) for r in per_view], "provenance": prov}
     if seen:
         notes.append(f"{len(seen)} of {len(test)} evaluated views were training views; "
@@ -139,7 +144,8 @@ def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     write_json(scene.eval_dir / "per_view.json", details)
     write_json(scene.eval_dir / "metrics.json", metrics)
-    feats = ", ".join(f"{m} cos {v['cosine']:.4f} / L2 {v['l2']:.4f}" for m, v in summary["features"].items())
+    feats = ", ".join(f"{m} cos {v['cosine']:.4f} (mean feature {v['baseline_cosine']:.4f}) / L2 {v['l2']:.4f}"
+                      for m, v in summary["features"].items())
     log.info(
         "%s (%s): %d held-out views, PSNR %.2f dB, SSIM %.4f, %s; %d Gaussians, %.2f MB",
         scene.name, memory.method, len(test), summary["psnr"], summary["ssim"], feats,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.evaluation import evaluate_grounding, evaluate_views, load_grounding
+from pipeline.evaluation import evaluate_grounding, evaluate_views, load_grounding, mean_features
 from pipeline.featurestore import FeatureStore
 from pipeline.query import QueryVector
 from pipeline.scene import Scene, View
@@ -52,10 +52,16 @@ def test_evaluate_views_known_errors(tmp_path: Path) -> None:
     exact = RenderOut(images[0], torch.ones(H, W), {"clip": torch.from_numpy(feats[0].astype(np.float32))})
     off = RenderOut(images[1] + 0.1, torch.ones(H, W), {"clip": -torch.from_numpy(feats[1].astype(np.float32))})
     saved = []
+    mean = mean_features(fs, ["v0.png"])
+    np.testing.assert_allclose(mean.numpy(), feats[0].astype(np.float64)[valid].mean(0), rtol=1e-12)
     summary, per_view, notes = evaluate_views(
         KnownRenders({"v0.png": exact, "v1.png": off}), views, {"clip": fs}, use_lpips=False,
-        on_render=lambda i, v, out, gt: saved.append((i, v.name, tuple(gt.shape))),
+        on_render=lambda i, v, out, gt: saved.append((i, v.name, tuple(gt.shape))), baselines={"clip": mean},
     )
+    both = np.concatenate([f.astype(np.float64)[valid] for f in feats])  # [2 * (h*w - 1), D]
+    cos = both @ mean.numpy() / np.linalg.norm(both, axis=1) / np.linalg.norm(mean.numpy())
+    assert summary["features"]["clip"]["baseline_cosine"] == pytest.approx(float((1 - cos).mean()), rel=1e-4)
+    assert summary["features"]["clip"]["baseline_l2"] == pytest.approx(float(((both - mean.numpy()) ** 2).mean()), rel=1e-3)
     assert per_view[0].psnr == 100.0 and per_view[0].ssim == pytest.approx(1.0, abs=1e-5)
     assert per_view[1].psnr == pytest.approx(20.0, abs=0.01)
     assert per_view[0].features["clip"]["cosine"] == pytest.approx(0.0, abs=1e-3)
@@ -217,6 +223,8 @@ def test_evaluate_stage_on_planted_scene(trained_planted) -> None:
     assert 15.0 < saved["psnr"] < 100.0 and 0.0 < saved["ssim"] <= 1.0
     clip = saved["features"]["clip"]
     assert 0.0 <= clip["cosine"] < 0.5 and clip["cells"] == 3 * 24 * 32
+    assert 2 * clip["cosine"] < clip["baseline_cosine"]  # far better than the mean feature
+    assert saved["image_size"] == [m["image_size"][0], m["image_size"][1]] and saved["image_size"][0] > 0
     assert saved["gaussians"] == m["gaussians"] > 0 and saved["model_size_mb"] > 0
     assert saved["banks"]["clip"]["dim"] == 16 and saved["banks"]["clip"]["slots"] > 1
     assert len(list((scene.eval_dir / "renders").glob("*.png"))) == 2
