@@ -30,7 +30,7 @@ THUMB = 32
 class FramesConfig:
     """The ``frames`` section of ``params.yaml``."""
 
-    max_side: int = 640  # longer side of the written frames (never upscaled)
+    max_side: int = 1024  # longer side of the written frames (never upscaled)
     target_count: int = 60  # keep at most this many frames, evenly spread
     blur_ratio: float = 0.35  # drop frames whose sharpness is below blur_ratio x the median
     blur_window: int = 0  # median over the whole input (0) or over this many neighbouring candidates
