@@ -1,5 +1,6 @@
 """Cover primitives of the bank reduction: unit rows, the FAISS index, covering entries of a chunk,
-greedy set cover inside a chunk and merges of small groups (see :mod:`pipeline.reduction`)."""
+greedy set cover inside a chunk, smallest enclosing caps and merges of groups of rows whose rows
+one cap holds (see :mod:`pipeline.reduction`)."""
 from __future__ import annotations
 
 from typing import Any
@@ -44,14 +45,29 @@ def greedy_cover(y: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray, np.
     Repeatedly takes the row that covers the most still-uncovered rows (ties: the lowest row
     number), makes it an entry and marks its neighbours (cosine ``>= thr``) covered. Returns the
     entries' positions ``[e]`` (in the order taken), per row the cosine ``[u]`` to the entry that
-    covered it and that entry's number ``[u]`` (an index into the entries). Memory: the
-    ``[u, u]`` cosine matrix and its thresholded copy.
+    covered it and that entry's number ``[u]`` (an index into the entries). The neighbours come
+    from a FAISS range search of the rows against themselves (CPU), so memory is the number of
+    neighbour pairs (12 bytes each; at most ``u^2``).
     """
+    import faiss
+
     u = len(y)
-    gram = y @ y.T  # [u, u]
-    adj = gram >= thr
-    np.fill_diagonal(adj, True)  # an entry covers itself (cosine 1 up to rounding)
-    degree = adj.sum(axis=1, dtype=np.int64)  # uncovered rows each row would cover
+    index = faiss.IndexFlatIP(y.shape[1])
+    index.add(np.ascontiguousarray(y))
+    lims, sim, idx = index.range_search(np.ascontiguousarray(y), thr)
+    lims = lims.astype(np.int64)
+    src = np.repeat(np.arange(u), np.diff(lims))
+    self_pair = np.zeros(u, dtype=bool)
+    self_pair[src[idx == src]] = True
+    if not self_pair.all():  # an entry covers itself (cosine 1 up to rounding)
+        extra = np.flatnonzero(~self_pair)
+        src = np.concatenate([src, extra])
+        order = np.argsort(src, kind="stable")
+        src = src[order]
+        idx = np.concatenate([idx, extra])[order]
+        sim = np.concatenate([sim, np.ones(len(extra), dtype=np.float32)])[order]
+        lims = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=u))])
+    degree = np.diff(lims).astype(np.int64)  # uncovered rows each row would cover
     covered = np.zeros(u, dtype=bool)
     assigned = np.full(u, -np.inf, dtype=np.float32)
     owner = np.zeros(u, dtype=np.int64)
@@ -59,14 +75,18 @@ def greedy_cover(y: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray, np.
     left = u
     while left:
         r = int(np.argmax(degree))
-        new = adj[r] & ~covered
+        nbrs = idx[lims[r] : lims[r + 1]]
+        fresh = ~covered[nbrs]
+        new = nbrs[fresh]
         owner[new] = len(entries)
         entries.append(r)
-        covered |= new
-        left -= int(new.sum())
-        assigned[new] = gram[r, new]
+        covered[new] = True
+        left -= len(new)
+        assigned[new] = sim[lims[r] : lims[r + 1]][fresh]
         assigned[r] = 1.0
-        degree -= adj[new].sum(axis=0, dtype=np.int64)
+        counts = lims[new + 1] - lims[new]
+        pairs = np.repeat(lims[new] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        degree -= np.bincount(idx[pairs], minlength=u)
     return np.asarray(entries, dtype=np.int64), assigned, owner
 
 
@@ -87,38 +107,110 @@ def covering(index: Any, x: np.ndarray, thr: float, k: int | None = None) -> tup
     return lims, sim[keep], idx[keep]
 
 
-def merge_small(members: list[np.ndarray], sums: np.ndarray, thr: float, dtype: str) -> list[tuple[int, int]]:
-    """Merges of small groups of rows whose joint centre still covers them all.
+def enclosing_cap(
+    y: np.ndarray, thr: float | None = None, lam: np.ndarray | None = None, iters: int = 300
+) -> tuple[np.ndarray, float, float]:
+    """Smallest spherical cap around the unit rows ``y [m, d]``, as weights ``lam [m]`` on the rows.
 
-    ``members[i] [n_i, d]`` are the unit rows of group ``i``, ``sums [g, d]`` their raw sums. Pairs
-    are tried by decreasing cosine of their centres (ties: lower numbers first); a pair merges
-    when the raw mean of both groups (cast to ``dtype``) has cosine ``>= thr`` with every row of
-    both. Repeats over the merged groups until no pair merges. Returns ``(kept, merged_into_it)``
-    pairs in the order done. Memory: the ``[g, g]`` centre cosines.
+    The centre that maximises the smallest cosine to the rows is the direction of the point of
+    their convex hull nearest the origin, ``z = y^T lam`` (``lam`` on the simplex), and that
+    cosine is ``|z|``. Pairwise Frank-Wolfe on ``min |y^T lam|^2`` (start: ``lam``, else the
+    row nearest the rows' mean direction) moves weight from the support row nearest the centre
+    to the row farthest from it, with an exact line search; only the rows it touches get their
+    cosines to all rows computed (no ``[m, m]`` matrix). Returns ``(lam [m] float64, lower, upper)``: the centre ``z/|z|`` reaches
+    every row with cosine ``>= lower`` and no centre reaches them all above ``upper``. Stops
+    when ``lower >= thr`` (the rows fit in a cap of cosine ``thr``), ``upper < thr`` (they do
+    not), the bounds meet within 1e-6, or after ``iters`` steps.
     """
-    groups = {i: (m, sums[i].copy()) for i, m in enumerate(members)}
-    done: list[tuple[int, int]] = []
-    merged = True
-    while merged and len(groups) > 1:
-        merged = False
-        ids = sorted(groups)
-        cen, _ = unit_rows(np.stack([groups[i][1] for i in ids]).astype(dtype))
-        sim = cen @ cen.T
-        a, b = np.triu_indices(len(ids), 1)
-        near = sim[a, b] >= 2 * thr * thr - 1  # farther apart, no point is within thr of both
-        a, b, c = a[near], b[near], sim[a, b][near]
-        taken: set[int] = set()
-        for k in np.lexsort((b, a, -c)):
-            i, j = ids[a[k]], ids[b[k]]
-            if i in taken or j in taken:
+    cols: dict[int, np.ndarray] = {}
+    if lam is None:  # the row nearest the mean direction
+        first = int(np.argmax(np.einsum("id,d->i", y, np.einsum("id->d", y.astype(np.float64)))))
+        lam = np.zeros(len(y))
+        lam[first] = 1.0
+    else:
+        lam = lam.astype(np.float64)  # a copy
+    z = np.einsum("i,id->d", lam, y)
+    g = np.einsum("id,d->i", y, z)  # cosines of the rows to z, times |z|
+
+    def col(i: int) -> np.ndarray:
+        if i not in cols:
+            cols[i] = np.einsum("id,d->i", y, y[i].astype(np.float64))
+        return cols[i]
+
+    for _ in range(iters + 1):
+        upper = float(np.sqrt(max(np.einsum("d,d->", z, z), 0.0)))
+        s = int(np.argmin(g))
+        lower = float(g[s]) / upper if upper > 0 else -1.0
+        if (thr is not None and (lower >= thr or upper < thr)) or upper - lower <= 1e-6:
+            break
+        support = np.flatnonzero(lam > 0)
+        v = int(support[np.argmax(g[support])])
+        cs, cv = col(s), col(v)
+        slope, curve = float(g[s] - g[v]), float(cs[s] + cv[v] - 2 * cs[v])
+        if v == s or slope >= 0 or curve <= 0:
+            break
+        step = min(-slope / curve, float(lam[v]))
+        lam[s] += step
+        lam[v] = 0.0 if step == lam[v] else lam[v] - step
+        z += step * (y[s] - y[v])
+        g += step * (cs - cv)
+    return lam, lower, upper
+
+
+def cap_centre(raw: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """Raw-scale centre ``[d]`` (float64) of rows ``raw [m, d]`` with cap weights ``lam [m]``.
+
+    The mean of the rows weighted by ``lam_i / |raw_i|``: its direction is ``sum lam_i
+    raw_i / |raw_i|`` (the cap's centre), its scale that of the rows (identical rows give the row).
+    """
+    r = raw.astype(np.float64)
+    w = lam / np.linalg.norm(r, axis=1)
+    return np.einsum("i,id->d", w, r) / w.sum()
+
+
+def merge_caps(
+    groups: list[np.ndarray], counts: np.ndarray, thr: float, keep: int, tries: int = 8
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Smallest enclosing caps of groups of rows, merging groups whose rows one cap holds.
+
+    ``groups[i] [m_i, d]`` are rows (raw, non-zero) standing for group ``i``, which has
+    ``counts[i]`` rows in all. Every group gets its cap (:func:`enclosing_cap`). Then, smallest
+    group first (ties: the lower number), a group merges into the first of the ``tries`` live
+    groups with the nearest centres whose rows and its own fit in one cap of cosine ``>= thr``
+    (tested first on the two caps' support rows, a necessary condition). A merged group keeps
+    its support rows and the others farthest from its centre, at most ``keep`` rows (more when
+    the support is larger). Returns ``(rows, lam, into)``: per group its rows ``[m_i', d]`` and
+    cap weights ``[m_i']`` (empty once merged away) and ``into [g]``, the group it ended in.
+    """
+    near = 2 * thr * thr - 1  # two rows farther apart than this fit in no cap of cosine thr
+    rows = list(groups)
+    unit = [unit_rows(r)[0] for r in rows]
+    lam = [enclosing_cap(u)[0] for u in unit]
+    cen = np.stack([np.einsum("i,id->d", w, u) for w, u in zip(lam, unit)])
+    cen /= np.linalg.norm(cen, axis=1, keepdims=True)
+    into = np.arange(len(rows))
+    for k in np.argsort(counts, kind="stable").tolist():
+        sims = np.einsum("gd,d->g", cen, cen[k])
+        sims[into != np.arange(len(rows))] = -np.inf
+        sims[k] = -np.inf
+        for j in np.argsort(-sims, kind="stable")[:tries].tolist():
+            if sims[j] < near:
+                break
+            support = np.concatenate([unit[k][lam[k] > 0], unit[j][lam[j] > 0]])
+            if enclosing_cap(support, thr)[2] < thr:
                 continue
-            rows = np.concatenate([groups[i][0], groups[j][0]])
-            total = groups[i][1] + groups[j][1]
-            centre = unit_rows((total / len(rows))[None].astype(dtype))[0]
-            if len(centre) and float((rows @ centre[0]).min()) >= thr:
-                groups[i] = (rows, total)
-                del groups[j]
-                taken.update((i, j))
-                done.append((i, j))
-                merged = True
-    return done
+            y = np.concatenate([unit[k], unit[j]])
+            w, lower, _ = enclosing_cap(y, thr, np.concatenate([lam[k], lam[j]]) / 2)
+            if lower < thr:
+                continue
+            z = np.einsum("i,id->d", w, y)
+            order = np.lexsort((np.einsum("id,d->i", y, z), w == 0))[: max(keep, int((w > 0).sum()))]
+            order.sort()
+            rows[j], unit[j], lam[j] = np.concatenate([rows[k], rows[j]])[order], y[order], w[order]
+            cen[j] = z / np.linalg.norm(z)
+            rows[k], unit[k], lam[k] = rows[k][:0], unit[k][:0], lam[k][:0]
+            into[k] = j
+            break
+    while (into[into] != into).any():
+        into = into[into]
+    return rows, lam, into

@@ -8,41 +8,52 @@ in ``refine + 1`` passes (theta < 1). Every pass is a *cover pass* over an order
 1. L2-normalise the chunk (fp32) and range-search it against the bank so far with a FAISS
    inner-product index (``IndexFlatIP``; a GPU index when faiss has GPU support and a GPU is
    present). A row is covered by the *first* entry (in bank order) with cosine ``>= theta``.
-2. The rows still uncovered go through a greedy pass inside the chunk, on one matrix product of
-   the uncovered subset with itself: the uncovered row with the most uncovered neighbours
-   becomes a new entry (appended to the bank) and covers them; repeat until the chunk is
-   covered (ties go to the earlier row, so the result is deterministic).
-3. Every entry counts the rows it covered and sums them (raw, float64).
+2. The rows still uncovered go through a greedy pass inside the chunk, on a FAISS range search
+   of the uncovered subset against itself: the uncovered row with the most uncovered
+   neighbours becomes a new entry (appended to the bank) and covers them; repeat until the
+   chunk is covered (ties go to the earlier row, so the result is deterministic).
+3. Every entry counts the rows it covered and keeps some of them as evidence (below).
 
 Pass 1 starts from an empty bank, so it is the one-pass algorithm (entries are input rows).
-After each pass but the last, every entry that covered a row is replaced by the raw mean of
-those rows (a *centre*; entries that covered nothing are dropped), and the centres are ordered
-by how many rows they covered, most first. The next pass starts from those centres: a centre
-of a group of rows reaches more of them at the same threshold than any member does (it is
-free of their pixel noise), and since rows go to the first covering entry, a rarely used
-centre whose rows the larger ones also cover gets none and is dropped. Entries that covered
-at most ``merge_rows`` rows keep those rows (unit, fp16) during the pass, and before the next
-pass two such small groups are merged into one centre when the mean of both covers every row
-of both (:func:`merge_small`; rare rows far from the bulk otherwise cost an entry each). The
-**last** pass does
-not re-centre: it keeps exactly the entries that covered some row in that pass (centres, plus
-input rows added for rows no centre reached). So **every** valid row has a stored entry of
-cosine ``>= theta`` (coverage 100%, by construction of the last pass; the stage's ``verify``
-pass re-checks it exactly). On the benchmark data the default five refinement passes shrink
-the bank by 12-28% against the single pass (``benchmarks/README.md``).
+During a pass every entry keeps, as *evidence*, the ``merge_rows`` rows it covered with the
+lowest cosine to it (raw; the rows farthest from it, which bound its group). After each pass
+but the last, the entries that covered a row are re-centred and merged
+(:func:`~pipeline.cover.merge_caps`):
+
+* every group's centre becomes the centre of the *smallest spherical cap* around its evidence
+  (the minimax centre, maximising the lowest cosine; :func:`~pipeline.cover.enclosing_cap`,
+  Frank-Wolfe on the point of the rows' convex hull nearest the origin), not the mean, which
+  leans toward the dense part of the group and leaves its far rows to other entries;
+* smallest group first, a group merges into one of its 8 nearest groups (by centre cosine)
+  when one cap of cosine ``>= theta`` holds the evidence of both (their support rows are tested
+  first); the merged group keeps the ``merge_rows`` rows farthest from its new centre. Groups
+  are rarely full caps (on the benchmark data the median group fits a cap of cosine ~0.88), so
+  neighbouring groups often fit one entry.
+
+A centre is stored at raw scale: the mean of its evidence rows weighted so that its direction
+is the cap's centre (:func:`~pipeline.cover.cap_centre`). The centres are ordered by how many
+rows they represent, most first, and seed the next pass; rows go to the first covering entry,
+so a centre whose rows the earlier ones cover gets none and is dropped. The evidence is a
+bounded sample: a merged cap may miss rows of the groups it was not shown; those rows go to
+another entry or to new input-row entries in the next pass, whose greedy step covers them.
+The **last** pass does not re-centre: it keeps exactly the entries that covered some row in
+that pass (centres, plus input rows added for rows no centre reached). So **every** valid row
+has a stored entry of cosine ``>= theta`` (coverage 100%, by construction of the last pass; the
+stage's ``verify`` pass re-checks it exactly). On the benchmark data the default five
+refinement passes shrink the bank by 42-57% against the single pass (``benchmarks/README.md``).
 
 The bank is still a set of principal scene components: raw-scale vectors in the model's
-feature space (input rows or means of input rows, never normalised), one per group of
+feature space (input rows or weighted means of input rows, never normalised), one per group of
 similar features, which training renders through attention as in the paper; only the choice
 of entries differs from Algorithm 1 (full coverage; centres instead of arbitrary members).
 
-Cost ``O(passes N t d)``; memory holds one chunk, the bank, its ``[t, d]`` sums and at most
-``merge_rows`` rows per small entry. Refinement
-needs the rows again: :func:`build_bank` takes a function returning a fresh iterable (or a
-sequence); a one-shot iterator gets the single-pass bank. Rows and centres are cast to the
+Cost ``O(passes N t d)`` plus, between passes, a few ``[merge_rows, d]`` products per entry and
+merge tried; memory holds one chunk, the bank and at most ``merge_rows`` evidence rows per entry
+(config dtype). Refinement needs the rows again: :func:`build_bank` takes a function returning
+a fresh iterable (or a sequence); a one-shot iterator gets the single-pass bank. Rows and centres are cast to the
 configured dtype *before* they are compared, so the guarantee holds for the stored vectors.
-The result depends only on the rows, their order and the config (and on the device: GPU sums
-may round differently from CPU ones).
+The result depends only on the rows, their order and the config (and on the device: GPU
+cosines may round differently from CPU ones, which can change which rows are evidence).
 
 Float rounding: a row counts as covered when its fp32 cosine is ``>= theta + tolerance``, so that
 recomputing the cosines in another precision or summation order still gives ``>= theta``.
@@ -62,7 +73,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal
 import numpy as np
 
 from . import M3Error
-from .cover import covering, greedy_cover, make_index, merge_small, unit_rows
+from .cover import cap_centre, covering, greedy_cover, make_index, merge_caps, unit_rows
 
 log = logging.getLogger("m3.reduction")
 
@@ -80,7 +91,7 @@ class BankConfig:
     tolerance: float = 1.0e-5  # cosine margin against float rounding (see module docstring)
     verify: bool = True  # extra pass: exact best cosine of every row against the final bank
     refine: int = 5  # re-centring passes before the final cover pass (0: entries are input rows)
-    merge_rows: int = 256  # entries covering at most this many rows may merge between passes
+    merge_rows: int = 256  # evidence rows kept per entry (those farthest from it) for re-centring and merges
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.threshold <= 1.0:
@@ -89,8 +100,8 @@ class BankConfig:
             raise M3Error(f"bank.chunk_rows: {self.chunk_rows} must be >= 1; fix it")
         if self.refine < 0:
             raise M3Error(f"bank.refine: {self.refine} must be >= 0; fix it")
-        if self.merge_rows < 0:
-            raise M3Error(f"bank.merge_rows: {self.merge_rows} must be >= 0; fix it")
+        if self.merge_rows < 1:
+            raise M3Error(f"bank.merge_rows: {self.merge_rows} must be >= 1; fix it")
 
 
 @dataclass
@@ -134,12 +145,13 @@ def rechunk(blocks: Iterable[Block], chunk_rows: int) -> Iterator[tuple[np.ndarr
 
 
 class _Pass:
-    """One streamed cover pass: FAISS index over unit entries, the raw entries and their members.
+    """One streamed cover pass: FAISS index over unit entries, the raw entries and their evidence.
 
     Starts from ``seeds [s, d]`` (config dtype; centres of the previous pass) and adds input rows
     as new entries where a chunk is not covered. Per entry it counts the rows it covered (a row
     goes to the first entry in bank order with cosine ``>= thr``, or to the greedy entry that
-    covered it) and sums those raw rows (float64), so that :meth:`centres` can re-centre them.
+    covered it) and keeps, as evidence for :meth:`centres`, the ``merge_rows`` of them with the
+    lowest cosine to it (raw, config dtype; ties: the earlier row).
     """
 
     def __init__(self, cfg: BankConfig, seeds: np.ndarray | None = None) -> None:
@@ -150,8 +162,8 @@ class _Pass:
         self.raw: list[np.ndarray] = []
         self.rows: list[np.ndarray] = []
         self.count = np.zeros(0, dtype=np.int64)
-        self.sums = np.zeros((0, 0), dtype=np.float64)
-        self.members: dict[int, list[np.ndarray]] = {}  # unit rows of entries with <= merge_rows rows
+        self.evidence: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # entry -> (rows [m, d], cosines [m])
+        self.floor = np.zeros(0, dtype=np.float32)  # a row with a lower cosine enters the evidence
         self.t = 0
         if seeds is not None and len(seeds):
             self._add(seeds, np.full(len(seeds), -1, dtype=np.int64))
@@ -159,12 +171,11 @@ class _Pass:
     def _add(self, raw: np.ndarray, rows: np.ndarray) -> None:
         if self.index is None:
             self.index, self.device = make_index(raw.shape[1], self.cfg.device)
-            self.sums = np.zeros((0, raw.shape[1]), dtype=np.float64)
         self.index.add(np.ascontiguousarray(unit_rows(raw)[0]))
         self.raw.append(raw.copy())
         self.rows.append(rows)
         self.count = np.concatenate([self.count, np.zeros(len(raw), dtype=np.int64)])
-        self.sums = np.concatenate([self.sums, np.zeros((len(raw), raw.shape[1]), dtype=np.float64)])
+        self.floor = np.concatenate([self.floor, np.full(len(raw), np.inf, dtype=np.float32)])
         self.t += len(raw)
 
     def add_chunk(self, raw: np.ndarray, offset: int) -> np.ndarray:
@@ -173,7 +184,6 @@ class _Pass:
         raw, pos = raw[nonzero], np.flatnonzero(nonzero) + offset
         if self.index is None:
             self.index, self.device = make_index(raw.shape[1], self.cfg.device)
-            self.sums = np.zeros((0, raw.shape[1]), dtype=np.float64)
         best = np.full(len(x), -np.inf, dtype=np.float32)
         nearest = np.zeros(len(x), dtype=np.int64)
         if self.index.ntotal:
@@ -190,35 +200,43 @@ class _Pass:
             best[unc] = assigned
             nearest[unc] = self.t + owner
             self._add(raw[unc[new]], pos[unc[new]])
-        order = np.argsort(nearest, kind="stable")
-        ids, starts = np.unique(nearest[order], return_index=True)
-        self.count[ids] += np.diff(np.append(starts, len(order)))
-        self.sums[ids] += np.add.reduceat(raw[order].astype(np.float64), starts, axis=0)
-        ends = np.append(starts[1:], len(order))
-        for j in np.flatnonzero(self.count[ids] <= self.cfg.merge_rows):  # small entries keep their rows
-            self.members.setdefault(int(ids[j]), []).append(x[order[starts[j] : ends[j]]].astype(np.float16))
-        for e in ids[self.count[ids] > self.cfg.merge_rows]:
-            self.members.pop(int(e), None)
+        self.count += np.bincount(nearest, minlength=self.t)
+        self._keep_evidence(raw, best, nearest)
         return best
 
-    def centres(self) -> np.ndarray:
-        """Every used entry re-centred on the raw mean of its rows ``[t', d]`` (config dtype).
+    def _keep_evidence(self, raw: np.ndarray, best: np.ndarray, nearest: np.ndarray) -> None:
+        """Merge the chunk's rows ``raw [k, d]`` (cosines ``best [k]`` to entries ``nearest [k]``) into the evidence."""
+        cand = np.flatnonzero(best < self.floor[nearest])
+        cand = cand[np.argsort(nearest[cand], kind="stable")]
+        ids, starts = np.unique(nearest[cand], return_index=True)
+        for e, rows in zip(ids.tolist(), np.split(cand, starts[1:])):
+            ev_rows, ev_cos = raw[rows], best[rows]
+            if e in self.evidence:
+                ev_rows = np.concatenate([self.evidence[e][0], ev_rows])
+                ev_cos = np.concatenate([self.evidence[e][1], ev_cos])
+            if len(ev_cos) > self.cfg.merge_rows:
+                low = np.sort(np.argsort(ev_cos, kind="stable")[: self.cfg.merge_rows])
+                ev_rows, ev_cos = ev_rows[low], ev_cos[low]
+                self.floor[e] = ev_cos.max()
+            self.evidence[e] = (ev_rows, ev_cos)
 
-        Small entries (``<= merge_rows`` rows) are merged first: two of them become one when the
-        mean of their rows together covers all of them (see :func:`merge_small`). The centres are
-        ordered by the number of rows they represent, most first.
+    def centres(self) -> np.ndarray:
+        """Every used entry re-centred on the smallest cap around its evidence ``[t', d]`` (config dtype).
+
+        Entries whose evidence one cap holds are merged first (:func:`merge_caps`); a centre is
+        the weighted mean of its evidence rows (:func:`cap_centre`). The centres are ordered by
+        the number of rows they represent, most first (ties: the earlier entry).
         """
-        sums, count = self.sums.copy(), self.count.copy()
-        small = sorted(e for e in self.members if count[e] > 0)
-        for into, gone in merge_small(
-            [np.concatenate(self.members[e]).astype(np.float32) for e in small], sums[small], self.thr, self.cfg.dtype
-        ):
-            sums[small[into]] += sums[small[gone]]
-            count[small[into]] += count[small[gone]]
-            count[small[gone]] = 0
+        used = np.flatnonzero(self.count > 0)
+        if not used.size:
+            return np.empty((0, 0), dtype=self.cfg.dtype)
+        rows, lam, into = merge_caps(
+            [self.evidence[int(e)][0] for e in used], self.count[used], self.thr, self.cfg.merge_rows
+        )
+        count = np.bincount(into, weights=self.count[used], minlength=len(used))
         order = np.argsort(-count, kind="stable")
         order = order[count[order] > 0]
-        return (sums[order] / count[order, None]).astype(self.cfg.dtype)
+        return np.stack([cap_centre(rows[g], lam[g]) for g in order]).astype(self.cfg.dtype)
 
     def result(self, d: int) -> tuple[np.ndarray, np.ndarray]:
         """The used entries ``[t', d]`` (entries no row chose are dropped) and their input rows."""

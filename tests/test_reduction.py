@@ -6,7 +6,7 @@ import pytest
 
 from pipeline import M3Error
 from pipeline.bankstore import check_bank_matches, load_bank, save_bank
-from pipeline.cover import covering, greedy_cover, merge_small
+from pipeline.cover import cap_centre, covering, enclosing_cap, greedy_cover, merge_caps
 from pipeline.reduction import BankConfig, build_bank, coverage_stats, rechunk
 
 
@@ -123,6 +123,9 @@ def test_masked_rows_are_ignored() -> None:
     assert masked.stats["N"] == valid.sum() and masked.stats["masked_rows"] == (~valid).sum()
     assert set(masked.entry_rows.tolist()) <= set(range(-1, valid.sum()))  # valid rows (-1: a centre)
     np.testing.assert_array_equal(masked.entry_rows, clean.entry_rows)
+    none = build_bank(blocks(poisoned, 250, np.zeros(len(x), dtype=bool)), cfg)  # every pass sees no row
+    zero = build_bank(blocks(np.zeros_like(x), 250), cfg)
+    assert len(none.bank) == len(zero.bank) == 0 and none.stats["N"] == zero.stats["N"] == 0
 
 
 def test_stats_match_an_exact_recomputation() -> None:
@@ -179,20 +182,62 @@ def test_covering_range_search_and_top_k_agree() -> None:
     assert sum(map(len, expect)) > 100  # rows with several covering entries
 
 
-def test_merge_small_merges_only_groups_one_centre_covers() -> None:
+def test_enclosing_cap_is_the_minimax_centre_not_the_mean() -> None:
+    # two rows at angle a either side of e0, and 30 rows near one of them (inside the same cap):
+    # the smallest cap around all of them is centred on e0 with cosine cos(a); the mean leans
+    # toward the crowd and misses the lone row
+    a = 0.6
+    rng = np.random.default_rng(0)
+    crowd = np.cos(a / 2) * np.eye(8)[0] + np.sin(a / 2) * np.eye(8)[1] + 0.03 * rng.standard_normal((30, 8))
+    rows = np.concatenate([[np.cos(a) * np.eye(8)[0] + np.sin(a) * np.eye(8)[1]],
+                           [np.cos(a) * np.eye(8)[0] - np.sin(a) * np.eye(8)[1]], crowd])
+    y = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    lam, lower, upper = enclosing_cap(y)
+    assert lam.min() >= 0 and abs(lam.sum() - 1) < 1e-9
+    centre = y.T.astype(np.float64) @ lam
+    centre /= np.linalg.norm(centre)
+    cos = y @ centre
+    assert abs(cos.min() - np.cos(a)) < 1e-5 and lower <= cos.min() + 1e-6 and lower > np.cos(a) - 1e-5
+    assert np.cos(a) - 1e-5 < upper < np.cos(a) + 1e-5
+    np.testing.assert_allclose(centre, np.eye(8)[0], atol=1e-3)
+    mean = y.mean(axis=0) / np.linalg.norm(y.mean(axis=0))
+    assert (y @ mean).min() < np.cos(a) - 0.02
+    # with a threshold it stops as soon as the answer is known
+    assert enclosing_cap(y, np.cos(a) - 0.01)[1] >= np.cos(a) - 0.01
+    assert enclosing_cap(y, np.cos(a) + 0.01)[2] < np.cos(a) + 0.01
+
+
+def test_cap_centre_is_a_weighted_mean_in_the_cap_direction() -> None:
+    row = np.random.default_rng(0).standard_normal(16).astype(np.float32)
+    same = np.tile(row, (5, 1))
+    np.testing.assert_array_equal(cap_centre(same, np.full(5, 0.2)).astype(np.float32), row)
+    raw = np.array([[3.0, 0.0], [0.0, 1.0]], dtype=np.float32)  # unit directions e0, e1; norms 3, 1
+    c = cap_centre(raw, np.array([0.5, 0.5]))
+    np.testing.assert_allclose(c / np.linalg.norm(c), [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-12)
+    np.testing.assert_allclose(c, [0.75, 0.75])  # rows weighted 1/6 and 1/2, over their sum 2/3
+
+
+def test_merge_caps_merges_only_groups_one_cap_holds() -> None:
     rng = np.random.default_rng(0)
     axis = np.eye(16, dtype=np.float32)
-    # groups 0 and 1: rows near two directions at cosine 0.5 (no row covers both at 0.8, their
-    # mean does); group 2: an orthogonal direction, too far to merge
+    # groups 0 and 1: rows near two directions at cosine 0.5 (no row covers both at 0.8, the cap
+    # between them does, at cosine ~0.87); group 2: an orthogonal direction, too far to merge
     dirs = [axis[0], 0.5 * axis[0] + np.sqrt(0.75) * axis[1], axis[5]]
-    groups = []
-    for d in dirs:
-        rows = d + 0.02 * rng.standard_normal((5, 16)).astype(np.float32)
-        groups.append(rows / np.linalg.norm(rows, axis=1, keepdims=True))
-    sums = np.stack([g.sum(axis=0) * 2.0 for g in groups]).astype(np.float64)  # raw rows: 2 x unit
-    assert (groups[0] @ groups[1].T).max() < 0.8
-    assert merge_small(groups, sums, 0.8, "float32") == [(0, 1)]
-    assert merge_small(groups, sums, 0.9, "float32") == []  # at 0.9 their mean (cos ~0.87) is too far
+    groups = [2.0 * (d + 0.02 * rng.standard_normal((5, 16)).astype(np.float32)) for d in dirs]
+    unit = [g / np.linalg.norm(g, axis=1, keepdims=True) for g in groups]
+    assert (unit[0] @ unit[1].T).max() < 0.8
+    counts = np.array([5, 10, 5])
+    rows, lam, into = merge_caps(groups, counts, 0.8, keep=16)
+    np.testing.assert_array_equal(into, [1, 1, 2])  # the smallest group first, into its neighbour
+    assert len(rows[0]) == 0 and len(rows[1]) == 10 and len(rows[2]) == 5
+    centre = cap_centre(rows[1], lam[1])
+    both = np.concatenate(unit[:2])
+    assert (both @ (centre / np.linalg.norm(centre))).min() >= 0.8  # one entry covers both groups
+    for g in (1, 2):
+        assert lam[g].min() >= 0 and abs(lam[g].sum() - 1) < 1e-9
+    np.testing.assert_array_equal(merge_caps(groups, counts, 0.9, keep=16)[2], [0, 1, 2])  # 0.87 < 0.9
+    rows, lam, into = merge_caps(groups, counts, 0.8, keep=4)  # the merged group keeps its support rows
+    assert max(4, int((lam[1] > 0).sum())) == len(rows[1]) < 10
 
 
 def test_rechunk_fixed_sizes_and_mask_counts() -> None:
