@@ -184,9 +184,12 @@ def merge_caps(
     """
     near = 2 * thr * thr - 1  # two rows farther apart than this fit in no cap of cosine thr
     rows = list(groups)
-    unit = [unit_rows(r)[0] for r in rows]
-    lam = [enclosing_cap(u)[0] for u in unit]
-    cen = np.stack([np.einsum("i,id->d", w, u) for w, u in zip(lam, unit)])
+    lam, support, cen = [], [], np.zeros((len(rows), rows[0].shape[1]))
+    for i, r in enumerate(rows):  # unit rows are made again when needed: memory stays ~ the groups
+        unit = unit_rows(r)[0]
+        lam.append(enclosing_cap(unit)[0])
+        support.append(unit[lam[i] > 0])
+        cen[i] = np.einsum("i,id->d", lam[i], unit)
     cen /= np.linalg.norm(cen, axis=1, keepdims=True)
     into = np.arange(len(rows))
     for k in np.argsort(counts, kind="stable").tolist():
@@ -196,19 +199,19 @@ def merge_caps(
         for j in np.argsort(-sims, kind="stable")[:tries].tolist():
             if sims[j] < near:
                 break
-            support = np.concatenate([unit[k][lam[k] > 0], unit[j][lam[j] > 0]])
-            if enclosing_cap(support, thr)[2] < thr:
+            if enclosing_cap(np.concatenate([support[k], support[j]]), thr)[2] < thr:
                 continue
-            y = np.concatenate([unit[k], unit[j]])
+            both = np.concatenate([rows[k], rows[j]])
+            y = unit_rows(both)[0]
             w, lower, _ = enclosing_cap(y, thr, np.concatenate([lam[k], lam[j]]) / 2)
             if lower < thr:
                 continue
             z = np.einsum("i,id->d", w, y)
             order = np.lexsort((np.einsum("id,d->i", y, z), w == 0))[: max(keep, int((w > 0).sum()))]
             order.sort()
-            rows[j], unit[j], lam[j] = np.concatenate([rows[k], rows[j]])[order], y[order], w[order]
+            rows[j], lam[j], support[j] = both[order], w[order], y[order][w[order] > 0]
             cen[j] = z / np.linalg.norm(z)
-            rows[k], unit[k], lam[k] = rows[k][:0], unit[k][:0], lam[k][:0]
+            rows[k], lam[k], support[k] = rows[k][:0], lam[k][:0], support[k][:0]
             into[k] = j
             break
     while (into[into] != into).any():
