@@ -39,6 +39,19 @@ def make_index(d: int, device: str) -> tuple[Any, str]:
     return index, "cpu"
 
 
+def mutual_pairs(src: np.ndarray, idx: np.ndarray, sim: np.ndarray, u: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The neighbour pairs ``src[m] -> idx[m]`` (cosine ``sim[m]``, grouped by ``src``) of ``u``
+    rows that are also found the other way round.
+
+    A range search computes the cosine of ``a`` with ``b`` and of ``b`` with ``a`` in different
+    summation orders, so a pair at the threshold can be found one way only; the greedy cover's
+    neighbour counts are exact only for a symmetric relation (else it may never terminate).
+    """
+    keys = src * u + idx
+    mutual = np.isin(idx * u + src, keys)
+    return src[mutual], idx[mutual], sim[mutual]
+
+
 def greedy_cover(y: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy set cover of unit rows ``y [u, d]`` at cosine ``thr`` (all rows must end up covered).
 
@@ -55,8 +68,7 @@ def greedy_cover(y: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray, np.
     index = faiss.IndexFlatIP(y.shape[1])
     index.add(np.ascontiguousarray(y))
     lims, sim, idx = index.range_search(np.ascontiguousarray(y), thr)
-    lims = lims.astype(np.int64)
-    src = np.repeat(np.arange(u), np.diff(lims))
+    src, idx, sim = mutual_pairs(np.repeat(np.arange(u), np.diff(lims.astype(np.int64))), idx, sim, u)
     self_pair = np.zeros(u, dtype=bool)
     self_pair[src[idx == src]] = True
     if not self_pair.all():  # an entry covers itself (cosine 1 up to rounding)
@@ -66,7 +78,7 @@ def greedy_cover(y: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray, np.
         src = src[order]
         idx = np.concatenate([idx, extra])[order]
         sim = np.concatenate([sim, np.ones(len(extra), dtype=np.float32)])[order]
-        lims = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=u))])
+    lims = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=u))])
     degree = np.diff(lims).astype(np.int64)  # uncovered rows each row would cover
     covered = np.zeros(u, dtype=bool)
     assigned = np.full(u, -np.inf, dtype=np.float32)

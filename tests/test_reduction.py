@@ -6,7 +6,7 @@ import pytest
 
 from pipeline import M3Error
 from pipeline.bankstore import check_bank_matches, load_bank, save_bank
-from pipeline.cover import cap_centre, covering, enclosing_cap, greedy_cover, merge_caps
+from pipeline.cover import cap_centre, covering, enclosing_cap, greedy_cover, merge_caps, mutual_pairs
 from pipeline.reduction import BankConfig, build_bank, coverage_stats, rechunk
 
 
@@ -148,6 +148,16 @@ def test_stats_match_an_exact_recomputation() -> None:
     # against a bank missing entries, coverage drops and is counted exactly
     partial = coverage_stats(res.bank[:2], blocks(x, 100), cfg)
     assert partial["uncovered"] == int((best_cos64(res.bank[:2], nonzero) < 0.75).sum()) > 0
+
+
+def test_mutual_pairs_drops_one_sided_pairs() -> None:
+    """A range search can find a pair at the threshold one way only (rounding); such a pair made the
+    greedy cover's neighbour counts wrong and the loop never ended (demo-scene CLIP rows, 0.8000102)."""
+    src = np.array([0, 0, 0, 1, 1, 2, 2])
+    idx = np.array([0, 1, 2, 0, 1, 2, 1])  # 2 -> 1 has no 1 -> 2; 0 -> 2 has no 2 -> 0
+    sim = np.arange(7, dtype=np.float32)
+    s, i, c = mutual_pairs(src, idx, sim, 3)
+    assert s.tolist() == [0, 0, 1, 1, 2] and i.tolist() == [0, 1, 0, 1, 2] and c.tolist() == [0, 1, 3, 4, 5]
 
 
 def test_greedy_cover_takes_best_connected_rows() -> None:
