@@ -2,7 +2,8 @@
 #   make demo   install, then run the whole pipeline on the built-in demo scene (dvc repro)
 #   make test   install, then run the test suite
 # Offline (no checkpoint downloads): make demo WEIGHTS=random runs the same pipeline as a DVC
-# experiment with random-weight models (meaningless semantics, every stage exercised).
+# experiment with random-weight models (meaningless semantics, every stage exercised), at a
+# 224 px model input (the small random CLIP's native 56 px would give 4 x 5 feature maps).
 PY ?= python3
 WEIGHTS ?=
 VENV ?= .venv
@@ -24,7 +25,8 @@ demo: install
 ifeq ($(WEIGHTS),)
 	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
 else
-	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc exp run -S 'features.clip.weights=$(WEIGHTS)'
+	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc exp run -S 'features.clip.weights=$(WEIGHTS)' \
+		$(if $(filter random,$(WEIGHTS)),-S 'features.clip.input_size=224')
 endif
 
 test: install

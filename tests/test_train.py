@@ -1,4 +1,4 @@
-"""Training: losses, resume, NaN stop, streaming, and the end-to-end demo acceptance (slow).
+"""Training: losses, resume, NaN stop, streaming, and feature learning on the demo scene (slow).
 
 The test scene is the demo scene with its ground-truth cameras written straight into a COLMAP
 model (no SfM) and initial points back-projected from ground-truth depth of the training views
@@ -267,8 +267,11 @@ def heldout_metrics(scene: Scene, cfg: TrainConfig) -> dict:
 
 
 @pytest.mark.slow
-def test_demo_scene_acceptance(tmp_path: Path) -> None:
-    """Issue 5 acceptance on the demo scene (36 views 320x240), the params.yaml defaults, CPU."""
+def test_consistent_features_are_learnt(tmp_path: Path) -> None:
+    """On the demo scene (ground-truth cameras and points) with 3D-consistent synthetic features,
+    a short run (300 steps, no densification, otherwise params.yaml) renders held-out features
+    far closer to the stored ones than the constant mean feature. The issue's acceptance with
+    random-weight CLIP through `dvc repro` is tests/test_dvc_pipeline.py."""
     import dataclasses
 
     from pipeline.config import load_section
@@ -277,12 +280,13 @@ def test_demo_scene_acceptance(tmp_path: Path) -> None:
     from tests.conftest import REPO
 
     scene = build_scene(tmp_path / "demo")
-    cfg = dataclasses.replace(load_section(TrainConfig, "train", REPO / "params.yaml"), device="cpu")
+    cfg = dataclasses.replace(load_section(TrainConfig, "train", REPO / "params.yaml"), device="cpu",
+                              iterations=300, densify_start=300)
     stats = run(cfg, scene, list(MODELS), progress=False)
     assert stats["steps"] == cfg.iterations and stats["gaussians"] > 0
     assert (scene.model_dir / "curves.csv").read_text().startswith("step,")
     m = heldout_metrics(scene, cfg)
     print(m, stats)
-    assert m["psnr"] >= 25.0, m
+    assert m["psnr"] >= 23.0, m
     for model in MODELS:
-        assert 2 * m[f"cos_{model}"] <= m[f"mean_cos_{model}"], (model, m)
+        assert 5 * m[f"cos_{model}"] <= m[f"mean_cos_{model}"], (model, m)
