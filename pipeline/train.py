@@ -229,7 +229,7 @@ class Trainer:
         for name, value in terms.items():
             if not torch.isfinite(value):
                 raise M3Error(
-                    f"train step {self.step}: loss term '{name}' is {float(value)}; last good checkpoint kept in "
+                    f"train step {self.step}: loss term '{name}' is {float(value.detach())}; last good checkpoint kept in "
                     f"{self.scene.model_dir / 'checkpoint.pt'} (lower the learning rates or check the inputs)"
                 )
         total = terms["rgb"] + c.feature_weight * sum(terms[m] for m in self.models)
