@@ -91,6 +91,31 @@ def test_siglip_dense_equals_pooled_embedding_when_all_tokens_are_equal():
     assert text.shape == (2, 64) and torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-5)
 
 
+def test_siglip_local_checkpoint_uses_its_sentencepiece_vocabulary(tmp_path: Path):
+    """A SigLIP folder laid out as on the hub (weights, config, spiece.model): the adapter loads
+    the checkpoint's own SentencePiece tokenizer (sentencepiece + protobuf are dependencies)."""
+    import sentencepiece as spm
+    from transformers import SiglipConfig, SiglipModel, SiglipTokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(["a yellow duck on a red box", "the blue sphere", "a wooden cylinder", "walls"] * 50))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "spiece"), vocab_size=24,
+                                   model_type="unigram", minloglevel=2)
+    tok = SiglipTokenizer(vocab_file=str(tmp_path / "spiece.model"))
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = SiglipConfig(text_config={**small, "vocab_size": tok.vocab_size, "max_position_embeddings": tok.model_max_length},
+                          vision_config={**small, "image_size": 56, "patch_size": 14})
+    ckpt = tmp_path / "siglip"
+    SiglipModel(config).save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    model = build_model("siglip", {"checkpoint": str(ckpt)})
+    assert model.tokenizer(["a yellow duck"])["input_ids"][0, 0] == tok("a yellow duck")["input_ids"][0]
+    text = model.encode_text(["a yellow duck", "the blue sphere"])
+    assert text.shape == (2, 32) and torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert float(text[0] @ text[1]) < 0.999  # different texts, different embeddings
+    assert model.extract(_image(112, 112)).features.shape == (4, 4, 32)  # image and text share the space
+
+
 def test_siglip_missing_weights_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(M3Error, match=r"google/siglip-so400m-patch14-384.*hf download google/siglip-so400m"):

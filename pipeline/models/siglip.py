@@ -76,7 +76,7 @@ def load_siglip(conf: dict[str, Any]) -> tuple[Any, Any]:
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except (OSError, ImportError, ValueError) as exc:
-        raise _load_error(checkpoint, "the tokenizer (needs the sentencepiece package)", exc) from exc
+        raise _load_error(checkpoint, "the tokenizer (needs the sentencepiece and protobuf packages, dependencies of m3)", exc) from exc
     return model, lambda texts: tok(texts, padding="max_length", truncation=True, return_tensors="pt")
 
 
