@@ -61,6 +61,8 @@ def mean_features(store: Any, names: Sequence[str]) -> torch.Tensor:
     index = {n: i for i, n in enumerate(store.names)}
     total, count = torch.zeros(store.shape[2], dtype=torch.float64), 0
     for name in names:
+        if name not in index:
+            raise M3Error(f"features: no entry for view {name}; rerun the features stage for this scene")
         feats, valid = store.read(index[name])
         rows = torch.from_numpy(feats.reshape(-1, feats.shape[-1])[valid.reshape(-1)].astype(np.float64))
         total += rows.sum(0)

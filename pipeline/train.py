@@ -31,13 +31,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import M3Error
+from .bankstore import check_bank_matches, load_bank
 from .config import to_dict
 from .featurestore import FeatureStore
 from .gaussians import QUERY_PREFIX, init_params, render_query, render_rgb, scaled_K
 from .io import config_hash, hash_files, provenance
 from .losses import feature_loss, rgb_loss
 from .memory import build_heads
-from .bankstore import check_bank_matches, load_bank
 from .reduction import peak_ram_mb
 from .scene import Scene, View, load_points, load_views, split_views
 

@@ -21,9 +21,9 @@ import typer
 from tqdm import tqdm
 
 from pipeline import M3Error, logger
+from pipeline.bankstore import bank_hash, save_bank
 from pipeline.config import PARAMS_FILE, from_dict, load_params, to_dict
 from pipeline.io import config_hash, provenance, write_json
-from pipeline.bankstore import bank_hash, save_bank
 from pipeline.reduction import BankConfig, build_bank, coverage_stats, n_passes
 from pipeline.scene import Scene
 from stages.common import PARAMS_HELP, SCENE_HELP, override, reports_errors

@@ -30,12 +30,12 @@ import typer
 from PIL import Image
 
 from pipeline import M3Error, logger
+from pipeline.bankstore import load_bank
 from pipeline.config import PARAMS_FILE, from_dict, load_section, to_dict
 from pipeline.evaluation import evaluate_grounding, evaluate_views, load_grounding, mean_features
 from pipeline.featurestore import FeatureStore
 from pipeline.io import atomic_dir, hash_files, provenance, write_json
 from pipeline.query import CANONICAL_NEGATIVES, build_query, pick_model
-from pipeline.bankstore import load_bank
 from pipeline.scene import Scene, load_views, split_views
 from pipeline.train import resampled_views, resolve_device
 from pipeline.trained import TrainedMemory

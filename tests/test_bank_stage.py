@@ -10,9 +10,9 @@ import typer
 from typer.testing import CliRunner
 
 from pipeline import M3Error
+from pipeline.bankstore import check_bank_matches, load_bank
 from pipeline.featurestore import FeatureStore
 from pipeline.io import provenance, read_json
-from pipeline.bankstore import check_bank_matches, load_bank
 from pipeline.reduction import BankConfig
 from pipeline.scene import Scene
 from stages import bank as bank_stage

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline import M3Error
 from pipeline.evaluation import evaluate_grounding, evaluate_views, load_grounding, mean_features
 from pipeline.featurestore import FeatureStore
 from pipeline.query import QueryVector
@@ -53,6 +54,8 @@ def test_evaluate_views_known_errors(tmp_path: Path) -> None:
     off = RenderOut(images[1] + 0.1, torch.ones(H, W), {"clip": -torch.from_numpy(feats[1].astype(np.float32))})
     saved = []
     mean = mean_features(fs, ["v0.png"])
+    with pytest.raises(M3Error, match="no entry for view v9.png; rerun the features stage"):
+        mean_features(fs, ["v9.png"])
     np.testing.assert_allclose(mean.numpy(), feats[0].astype(np.float64)[valid].mean(0), rtol=1e-12)
     summary, per_view, notes = evaluate_views(
         KnownRenders({"v0.png": exact, "v1.png": off}), views, {"clip": fs}, use_lpips=False,
@@ -135,8 +138,8 @@ def planted_scene(root: Path, n_views: int = 24, width: int = 128, height: int =
     """
     import pycolmap
 
-    from pipeline.demo import build_demo_scene
     from pipeline.bankstore import bank_hash, save_bank
+    from pipeline.demo import build_demo_scene
     from pipeline.reduction import BankConfig, build_bank
 
     demo = build_demo_scene(n_views, width, height, seed=0)

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from pipeline import M3Error
+from pipeline.bankstore import bank_hash, save_bank
 from pipeline.demo import build_demo_scene
 from pipeline.featurestore import FeatureStore
 from pipeline.losses import feature_loss, psnr, rgb_loss, ssim
-from pipeline.bankstore import bank_hash, save_bank
 from pipeline.reduction import BankConfig, build_bank
 from pipeline.scene import Scene, load_views, split_views
 from pipeline.train import TrainConfig, train, training_views
