@@ -5,6 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -28,6 +29,15 @@ def demo_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("session") / "demo" / "input"
     make_demo_scene(out)
     return out
+
+
+def best_cos64(bank: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Exact best cosine ``[n]`` of every row against the bank, in float64."""
+    b = bank.astype(np.float64)
+    r = rows.astype(np.float64)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    r /= np.linalg.norm(r, axis=1, keepdims=True)
+    return (r @ b.T).max(axis=1)
 
 
 def write_video(path: Path, frames: list, fps: int = 10, codec: str = "mpeg4") -> Path:

@@ -16,14 +16,7 @@ from pipeline.io import provenance, read_json
 from pipeline.reduction import BankConfig
 from pipeline.scene import Scene
 from stages import bank as bank_stage
-
-
-def best_cos64(bank: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    b = bank.astype(np.float64)
-    r = rows.astype(np.float64)
-    b /= np.linalg.norm(b, axis=1, keepdims=True)
-    r /= np.linalg.norm(r, axis=1, keepdims=True)
-    return (r @ b.T).max(axis=1)
+from tests.conftest import best_cos64
 
 
 def make_store(scene: Scene, model: str, views: list[np.ndarray], masks: list[np.ndarray] | None, inputs: str = "in1"):

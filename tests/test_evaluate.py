@@ -15,6 +15,7 @@ from pipeline.featurestore import FeatureStore
 from pipeline.query import QueryVector
 from pipeline.scene import Scene, View
 from pipeline.trained import RenderOut
+from tests.gt_scene import backproject, bank_from_store, gt_scene
 
 H, W, h, w, D = 16, 20, 4, 5, 8
 
@@ -121,13 +122,6 @@ def test_grounding_from_json_and_masks(tmp_path: Path) -> None:
 TARGET = "blue sphere"
 
 
-def _backproject(K: np.ndarray, w2c: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    hh, ww = depth.shape
-    u, v = np.meshgrid(np.arange(ww) + 0.5, np.arange(hh) + 0.5)
-    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
-    return (rays.reshape(-1, 3) * depth.reshape(-1, 1) - w2c[:3, 3]) @ w2c[:3, :3]
-
-
 def planted_scene(root: Path, n_views: int = 24, width: int = 128, height: int = 96, cell: int = 4,
                   d: int = 16, n_points: int = 1500) -> tuple[Scene, np.ndarray, dict]:
     """Demo scene with ground-truth cameras (COLMAP model, points from depth) and one model's
@@ -136,50 +130,27 @@ def planted_scene(root: Path, n_views: int = 24, width: int = 128, height: int =
 
     Returns the scene, the planted vector ``[d]`` and the target object's box.
     """
-    import pycolmap
-
-    from pipeline.bankstore import bank_hash, save_bank
     from pipeline.demo import build_demo_scene
-    from pipeline.reduction import BankConfig, build_bank
 
     demo = build_demo_scene(n_views, width, height, seed=0)
     target = next(i for i, o in enumerate(demo.objects) if o.name == TARGET)
     rng = np.random.default_rng(3)
     freq, mix = rng.normal(size=(3, 6)) * 0.8, rng.normal(size=(12, d))
     planted = np.linalg.svd(mix)[2][-1]  # unit vector orthogonal to the span of mix's rows
-    scene = Scene(root)
-    scene.images_dir.mkdir(parents=True)
-    rec = pycolmap.Reconstruction()
-    K0 = demo.views[0].K
-    rec.add_camera_with_trivial_rig(pycolmap.Camera(
-        model="PINHOLE", width=width, height=height, params=[K0[0, 0], K0[1, 1], K0[0, 2], K0[1, 2]], camera_id=1))
+    scene = gt_scene(root, demo, width, height, n_points, stride=11)
     fh, fw = height // cell, width // cell
     scene.features_dir.mkdir()
     prov = {"config": {"model": "clip"}, "config_hash": "planted", "inputs_hash": "synthetic"}
     fs = FeatureStore.create(scene.features_path("clip"), [v.name for v in demo.views], fh, fw, d,
                              {"provenance": prov}, has_mask=False)
-    pts, cols = [], []
     for i, v in enumerate(demo.views):
-        rgb, depth, _ = demo.render(v.K, v.w2c, width, height)
-        Image.fromarray(rgb).save(scene.images_dir / v.name)
-        rec.add_image_with_trivial_frame(pycolmap.Image(name=v.name, camera_id=1, image_id=i + 1),
-                                         pycolmap.Rigid3d(v.w2c[:3, :4]))
-        pts.append(_backproject(v.K, v.w2c, depth)[::11])
-        cols.append(rgb.reshape(-1, 3)[::11])
         Kf = v.K * np.array([[fw / width], [fh / height], [1.0]])
         _, fdepth, obj = demo.render(Kf, v.w2c, fw, fh)
-        x = _backproject(Kf, v.w2c, fdepth)
+        x = backproject(Kf, v.w2c, fdepth)
         f = np.concatenate([np.sin(x @ freq), np.cos(x @ freq)], 1) @ mix
         f[obj.reshape(-1) == target] = planted
         fs.write(i, (f / np.linalg.norm(f, axis=1, keepdims=True)).reshape(fh, fw, d))
-    pts, cols = np.concatenate(pts), np.concatenate(cols)
-    for k in np.random.default_rng(0).choice(len(pts), n_points, replace=False):
-        rec.add_point3D(pts[k], pycolmap.Track(), cols[k])
-    scene.sparse_dir.mkdir(parents=True)
-    rec.write(str(scene.sparse_dir))
-    res = build_bank(((f.reshape(-1, d), None) for _, f, _ in fs.iter_views()), BankConfig(threshold=0.9, verify=False))
-    save_bank(scene.bank_path("clip"), res.bank, {"provenance": {
-        "stage": "bank", "config": {"model": "clip"}, "features": prov, "bank_hash": bank_hash(res.bank)}})
+    bank_from_store(scene, "clip", fs, prov)
     box = {"min": demo.objects[target].box_min, "max": demo.objects[target].box_max}
     return scene, planted, box
 

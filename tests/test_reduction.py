@@ -8,6 +8,7 @@ from pipeline import M3Error
 from pipeline.bankstore import check_bank_matches, load_bank, save_bank
 from pipeline.cover import cap_centre, covering, enclosing_cap, greedy_cover, merge_caps, mutual_pairs
 from pipeline.reduction import BankConfig, build_bank, coverage_stats, rechunk
+from tests.conftest import best_cos64
 
 
 def clustered(n: int = 3000, d: int = 64, k: int = 12, noise: float = 0.45, seed: int = 0) -> np.ndarray:
@@ -18,15 +19,6 @@ def clustered(n: int = 3000, d: int = 64, k: int = 12, noise: float = 0.45, seed
     scale = rng.uniform(0.3, 1.5, size=(n, 1)) * noise  # some rows close to their centre, some far
     rows = centres[rng.integers(0, k, n)] + scale * rng.standard_normal((n, d)) / np.sqrt(d)
     return (rows * rng.uniform(0.5, 3.0, size=(n, 1))).astype(np.float32)  # raw rows: any norm
-
-
-def best_cos64(bank: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Exact best cosine ``[n]`` of every row against the bank, in float64."""
-    b = bank.astype(np.float64)
-    r = rows.astype(np.float64)
-    b /= np.linalg.norm(b, axis=1, keepdims=True)
-    r /= np.linalg.norm(r, axis=1, keepdims=True)
-    return (r @ b.T).max(axis=1)
 
 
 def blocks(x: np.ndarray, size: int, valid: np.ndarray | None = None):

@@ -17,25 +17,15 @@ import pytest
 import torch
 
 from pipeline import M3Error
-from pipeline.bankstore import bank_hash, save_bank
 from pipeline.demo import build_demo_scene
 from pipeline.featurestore import FeatureStore
 from pipeline.losses import feature_loss, psnr, rgb_loss, ssim
-from pipeline.reduction import BankConfig, build_bank
 from pipeline.scene import Scene, load_views, split_views
 from pipeline.train import TrainConfig, train, training_views
 from pipeline.trained import TrainedMemory, write_model
+from tests.gt_scene import backproject, bank_from_store, gt_scene
 
 MODELS = {"clip": (32, 4), "dinov2": (24, 8)}  # model -> (feature dim, image pixels per cell)
-
-
-def _backproject(K: np.ndarray, w2c: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    h, w = depth.shape
-    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
-    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
-    cam = rays * depth[..., None]
-    R, t = w2c[:3, :3], w2c[:3, 3]
-    return (cam.reshape(-1, 3) - t) @ R
 
 
 def _features(demo, K, w2c, w: int, h: int, d: int, rng_seed: int) -> np.ndarray:
@@ -44,7 +34,7 @@ def _features(demo, K, w2c, w: int, h: int, d: int, rng_seed: int) -> np.ndarray
     freq = rng.normal(size=(3, 6)) * 0.8
     mix = rng.normal(size=(12, d)) * 0.6
     _, depth, obj = demo.render(K, w2c, w, h)
-    x = _backproject(K, w2c, depth)
+    x = backproject(K, w2c, depth)
     f = obj_vec[obj.reshape(-1) + 1] + np.concatenate([np.sin(x @ freq), np.cos(x @ freq)], 1) @ mix
     f /= np.linalg.norm(f, axis=1, keepdims=True)
     return f.reshape(h, w, d)
@@ -53,31 +43,8 @@ def _features(demo, K, w2c, w: int, h: int, d: int, rng_seed: int) -> np.ndarray
 def build_scene(root: Path, n_views: int = 36, width: int = 320, height: int = 240, n_points: int = 6000,
                 models: dict = MODELS) -> Scene:
     """A scene folder with COLMAP model, images, feature stores and banks (see module docstring)."""
-    import pycolmap
-    from PIL import Image
-
     demo = build_demo_scene(n_views, width, height, seed=0)
-    scene = Scene(root)
-    scene.images_dir.mkdir(parents=True)
-    rec = pycolmap.Reconstruction()
-    K = demo.views[0].K
-    rec.add_camera_with_trivial_rig(pycolmap.Camera(
-        model="PINHOLE", width=width, height=height, params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]], camera_id=1))
-    pts, cols = [], []
-    for i, v in enumerate(demo.views):
-        rgb, depth, _ = demo.render(v.K, v.w2c, width, height)
-        Image.fromarray(rgb).save(scene.images_dir / v.name)
-        rec.add_image_with_trivial_frame(pycolmap.Image(name=v.name, camera_id=1, image_id=i + 1),
-                                         pycolmap.Rigid3d(v.w2c[:3, :4]))
-        if i % 8:  # training views only
-            pts.append(_backproject(v.K, v.w2c, depth)[::7])
-            cols.append(rgb.reshape(-1, 3)[::7])
-    pts, cols = np.concatenate(pts), np.concatenate(cols)
-    keep = np.random.default_rng(0).choice(len(pts), min(n_points, len(pts)), replace=False)
-    for p, c in zip(pts[keep], cols[keep]):
-        rec.add_point3D(p, pycolmap.Track(), c)
-    scene.sparse_dir.mkdir(parents=True)
-    rec.write(str(scene.sparse_dir))
+    scene = gt_scene(root, demo, width, height, n_points, stride=7, skip_every=8)  # points from training views
     names = [v.name for v in demo.views]
     for j, (m, (d, cell)) in enumerate(models.items()):
         w, h = width // cell, height // cell
@@ -87,9 +54,7 @@ def build_scene(root: Path, n_views: int = 36, width: int = 320, height: int = 2
         for i, v in enumerate(demo.views):
             Kf = v.K * np.array([[w / width], [h / height], [1.0]])
             fs.write(i, _features(demo, Kf, v.w2c, w, h, d, j))
-        res = build_bank(((f.reshape(-1, d), None) for _, f, _ in fs.iter_views()), BankConfig(threshold=0.9, verify=False))
-        save_bank(scene.bank_path(m), res.bank, {"provenance": {
-            "stage": "bank", "config": {"model": m}, "features": prov, "bank_hash": bank_hash(res.bank)}})
+        bank_from_store(scene, m, fs, prov)
     return scene
 
 

@@ -12,6 +12,20 @@ from typing import Any, ClassVar
 
 import torch
 
+from .. import M3Error
+
+
+def hub_load_error(model: str, checkpoint: str, what: str, exc: Exception, local: str) -> M3Error:
+    """The error for ``what`` of a Hugging Face ``checkpoint`` of adapter ``model`` that could not be
+    loaded: names the cause (first line of ``exc``), the download command and the local alternative
+    (a folder holding ``local``)."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return M3Error(
+        f"features.{model}: cannot load {what} of checkpoint '{checkpoint}': not a local folder, and not "
+        f"on the Hugging Face hub or in its cache ({first}); download it once online "
+        f"(`hf download {checkpoint}`) or set features.{model}.checkpoint to a local folder holding {local}"
+    )
+
 
 @dataclass
 class FeatureMap:

@@ -17,19 +17,13 @@ import torch.nn.functional as F
 
 from .. import M3Error
 from . import register
-from .base import FeatureMap, FeatureModel
+from .base import FeatureMap, FeatureModel, hub_load_error
 
 log = logging.getLogger("m3.models.dinov2")
 
 
 def _hub_error(checkpoint: str, what: str, exc: Exception) -> M3Error:
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return M3Error(
-        f"features.dinov2: cannot load {what} of checkpoint '{checkpoint}': not a local folder, and not "
-        f"on the Hugging Face hub or in its cache ({first}); download it once online "
-        f"(`hf download {checkpoint}`) or set features.dinov2.checkpoint to a local folder holding "
-        f"config.json and the weights"
-    )
+    return hub_load_error("dinov2", checkpoint, what, exc, "config.json and the weights")
 
 
 def load_dinov2(conf: dict[str, Any]) -> Any:

@@ -25,19 +25,14 @@ import torch.nn.functional as F
 
 from .. import M3Error
 from . import register
-from .base import FeatureMap, FeatureModel
+from .base import FeatureMap, FeatureModel, hub_load_error
 from .clip import grid_for, resize_to_grid
 
 log = logging.getLogger("m3.models.siglip")
 
 
 def _load_error(checkpoint: str, what: str, exc: Exception) -> M3Error:
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return M3Error(
-        f"features.siglip: cannot load {what} of checkpoint '{checkpoint}': not a local folder and not on the "
-        f"Hugging Face hub or in its cache ({first}); download it once online (`hf download {checkpoint}`) or "
-        f"set features.siglip.checkpoint to a local folder saved with save_pretrained"
-    )
+    return hub_load_error("siglip", checkpoint, what, exc, "the files save_pretrained writes")
 
 
 def load_siglip(conf: dict[str, Any]) -> tuple[Any, Any]:
