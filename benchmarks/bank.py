@@ -1,4 +1,4 @@
-"""Benchmark: the streaming FAISS bank (``pipeline.reduction``) vs the published Algorithm 1.
+"""Benchmark: the streaming FAISS bank (``pipeline.bank.reduction``) vs the published Algorithm 1.
 
 Not a test: run it by hand (~15 min on 2 idle cores; the published algorithm dominates)::
 
@@ -25,12 +25,13 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from pipeline.reduction import BankConfig, build_bank, coverage_stats, peak_ram_mb
+from pipeline.bank.reduction import BankConfig, build_bank, coverage_stats
+from pipeline.core.runtime import peak_ram_mb
 
 SIZES = (25_000, 50_000, 100_000, 200_000)
 
@@ -75,7 +76,7 @@ def synthetic_rows(n: int, d: int = 768, seed: int = 0) -> np.ndarray:
 
 def feature_rows(path: Path, n: int) -> np.ndarray:
     """The first ``n`` valid rows ``[n', d]`` of a stored feature store (views in order)."""
-    from pipeline.featurestore import FeatureStore
+    from pipeline.features.store import FeatureStore
 
     store = FeatureStore.open(path)
     rows, have = [], 0

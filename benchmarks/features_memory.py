@@ -25,8 +25,8 @@ def _rss_mb() -> float:
 
 def measure(scene: Path, model: str, conf: dict) -> dict:
     """Run the stage in this process; peak and post-model-build RSS in MiB."""
-    from pipeline.models import build_model
-    from pipeline.scene import Scene
+    from pipeline.core.scene import Scene
+    from pipeline.features.models import build_model
     from stages.features import run
 
     start = time.perf_counter()

@@ -1,19 +1,19 @@
 """m3 library: everything reusable, nothing that knows about DVC or the CLI.
 
-One package logger (``logging.getLogger("m3")``); modules log through children of it.
+Grouped by pipeline stage (each subpackage's docstring lists its modules)::
+
+    core/      errors, typed config, atomic I/O + provenance, scenes and views, images, devices
+    poses/     frames from a video or photos, pycolmap SfM, COLMAP / transforms.json import
+    features/  the zarr feature store and the foundation-model adapters (``models/`` registry)
+    bank/      PSC memory banks: streamed cover, re-centring caps, stored banks
+    splat/     3D Gaussians, rasterizer backends, memory heads, losses, training, trained memory
+    evaluate/  metrics, held-out evaluation, grounding, text/vector queries
+    demo/      the procedural demo scene
+
+Modules log through ``logging.getLogger(__name__)``.
 """
 from __future__ import annotations
 
-import logging
+from pipeline.core.errors import M3Error
 
-logger = logging.getLogger("m3")
-
-
-class M3Error(RuntimeError):
-    """A user-facing error: one line naming the cause and the fix.
-
-    The CLI prints it without a traceback and exits with status 2.
-    """
-
-
-__all__ = ["M3Error", "logger"]
+__all__ = ["M3Error"]

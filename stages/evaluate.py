@@ -4,14 +4,16 @@ Reads ``params.yaml: evaluate``. Every ``test_every``-th registered view (0, 8, 
 equal to the views the train stage held out) is rendered once, at the image size the memory was
 trained at (``train.cpu_max_side`` on CPU, recorded in the model; full size on CUDA); outputs::
 
-    data/<scene>/eval/metrics.json     DVC metrics: method, image_size, psnr, ssim (lpips when
-                                       available), features.<model>.{cosine, l2, cells} (Table 1
-                                       protocol) and {baseline_cosine, baseline_l2} (the constant
-                                       mean feature of the training views, for reference),
-                                       gaussians, model_size_mb, banks.<model>.{slots, dim, size_mb},
-                                       grounding.{mIoU, cIoU, precision@0.5, precision@0.6, samples}
-                                       when data/<scene>/grounding.json exists, notes
-    data/<scene>/eval/per_view.json    per-view metrics, grounding IoUs and provenance
+    data/<scene>/eval/metrics.json     DVC metrics: test_views, psnr, ssim (lpips when available),
+                                       features.<model>.{cosine, l2, cells} (Table 1 protocol) and
+                                       {baseline_cosine, baseline_l2} (the constant mean feature of
+                                       the training views, for reference), gaussians, model_size_mb,
+                                       banks.<model>.{slots, size_mb}, grounding.{mIoU, cIoU,
+                                       precision@0.5, precision@0.6, samples} when
+                                       data/<scene>/grounding.json exists, seconds
+    data/<scene>/eval/per_view.json    method, image_size, notes (e.g. why LPIPS is missing),
+                                       per-view metrics, grounding IoUs
+    data/<scene>/eval/provenance.json  config, inputs (the model files) and code hashes
     data/<scene>/eval/renders/         <view>.png: render | ground truth, for the first n_renders views
 
 Compare memory and distillation on the same scene with ``dvc exp run -S train.method=distill``
@@ -19,53 +21,31 @@ and ``dvc metrics diff`` / ``dvc exp show`` (see the README).
 """
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any
 
 import numpy as np
 import torch
 import typer
 from PIL import Image
 
-from pipeline import M3Error, logger
-from pipeline.bankstore import load_bank
-from pipeline.config import PARAMS_FILE, from_dict, load_section, to_dict
-from pipeline.evaluation import evaluate_grounding, evaluate_views, load_grounding, mean_features
-from pipeline.featurestore import FeatureStore
-from pipeline.io import atomic_dir, hash_files, provenance, write_json
-from pipeline.query import CANONICAL_NEGATIVES, build_query, pick_model
-from pipeline.scene import Scene, load_views, split_views
-from pipeline.train import resampled_views, resolve_device
-from pipeline.trained import TrainedMemory
-from stages.common import PARAMS_HELP, SCENE_HELP, override, reports_errors
+from pipeline.bank.store import load_bank
+from pipeline.core.code import code_hash
+from pipeline.core.errors import M3Error
+from pipeline.core.io import atomic_dir, hash_files, provenance, write_json
+from pipeline.core.runtime import resolve_device
+from pipeline.core.scene import Scene, load_views, resampled_views, split_views
+from pipeline.evaluate.config import EvaluateConfig
+from pipeline.evaluate.evaluation import evaluate_grounding, evaluate_views, load_grounding, mean_features
+from pipeline.evaluate.query import build_query, pick_model
+from pipeline.features.store import FeatureStore
+from pipeline.splat.trained import TrainedMemory
+from stages.command import PARAMS, SCENE_HELP, Options, command
 
-log = logger.getChild("evaluate")
+log = logging.getLogger(__name__)
 MODEL_FILES = ("point_cloud.ply", "memory.pt")  # what a trained memory needs at query time
-
-
-@dataclass
-class GroundingConfig:
-    """``params.yaml: evaluate.grounding`` (used only when the scene has the grounding file)."""
-
-    file: str = "grounding.json"  # relative to the scene folder
-    model: Optional[str] = None  # language model to query (default: the first with a text encoder)
-    mode: Literal["canonical", "cosine"] = "canonical"
-    negatives: list[str] = field(default_factory=lambda: list(CANONICAL_NEGATIVES))
-    scale: float = 10.0
-    threshold: float = 0.5  # on the per-view min-max normalised relevance
-
-
-@dataclass
-class EvaluateConfig:
-    """``params.yaml: evaluate``."""
-
-    test_every: int = 8  # held-out views: every test_every-th registered view
-    n_renders: int = 3  # save render | ground-truth images of this many held-out views
-    lpips: bool = True  # LPIPS when the lpips package and its weights are on this machine
-    device: str = "auto"  # auto | cpu | cuda
-    grounding: GroundingConfig = field(default_factory=GroundingConfig)
 
 
 def _size_mb(paths: list[Path]) -> float:
@@ -82,7 +62,7 @@ def _sizes(scene: Scene, memory: TrainedMemory) -> dict[str, Any]:
     banks = {}
     for m in memory.models:
         bank, _ = load_bank(scene.bank_path(m))
-        banks[m] = {"slots": int(bank.shape[0]), "dim": int(bank.shape[1]), "size_mb": _size_mb([scene.bank_path(m)])}
+        banks[m] = {"slots": int(bank.shape[0]), "size_mb": _size_mb([scene.bank_path(m)])}
     return {
         "gaussians": int(len(memory.means)),
         "model_size_mb": _size_mb([scene.model_dir / f for f in MODEL_FILES]),
@@ -101,9 +81,10 @@ def _save_render(renders: Path, n: int):
 
 
 def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
-    """Evaluate ``scene``'s trained memory; writes ``eval/``; returns the metrics."""
+    """Evaluate ``scene``'s trained memory; writes ``eval/``; returns the metrics plus method,
+    image_size and notes."""
     start = time.perf_counter()
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, "evaluate")
     memory = TrainedMemory.load(scene, device=device)
     views = resampled_views(load_views(scene), int(memory.config.get("max_side", 0)))
     train, test = split_views(views, config.test_every)
@@ -113,16 +94,16 @@ def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
     seen = [v.name for v in test if v.name not in held_out]
     stores = {m: FeatureStore.open(scene.features_path(m)) for m in memory.models}
     model_files = [scene.model_dir / f for f in (*MODEL_FILES, "config.json") if (scene.model_dir / f).is_file()]
-    prov = provenance("evaluate", to_dict(config), hash_files(model_files))
+    prov = provenance("evaluate", config, hash_files(model_files), code_hash(__name__))
     scene.eval_dir.mkdir(parents=True, exist_ok=True)
     with atomic_dir(scene.eval_dir / "renders") as renders:
         baselines = {m: mean_features(fs, [v.name for v in train]) for m, fs in stores.items()}
         summary, per_view, notes = evaluate_views(
             memory, test, stores, config.lpips, _save_render(renders, config.n_renders), baselines
         )
-    metrics: dict[str, Any] = {"method": memory.method, "test_views": len(test),
-                               "image_size": [test[0].width, test[0].height], **summary, **_sizes(scene, memory)}
-    details: dict[str, Any] = {"views": [vars(r) for r in per_view], "provenance": prov}
+    metrics: dict[str, Any] = {"test_views": len(test), **summary, **_sizes(scene, memory)}
+    details: dict[str, Any] = {"method": memory.method, "image_size": [test[0].width, test[0].height],
+                               "notes": notes, "views": [vars(r) for r in per_view]}
     if seen:
         notes.append(f"{len(seen)} of {len(test)} evaluated views were training views; "
                      "set evaluate.test_every equal to train.test_every")
@@ -140,9 +121,9 @@ def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
         )
     else:
         notes.append(f"grounding skipped: no {scene.root / g.file}")
-    metrics["notes"] = notes
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     write_json(scene.eval_dir / "per_view.json", details)
+    write_json(scene.eval_dir / "provenance.json", prov)
     write_json(scene.eval_dir / "metrics.json", metrics)
     feats = ", ".join(f"{m} cos {v['cosine']:.4f} (mean feature {v['baseline_cosine']:.4f}) / L2 {v['l2']:.4f}"
                       for m, v in summary["features"].items())
@@ -151,25 +132,14 @@ def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
         scene.name, memory.method, len(test), summary["psnr"], summary["ssim"], feats,
         metrics["gaussians"], metrics["model_size_mb"],
     )
-    return metrics
+    return {**metrics, **{k: details[k] for k in ("method", "image_size", "notes")}}
 
 
-@reports_errors
-def cli(
-    scene: str = typer.Argument(..., help=SCENE_HELP),
-    test_every: Optional[int] = typer.Option(None, help="evaluate every n-th registered view (the views train held out)"),
-    n_renders: Optional[int] = typer.Option(None, help="save render | ground-truth images of this many views"),
-    lpips: Optional[bool] = typer.Option(None, "--lpips/--no-lpips", help="compute LPIPS when its package and weights are local"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
-    params: Path = typer.Option(PARAMS_FILE, help=PARAMS_HELP),
-) -> None:
+@command(EvaluateConfig)
+def cli(options: Options[EvaluateConfig], scene: str = typer.Argument(..., help=SCENE_HELP), params: Path = PARAMS) -> None:
     """Evaluate the trained memory on held-out views: PSNR, SSIM, feature cosine/L2 per model, sizes.
 
     Writes data/<scene>/eval/metrics.json (DVC metrics), per_view.json and renders/; adds grounding
     mIoU/cIoU/precision when data/<scene>/grounding.json exists.
     """
-    cfg = override(
-        load_section(EvaluateConfig, "evaluate", params),
-        test_every=test_every, n_renders=n_renders, lpips=lpips, device=device,
-    )
-    run(from_dict(EvaluateConfig, to_dict(cfg), "m3 evaluate options"), Scene.resolve(scene))
+    run(options.load("evaluate", params), Scene.resolve(scene))

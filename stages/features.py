@@ -2,7 +2,7 @@
 
 Reads ``params.yaml: features.<model>`` (merged over the adapter's ``default_conf``). For every
 registered view of ``data/<scene>/colmap`` the adapter's dense map is written, one view at a time,
-into ``data/<scene>/features/<model>.zarr`` (layout: :mod:`pipeline.featurestore`)::
+into ``data/<scene>/features/<model>.zarr`` (layout: :mod:`pipeline.features.store`)::
 
     data/<scene>/features/<model>.zarr          [V, h, w, d] float16 (+ valid [V, h, w]), attrs
     data/<scene>/features/<model>.stats.json    views, map size, seconds per view, bytes on disk
@@ -14,40 +14,29 @@ kept as it is, and any config or input change recomputes every view.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import typer
-from PIL import Image
-from rich.progress import Progress
+from tqdm import tqdm
 
-from pipeline import M3Error, logger
-from pipeline.config import PARAMS_FILE, load_params
-from pipeline.featurestore import FeatureStore, matches, resume_or_create, store_bytes
-from pipeline.io import canonical_json, hash_files, provenance, write_json
-from pipeline.models import FeatureModel, build_model, model_class, resolve_conf
-from pipeline.scene import Scene, View, load_views
-from stages.common import PARAMS_HELP, SCENE_HELP, reports_errors
+from pipeline.core.code import code_hash
+from pipeline.core.config import load_params
+from pipeline.core.errors import M3Error
+from pipeline.core.images import load_image, to_float
+from pipeline.core.io import canonical_json, hash_files, provenance, write_json
+from pipeline.core.runtime import resolve_device
+from pipeline.core.scene import Scene, View, load_views
+from pipeline.features.models import FeatureModel, build_model, model_class, resolve_conf
+from pipeline.features.store import FeatureStore, matches, resume_or_create, store_bytes
+from stages.command import PARAMS, SCENE_HELP, reports_errors
 
-log = logger.getChild("features")
-
-
-def load_image(path: Path, height: int, width: int) -> torch.Tensor:
-    """The view's image as ``[3, height, width] float32`` in [0, 1] (resized if its size differs)."""
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as exc:
-        raise M3Error(f"{path}: cannot read the view's image ({exc}); rerun the poses stage") from exc
-    image = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-    if image.shape[1:] != (height, width):
-        image = F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False,
-                              antialias=True)[0]
-    return image
+log = logging.getLogger(__name__)
 
 
 def inputs_hash(views: list[View]) -> str:
@@ -58,14 +47,6 @@ def inputs_hash(views: list[View]) -> str:
     cams = [{"name": v.name, "size": [v.width, v.height], "K": np.round(v.K, 6).tolist()} for v in views]
     images = hash_files([Path(v.image_path) for v in views])
     return hashlib.sha256(f"{images}:{canonical_json(cams)}".encode()).hexdigest()[:16]
-
-
-def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise M3Error(f"--device: {device!r} is not auto, cpu or cuda; fix it")
-    return device
 
 
 def run(
@@ -91,14 +72,14 @@ def run(
         raise M3Error(f"{scene.sparse_dir}: no registered views; rerun `m3 poses {scene.name}`")
     names = [v.name for v in views]
     height, width = views[0].height, views[0].width
-    prov = provenance("features", {"model": model_name, **conf}, inputs_hash(views))
+    prov = provenance("features", {"model": model_name, **conf}, inputs_hash(views), code_hash(__name__))
     final = scene.features_path(model_name)
     stats_path = final.with_name(f"{model_name}.stats.json")
     if matches(final, {"provenance": prov}, names):
         log.info("%s: up to date (same config and inputs), kept", final)
         return _stats(final, model_name, names, 0, 0.0, time.perf_counter() - start, stats_path)
 
-    model = model or build_model(model_name, config, _device(device))
+    model = model or build_model(model_name, config, resolve_device(device, "features"))
     h, w = model.grid_size(height, width)
     attrs = {
         "model": model_name,
@@ -117,14 +98,14 @@ def run(
     store = resume_or_create(final, names, h, w, model.dim, attrs, bool(model.has_mask))
     todo = [i for i, done in enumerate(store.done_mask()) if not done]
     compute = 0.0
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"features {model_name}", total=len(names), completed=len(names) - len(todo))
+    with tqdm(total=len(names), initial=len(names) - len(todo), desc=f"features {model_name}", unit="view") as bar:
         for i in todo:
             t0 = time.perf_counter()
-            fm = model.extract(load_image(views[i].image_path, height, width))
+            pixels = to_float(load_image(views[i].image_path, width, height))
+            fm = model.extract(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())
             store.write(i, fm.features.detach().cpu().numpy(), fm.valid.detach().cpu().numpy())
             compute += time.perf_counter() - t0
-            progress.advance(task)
+            bar.update(1)
             if on_view is not None:
                 on_view(i)
     store.finalize(final)
@@ -136,17 +117,14 @@ def _stats(final: Path, model_name: str, names: list[str], computed: int, comput
     store = FeatureStore.open(final)
     h, w, d = store.shape
     stats = {
-        "model": model_name,
         "views": store.n_views,
         "computed_views": computed,
         "map_size": [h, w, d],
         "seconds_per_view": round(compute_s / computed, 4) if computed else None,
         "seconds": round(total_s, 2),
         "bytes_on_disk": store_bytes(final),
-        "config_hash": store.attrs["provenance"]["config_hash"],
-        "inputs_hash": store.attrs["provenance"]["inputs_hash"],
     }
-    write_json(stats_path, stats)
+    write_json(stats_path, {k: v for k, v in stats.items() if k != "map_size"})
     log.info("%s: %d views (%d computed), map %dx%dx%d, %.1f MB", final, stats["views"], computed, h, w, d,
              stats["bytes_on_disk"] / 1e6)
     return stats
@@ -164,9 +142,9 @@ def model_section(model_name: str, params: Path) -> dict[str, Any]:
 @reports_errors
 def cli(
     scene: str = typer.Argument(..., help=SCENE_HELP),
-    model: Optional[str] = typer.Option(None, help="model to extract (default: every model listed under models: in params)"),
-    device: Optional[str] = typer.Option(None, help="auto (CUDA when available) | cpu | cuda"),
-    params: Path = typer.Option(PARAMS_FILE, help=PARAMS_HELP),
+    model: str | None = typer.Option(None, help="model to extract (default: every model listed under models: in params)"),
+    device: str = typer.Option("auto", help="auto (CUDA when available) | cpu | cuda"),
+    params: Path = PARAMS,
 ) -> None:
     """Extract dense foundation-model features of every registered view into data/<scene>/features/<model>.zarr.
 
@@ -176,4 +154,4 @@ def cli(
     if not names:
         raise M3Error(f"{params}: no models listed under models:; add one (e.g. clip) or pass --model")
     for name in names:
-        run(model_section(name, params), Scene.resolve(scene), name, device=device or "auto")
+        run(model_section(name, params), Scene.resolve(scene), name, device=device)

@@ -6,27 +6,29 @@ scene folder) and triangulate sparse points when the import has none. Outputs::
 
     data/<scene>/colmap/sparse/0/{cameras,images,points3D}.bin   PINHOLE, undistorted
     data/<scene>/colmap/images/<frame name>                      undistorted images
-    data/<scene>/colmap/provenance.json                          config + inputs hash
+    data/<scene>/colmap/provenance.json                          config, inputs and code hashes, source
     data/<scene>/poses/stats.json                                registered views, points, errors, seconds
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from pipeline import M3Error, logger
-from pipeline.colmap_import import Imported, load_colmap, load_transforms
-from pipeline.config import PARAMS_FILE, from_dict, load_section, to_dict
-from pipeline.io import atomic_dir, hash_files, provenance, read_json, write_json
-from pipeline.scene import Scene
-from pipeline.sfm import PosesConfig, choose_matcher, model_stats, run_sfm, triangulate_known, undistort
-from stages.common import PARAMS_HELP, SCENE_HELP, override, reports_errors
+from pipeline.core.code import code_hash
+from pipeline.core.errors import M3Error
+from pipeline.core.io import atomic_dir, hash_files, provenance, read_json, write_json
+from pipeline.core.scene import Scene
+from pipeline.poses.colmap_import import Imported, load_colmap, load_transforms
+from pipeline.poses.config import PosesConfig
+from pipeline.poses.sfm import choose_matcher, model_stats, run_sfm, triangulate_known, undistort
+from stages.command import PARAMS, SCENE_HELP, Options, command
 
-log = logger.getChild("poses")
+log = logging.getLogger(__name__)
 
 
 def _frames(scene: Scene) -> tuple[list[str], str, list[Path]]:
@@ -80,11 +82,11 @@ def run(config: PosesConfig, scene: Scene) -> dict[str, Any]:
         work = Path(tmp)
         result, total, source = (_sfm if config.source == "sfm" else _import)(config, scene, work)
         stats = model_stats(result.rec, total)
-        prov = provenance("poses", to_dict(config), hash_files(result.files))
+        prov = provenance("poses", config, hash_files(result.files), code_hash(__name__), source=source)
         with atomic_dir(scene.colmap_dir) as out:
             undistort(result.rec, result.images_dir, work, out)
             write_json(out / "provenance.json", prov)
-    stats.update(source=source, seconds=round(time.perf_counter() - start, 2), provenance=prov)
+    stats["seconds"] = round(time.perf_counter() - start, 2)
     write_json(scene.poses_dir / "stats.json", stats)
     log.info(
         "%s: %d/%d views registered, %d points, reprojection error %.3f px, %.1f s",
@@ -94,35 +96,10 @@ def run(config: PosesConfig, scene: Scene) -> dict[str, Any]:
     return stats
 
 
-@reports_errors
-def cli(
-    scene: str = typer.Argument(..., help=SCENE_HELP),
-    source: Optional[str] = typer.Option(None, help="sfm (run pycolmap on the frames) | colmap (import a COLMAP model) | transforms (import a NeRF transforms.json)"),
-    import_path: Optional[str] = typer.Option(None, help="with --source colmap/transforms: the model folder or transforms.json, relative to the scene folder"),
-    import_images: Optional[str] = typer.Option(None, help="with --source colmap: the images folder of the model (default: images/ next to it)"),
-    matcher: Optional[str] = typer.Option(None, help="auto (sequential for videos, exhaustive for small photo sets) | sequential | exhaustive"),
-    exhaustive_max: Optional[int] = typer.Option(None, help="with --matcher auto: photo sets up to this many images are matched exhaustively"),
-    sequential_overlap: Optional[int] = typer.Option(None, help="sequential matching: each frame is matched with this many following frames"),
-    camera_model: Optional[str] = typer.Option(None, help="COLMAP camera model to estimate: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL or OPENCV"),
-    single_camera: Optional[bool] = typer.Option(None, "--single-camera/--camera-per-image", help="share one camera among all frames, or estimate one per image"),
-    max_num_features: Optional[int] = typer.Option(None, help="most SIFT features kept per image"),
-    min_registered: Optional[int] = typer.Option(None, help="fewer registered views than this is an error"),
-    mapper_attempts: Optional[int] = typer.Option(None, help="mapper runs with relaxed initialisation while the model stays small (1: no retry)"),
-    retry_below: Optional[float] = typer.Option(None, help="retry the mapper while its largest model registers fewer than this fraction of frames"),
-    num_threads: Optional[int] = typer.Option(None, help="CPU threads for pycolmap (-1: all cores)"),
-    seed: Optional[int] = typer.Option(None, help="random seed of the mapper (same seed and threads, same model)"),
-    params: Path = typer.Option(PARAMS_FILE, help=PARAMS_HELP),
-) -> None:
+@command(PosesConfig)
+def cli(options: Options[PosesConfig], scene: str = typer.Argument(..., help=SCENE_HELP), params: Path = PARAMS) -> None:
     """Estimate camera poses (pycolmap SfM) or import them (COLMAP model / transforms.json).
 
     Writes data/<scene>/colmap/ (PINHOLE model + undistorted images) and data/<scene>/poses/stats.json.
     """
-    cfg = override(
-        load_section(PosesConfig, "poses", params),
-        source=source, import_path=import_path, import_images=import_images, matcher=matcher,
-        exhaustive_max=exhaustive_max, sequential_overlap=sequential_overlap,
-        camera_model=camera_model, single_camera=single_camera, max_num_features=max_num_features,
-        min_registered=min_registered, mapper_attempts=mapper_attempts, retry_below=retry_below,
-        num_threads=num_threads, seed=seed,
-    )
-    run(from_dict(PosesConfig, to_dict(cfg), "m3 poses options"), Scene.resolve(scene))
+    run(options.load("poses", params), Scene.resolve(scene))

@@ -12,21 +12,22 @@ raw vector instead (``.npy`` or a JSON list), e.g. for models without text. Outp
 from __future__ import annotations
 
 import json
+import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any
 
 import numpy as np
 import typer
 from PIL import Image
 
-from pipeline import M3Error, logger
-from pipeline.config import PARAMS_FILE, from_dict, load_section, to_dict
-from pipeline.featurestore import FeatureStore
-from pipeline.io import atomic_dir, write_json
-from pipeline.query import (
-    CANONICAL_NEGATIVES,
+from pipeline.core.config import to_dict
+from pipeline.core.errors import M3Error
+from pipeline.core.io import atomic_dir, write_json
+from pipeline.core.runtime import resolve_device
+from pipeline.core.scene import Scene, load_views
+from pipeline.evaluate.config import QueryConfig
+from pipeline.evaluate.query import (
     build_query,
     gaussian_relevance,
     heatmap_overlay,
@@ -35,30 +36,11 @@ from pipeline.query import (
     pick_model,
     relevance_maps,
 )
-from pipeline.scene import Scene, load_views
-from pipeline.train import resolve_device
-from pipeline.trained import TrainedMemory
-from stages.common import PARAMS_HELP, SCENE_HELP, override, reports_errors
+from pipeline.features.store import FeatureStore
+from pipeline.splat.trained import TrainedMemory
+from stages.command import PARAMS, SCENE_HELP, Options, command
 
-log = logger.getChild("query")
-
-
-@dataclass
-class QueryConfig:
-    """``params.yaml: query``."""
-
-    model: Optional[str] = None  # model to query (default: the first with a text encoder)
-    mode: Literal["canonical", "cosine"] = "canonical"
-    negatives: list[str] = field(default_factory=lambda: list(CANONICAL_NEGATIVES))
-    scale: float = 10.0  # softmax scale of the canonical mode (1 / temperature)
-    top_k: Optional[int] = None  # Gaussians kept for the 3D box (None: use quantile)
-    quantile: float = 0.99  # keep Gaussians with relevance at or above this quantile
-    min_opacity: float = 0.1  # ignore Gaussians more transparent than this
-    trim: float = 3.0  # drop kept Gaussians farther than median + trim * MAD from their median
-    n_views: int = 4  # heatmaps on this many views spread over the scene (when none are named)
-    views: list[str] = field(default_factory=list)  # or these views (image names)
-    alpha: float = 0.6  # heatmap opacity at full relevance
-    device: str = "auto"  # auto | cpu | cuda
+log = logging.getLogger(__name__)
 
 
 def slug(text: str) -> str:
@@ -90,7 +72,7 @@ def run(
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Query ``scene``'s trained memory; writes heatmaps + ``localization.json``; returns the JSON."""
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, "query")
     memory = TrainedMemory.load(scene, device=device)
     model = pick_model(memory.models, config.model)
     attrs = FeatureStore.open(scene.features_path(model)).attrs
@@ -126,29 +108,18 @@ def run(
     return result
 
 
-@reports_errors
+@command(QueryConfig)
 def cli(
+    options: Options[QueryConfig],
     scene: str = typer.Argument(..., help=SCENE_HELP),
-    text: Optional[str] = typer.Argument(None, help="what to look for, e.g. \"a yellow duck\" (omit with --vector)"),
-    vector: Optional[Path] = typer.Option(None, help="query with a raw vector instead of text (.npy or JSON list, the model's dims)"),
-    model: Optional[str] = typer.Option(None, help="model whose features to query (default: the first with a text encoder)"),
-    mode: Optional[str] = typer.Option(None, help="canonical (LERF softmax against 'object', 'things', 'stuff', 'texture') | cosine"),
-    top_k: Optional[int] = typer.Option(None, help="keep the k most relevant Gaussians for the 3D box (default: --quantile)"),
-    quantile: Optional[float] = typer.Option(None, help="keep Gaussians whose relevance is at or above this quantile"),
-    views: Optional[str] = typer.Option(None, help="comma-separated view (image) names for heatmaps"),
-    n_views: Optional[int] = typer.Option(None, help="heatmaps on this many views spread over the scene"),
-    out: Optional[Path] = typer.Option(None, help="output folder (default: data/<scene>/query/<text>)"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
-    params: Path = typer.Option(PARAMS_FILE, help=PARAMS_HELP),
+    text: str | None = typer.Argument(None, help="what to look for, e.g. \"a yellow duck\" (omit with --vector)"),
+    vector: Path | None = typer.Option(None, help="query with a raw vector instead of text (.npy or JSON list, the model's dims)"),
+    out: Path | None = typer.Option(None, help="output folder (default: data/<scene>/query/<text>)"),
+    params: Path = PARAMS,
 ) -> None:
     """Find TEXT in the scene's 3D memory: heatmaps on rendered views and a 3D centroid + box.
 
     Prints the centroid and axis-aligned box (world coordinates) and writes them to
     localization.json next to the heatmap PNGs.
     """
-    cfg = override(
-        load_section(QueryConfig, "query", params), model=model, mode=mode, top_k=top_k, quantile=quantile,
-        views=[v.strip() for v in views.split(",") if v.strip()] if views else None, n_views=n_views, device=device,
-    )
-    cfg = from_dict(QueryConfig, to_dict(cfg), "m3 query options")
-    run(cfg, Scene.resolve(scene), text, read_vector(vector) if vector else None, out)
+    run(options.load("query", params), Scene.resolve(scene), text, read_vector(vector) if vector else None, out)

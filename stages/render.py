@@ -10,21 +10,21 @@ Not a DVC stage (a tool over ``data/<scene>/model/``). For each chosen view writ
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 import typer
 from PIL import Image
 
-from pipeline import M3Error, logger
-from pipeline.scene import Scene, View, load_views
-from pipeline.train import resolve_device
-from pipeline.trained import TrainedMemory
-from stages.common import SCENE_HELP, reports_errors
+from pipeline.core.errors import M3Error
+from pipeline.core.runtime import resolve_device
+from pipeline.core.scene import Scene, View, load_views
+from pipeline.splat.trained import TrainedMemory
+from stages.command import SCENE_HELP, reports_errors
 
-log = logger.getChild("render")
+log = logging.getLogger(__name__)
 
 
 class PCA3:
@@ -48,7 +48,7 @@ class PCA3:
 
 def run(scene: Scene, views: list[str] | None = None, out: Path | None = None, device: str = "auto") -> list[Path]:
     """Render ``views`` (names; None: every registered view) of ``scene``; returns the written files."""
-    memory = TrainedMemory.load(scene, device=resolve_device(device))
+    memory = TrainedMemory.load(scene, device=resolve_device(device, "render"))
     all_views = load_views(scene)
     by_name = {v.name: v for v in all_views}
     if views:
@@ -81,9 +81,9 @@ def run(scene: Scene, views: list[str] | None = None, out: Path | None = None, d
 @reports_errors
 def cli(
     scene: str = typer.Argument(..., help=SCENE_HELP),
-    view: Optional[list[str]] = typer.Option(None, "--view", help="image name of a registered view (repeatable)"),
+    view: list[str] | None = typer.Option(None, "--view", help="image name of a registered view (repeatable)"),
     all_views: bool = typer.Option(False, "--all", help="render every registered view"),
-    out: Optional[Path] = typer.Option(None, help="output folder (default: data/<scene>/renders)"),
+    out: Path | None = typer.Option(None, help="output folder (default: data/<scene>/renders)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
 ) -> None:
     """Render RGB and per-model feature PCA images of the trained memory at scene cameras.

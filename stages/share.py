@@ -13,18 +13,20 @@ content does not hash to its name is reported and never used.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import typer
 import yaml
 
-from pipeline import M3Error, logger
-from pipeline.scene import Scene
-from stages.common import SCENE_HELP, reports_errors
+from pipeline.core.errors import M3Error
+from pipeline.core.scene import Scene
+from stages.command import SCENE_HELP, reports_errors
 
-log = logger.getChild("share")
+log = logging.getLogger(__name__)
 SHAREABLE = ("demo", "frames", "poses", "features", "bank", "train", "evaluate")
 DEFAULT_STAGES = ("features", "bank")
 
@@ -183,7 +185,11 @@ def add_remote(root: Path, name: str, url: str, keyfile: str | None = None, defa
     log.info("remote '%s' -> %s (in .dvc/config.local%s)", name, url, ", default" if default else "")
 
 
-app = typer.Typer(help="Share cached stage outputs (features, banks, ...) through a DVC remote + run-cache.", no_args_is_help=True)
+cli = typer.Typer(
+    help="Share cached stage outputs (features, banks, ...) through a DVC remote + run-cache.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 STAGES_HELP = f"comma-separated stages to share (upstream stages come along): {', '.join(SHAREABLE)}"
 REMOTE_HELP = "DVC remote name (default: the default remote)"
 ROOT_HELP = "project root (the folder holding dvc.yaml)"
@@ -193,36 +199,36 @@ def _split(stages: str) -> list[str]:
     return [s.strip() for s in stages.split(",") if s.strip()]
 
 
-@app.command("push")
+@cli.command("push")
 @reports_errors
 def push_cli(
     scene: str = typer.Argument(..., help=SCENE_HELP),
     stages: str = typer.Option(",".join(DEFAULT_STAGES), "--stages", help=STAGES_HELP),
-    remote: Optional[str] = typer.Option(None, "--remote", "-r", help=REMOTE_HELP),
+    remote: str | None = typer.Option(None, "--remote", "-r", help=REMOTE_HELP),
     root: Path = typer.Option(Path("."), "--root", help=ROOT_HELP),
 ) -> None:
     """Push a scene's stage outputs and their run-cache entries to a DVC remote."""
     push(root, Scene.resolve(scene).name, _split(stages), remote)
 
 
-@app.command("pull")
+@cli.command("pull")
 @reports_errors
 def pull_cli(
     scene: str = typer.Argument(..., help=SCENE_HELP),
     stages: str = typer.Option(",".join(DEFAULT_STAGES), "--stages", help=STAGES_HELP),
-    remote: Optional[str] = typer.Option(None, "--remote", "-r", help=REMOTE_HELP),
+    remote: str | None = typer.Option(None, "--remote", "-r", help=REMOTE_HELP),
     root: Path = typer.Option(Path("."), "--root", help=ROOT_HELP),
 ) -> None:
     """Pull run-cache entries and outputs so that `dvc repro` skips matching stages."""
     pull(root, Scene.resolve(scene).name, _split(stages), remote)
 
 
-@app.command("remote")
+@cli.command("remote")
 @reports_errors
 def remote_cli(
     name: str = typer.Argument(..., help="remote name"),
     url: str = typer.Argument(..., help="a local folder, or ssh://user@host[:port]/path"),
-    keyfile: Optional[str] = typer.Option(None, "--keyfile", help="SSH private key for ssh:// remotes"),
+    keyfile: str | None = typer.Option(None, "--keyfile", help="SSH private key for ssh:// remotes"),
     default: bool = typer.Option(True, "--default/--no-default", help="make it the default remote"),
     root: Path = typer.Option(Path("."), "--root", help=ROOT_HELP),
 ) -> None:

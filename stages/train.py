@@ -9,18 +9,21 @@ bank hashes), ``checkpoint.pt`` (a rerun with the same config and inputs resumes
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from pipeline import M3Error, logger
-from pipeline.config import PARAMS_FILE, from_dict, load_params, load_section, to_dict
-from pipeline.train import TrainConfig, resolve_device, train
-from pipeline.trained import write_model
-from stages.common import PARAMS_HELP, SCENE_HELP, override, reports_errors
+from pipeline.core.config import load_params
+from pipeline.core.errors import M3Error
+from pipeline.core.scene import Scene
+from pipeline.splat.config import TrainConfig
+from pipeline.splat.train import train
+from pipeline.splat.trained import write_model
+from stages.command import PARAMS, SCENE_HELP, Options, command
 
-log = logger.getChild("train")
+log = logging.getLogger(__name__)
 
 
 def load_models(params: Path) -> list[str]:
@@ -31,7 +34,7 @@ def load_models(params: Path) -> list[str]:
     return models
 
 
-def run(config: TrainConfig, scene: Any, models: list[str], progress: bool = True) -> dict[str, Any]:
+def run(config: TrainConfig, scene: Scene, models: list[str], progress: bool = True) -> dict[str, Any]:
     """Train (or resume) ``scene``; writes ``model/``; returns the stats."""
     tr = train(scene, config, models, progress=progress)
     last = tr.curves[-min(len(tr.curves), 5):]
@@ -42,9 +45,6 @@ def run(config: TrainConfig, scene: Any, models: list[str], progress: bool = Tru
         "gaussians": int(len(tr.params["means"])),
         "final_losses": losses,
         "peak_ram_mb": round(tr.peak_ram_mb, 1),
-        "device": resolve_device(config.device),
-        "backend": config.backend,
-        "method": config.method,
         "train_views": len(tr.inp.train),
         "test_views": len(tr.inp.test),
     }
@@ -54,20 +54,12 @@ def run(config: TrainConfig, scene: Any, models: list[str], progress: bool = Tru
     return stats
 
 
-@reports_errors
+@command(TrainConfig)
 def cli(
+    options: Options[TrainConfig],
     scene: str = typer.Argument(..., help=SCENE_HELP),
-    iterations: Optional[int] = typer.Option(None, help="training steps (reference: 30000)"),
-    method: Optional[str] = typer.Option(None, help="memory (M3 memory attention) | distill (F-3DGS decoder)"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
-    backend: Optional[str] = typer.Option(None, help="rasterizer: auto | torch | gsplat"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
-    params: Path = typer.Option(PARAMS_FILE, help=PARAMS_HELP),
+    params: Path = PARAMS,
 ) -> None:
     """Train the scene's Gaussians, principal queries and memory (data/<scene>/model/); resumes."""
-    from pipeline.scene import Scene
-
-    cfg = override(load_section(TrainConfig, "train", params), iterations=iterations, method=method,
-                   device=device, backend=backend)
-    cfg = from_dict(TrainConfig, to_dict(cfg), "m3 train options")
-    run(cfg, Scene.resolve(scene), load_models(params), progress)
+    run(options.load("train", params), Scene.resolve(scene), load_models(params), progress)

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print tables (run them as `python -m benchmarks.<name>`)."""

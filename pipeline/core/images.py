@@ -1,0 +1,33 @@
+"""The one image loader: a registered view's image as pixels, at the size its camera says."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.core.errors import M3Error
+
+
+def load_image(path: Path, width: int, height: int) -> np.ndarray:
+    """The RGB image at ``path`` as ``[height, width, 3] uint8``, resized (bicubic) if its size differs.
+
+    A missing or unreadable file is an :class:`M3Error` naming it (the fix: rerun the poses stage,
+    which writes the undistorted images of the registered views).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise M3Error(f"{path}: image of a registered view is missing; rerun the poses stage")
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise M3Error(f"{path}: cannot read the view's image ({exc}); rerun the poses stage") from exc
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def to_float(pixels: np.ndarray) -> np.ndarray:
+    """``uint8`` pixels as ``float32`` in [0, 1] (same shape)."""
+    return np.asarray(pixels, dtype=np.float32) / 255.0

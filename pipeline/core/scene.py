@@ -1,0 +1,149 @@
+"""A scene on disk and its posed views.
+
+A scene is a folder ``data/<scene>/`` holding ``input/`` (a video or images, added by the user)
+and everything the stages produce beside it::
+
+    input/                      video (mp4/mov/...) or images
+    frames/                     numbered frames (stage ``frames``) + frames.json
+    colmap/sparse/0/            COLMAP model, binary, PINHOLE cameras (stage ``poses``)
+    colmap/images/              undistorted images matching the model
+    poses/stats.json            registered views, points, reprojection error, seconds
+    features/<model>.zarr       dense features [V, h, w, d] (stage ``features``)
+    bank/<model>.zarr           PSC memory bank [t, d] (stage ``bank``)
+    model/                      trained Gaussians + memory (stage ``train``)
+    eval/                       metrics.json, renders (stage ``evaluate``)
+
+Camera convention everywhere inside: COLMAP world-to-camera, OpenCV axes (x right, y down,
+z forward). Conversions happen at the edges (``transforms.json`` import).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core.errors import M3Error
+
+DATA_ROOT = Path("data")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm")
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Paths of one scene; ``root`` is ``data/<name>``."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, name_or_path: str | Path, data_root: Path = DATA_ROOT) -> Scene:
+        """``demo`` -> ``data/demo``; anything with a path separator is taken as a folder."""
+        p = Path(name_or_path)
+        return cls(p if len(p.parts) > 1 or p.is_absolute() else Path(data_root) / p)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    input_dir = property(lambda self: self.root / "input")
+    frames_dir = property(lambda self: self.root / "frames")
+    colmap_dir = property(lambda self: self.root / "colmap")
+    sparse_dir = property(lambda self: self.root / "colmap" / "sparse" / "0")
+    images_dir = property(lambda self: self.root / "colmap" / "images")
+    poses_dir = property(lambda self: self.root / "poses")
+    features_dir = property(lambda self: self.root / "features")
+    bank_dir = property(lambda self: self.root / "bank")
+    model_dir = property(lambda self: self.root / "model")
+    eval_dir = property(lambda self: self.root / "eval")
+
+    def features_path(self, model: str) -> Path:
+        return self.features_dir / f"{model}.zarr"
+
+    def bank_path(self, model: str) -> Path:
+        return self.bank_dir / f"{model}.zarr"
+
+
+@dataclass(frozen=True)
+class View:
+    """One posed, undistorted (PINHOLE) view.
+
+    ``K [3, 3]`` intrinsics in pixels, ``w2c [4, 4]`` world-to-camera (OpenCV axes).
+    """
+
+    name: str
+    image_path: Path
+    K: np.ndarray
+    w2c: np.ndarray
+    width: int
+    height: int
+
+    @property
+    def center(self) -> np.ndarray:
+        """Camera centre in world coordinates ``[3]``."""
+        R, t = self.w2c[:3, :3], self.w2c[:3, 3]
+        return -R.T @ t
+
+
+def _read_model(scene: Scene):
+    import pycolmap
+
+    if not (scene.sparse_dir / "images.bin").is_file():
+        raise M3Error(f"{scene.sparse_dir}: no COLMAP model; run `m3 poses {scene.name}` first")
+    return pycolmap.Reconstruction(str(scene.sparse_dir))
+
+
+def load_views(scene: Scene) -> list[View]:
+    """All registered views of the scene's undistorted model, sorted by image name."""
+    rec = _read_model(scene)
+    views = []
+    for image in rec.images.values():
+        if not image.has_pose:
+            continue
+        cam = image.camera
+        w2c = np.eye(4)
+        w2c[:3, :4] = image.cam_from_world().matrix()
+        views.append(
+            View(
+                name=image.name,
+                image_path=scene.images_dir / image.name,
+                K=np.asarray(cam.calibration_matrix(), dtype=np.float64),
+                w2c=w2c,
+                width=int(cam.width),
+                height=int(cam.height),
+            )
+        )
+    return sorted(views, key=lambda v: v.name)
+
+
+def load_points(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse points of the scene: ``xyz [P, 3] float64``, ``rgb [P, 3] uint8``."""
+    rec = _read_model(scene)
+    pts = list(rec.points3D.values())
+    xyz = np.array([p.xyz for p in pts], dtype=np.float64).reshape(-1, 3)
+    rgb = np.array([p.color for p in pts], dtype=np.uint8).reshape(-1, 3)
+    return xyz, rgb
+
+
+def split_views(views: list[View], test_every: int) -> tuple[list[View], list[View]]:
+    """Train/test split: every ``test_every``-th view (0, 8, 16, ...) is held out."""
+    if test_every <= 0:
+        return list(views), []
+    test = [v for i, v in enumerate(views) if i % test_every == 0]
+    train = [v for i, v in enumerate(views) if i % test_every != 0]
+    return train, test
+
+
+def resampled_views(views: list[View], max_side: int) -> list[View]:
+    """``views`` with size and intrinsics scaled so the longer side is at most ``max_side`` (0: unchanged)."""
+    out = []
+    for v in views:
+        s = max_side / max(v.width, v.height) if max_side > 0 else 1.0
+        if s >= 1.0:
+            out.append(v)
+            continue
+        w, h = max(1, round(v.width * s)), max(1, round(v.height * s))
+        K = v.K * np.array([[w / v.width], [h / v.height], [1.0]])
+        out.append(dataclasses.replace(v, K=K, width=w, height=h))
+    return out

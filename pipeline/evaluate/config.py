@@ -1,0 +1,76 @@
+"""Configs of the ``evaluate`` stage and the ``query`` command (``params.yaml: evaluate``, ``query``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
+"""LERF's canonical phrases: relevance is measured against the hardest of them."""
+
+
+def _negatives() -> list[str]:
+    return list(CANONICAL_NEGATIVES)
+
+
+@dataclass(frozen=True)
+class GroundingConfig:
+    """``params.yaml: evaluate.grounding``: used only when the scene has the grounding file."""
+
+    file: str = "grounding.json"
+    """Grounding samples, relative to the scene folder (see the README)."""
+    model: str | None = None
+    """Language model to query (null: the first with a text encoder)."""
+    mode: Literal["canonical", "cosine"] = "canonical"
+    """canonical (LERF softmax against the negatives) | cosine."""
+    negatives: list[str] = field(default_factory=_negatives)
+    """Canonical phrases of the canonical mode."""
+    scale: float = 10.0
+    """Softmax scale (1 / temperature) of the canonical mode."""
+    threshold: float = 0.5
+    """Predicted mask: per-view min-max normalised relevance >= threshold."""
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``params.yaml: evaluate``: metrics of the trained memory on held-out views."""
+
+    test_every: int = 8
+    """Evaluate every n-th registered view (0, 8, 16, ...: the views train held out)."""
+    n_renders: int = 3
+    """Save render | ground-truth images of this many held-out views."""
+    lpips: bool = True
+    """Compute LPIPS when the lpips package and its weights are already on this machine."""
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    """Referring-segmentation metrics (params.yaml only)."""
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """``params.yaml: query``: the ``m3 query`` command (not a DVC stage)."""
+
+    model: str | None = None
+    """Model whose features to query (null: the first with a text encoder)."""
+    mode: Literal["canonical", "cosine"] = "canonical"
+    """canonical (LERF softmax against 'object', 'things', 'stuff', 'texture') | cosine."""
+    negatives: list[str] = field(default_factory=_negatives)
+    """Canonical phrases of the canonical mode."""
+    scale: float = 10.0
+    """Softmax scale of the canonical mode (1 / temperature)."""
+    top_k: int | None = None
+    """Keep the k most relevant Gaussians for the 3D box (null: use quantile)."""
+    quantile: float = 0.99
+    """Keep Gaussians whose relevance is at or above this quantile."""
+    min_opacity: float = 0.1
+    """Ignore Gaussians more transparent than this."""
+    trim: float = 3.0
+    """Drop kept Gaussians farther than median + trim * MAD from their median."""
+    n_views: int = 4
+    """Heatmaps on this many views spread over the scene (when no views are named)."""
+    views: list[str] = field(default_factory=list)
+    """Or heatmaps on these views (image names; repeat the option)."""
+    alpha: float = 0.6
+    """Heatmap opacity at full relevance."""
+    device: str = "auto"
+    """auto | cpu | cuda."""

@@ -1,0 +1,70 @@
+"""The interface every foundation-model adapter implements.
+
+An adapter turns one RGB view into a dense feature map covering the **whole** image (no crop):
+``features [h, w, d]`` on a regular grid, cell (i, j) covering pixels
+``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``, plus an optional validity mask ``[h, w]``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from pipeline.core.errors import M3Error
+
+
+def hub_load_error(model: str, checkpoint: str, what: str, exc: Exception, local: str) -> M3Error:
+    """The error for ``what`` of a Hugging Face ``checkpoint`` of adapter ``model`` that could not be
+    loaded: names the cause (first line of ``exc``), the download command and the local alternative
+    (a folder holding ``local``)."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return M3Error(
+        f"features.{model}: cannot load {what} of checkpoint '{checkpoint}': not a local folder, and not "
+        f"on the Hugging Face hub or in its cache ({first}); download it once online "
+        f"(`hf download {checkpoint}`) or set features.{model}.checkpoint to a local folder holding {local}"
+    )
+
+
+@dataclass
+class FeatureMap:
+    """``features [h, w, d] float32`` and ``valid [h, w] bool`` (all True when the model has no mask)."""
+
+    features: torch.Tensor
+    valid: torch.Tensor
+
+
+class FeatureModel(ABC):
+    """A registered foundation-model adapter.
+
+    ``default_conf`` holds every key the adapter accepts (``params.yaml: features.<name>`` is merged
+    over it and unknown keys are errors). Common keys: ``checkpoint`` (HF hub id, open_clip name or
+    local path), ``weights`` (``pretrained`` | ``random``: same architecture, random init, for tests),
+    ``input_size``.
+    """
+
+    name: ClassVar[str]
+    default_conf: ClassVar[dict[str, Any]]
+    has_mask: ClassVar[bool] = False
+
+    def __init__(self, conf: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        self.conf = conf
+        self.device = torch.device(device)
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Feature dimension ``d``."""
+
+    @abstractmethod
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Feature map size ``(h, w)`` produced for an image of ``height x width``."""
+
+    @abstractmethod
+    def extract(self, image: torch.Tensor) -> FeatureMap:
+        """Dense features of one view: ``image [3, H, W] float32 in [0, 1]`` -> :class:`FeatureMap`."""
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Text embeddings ``[T, d]`` in the same space as the features (language models only)."""
+        raise NotImplementedError(f"model '{self.name}' has no text encoder")

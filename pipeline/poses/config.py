@@ -1,0 +1,62 @@
+"""Configs of the ``frames`` and ``poses`` stages (``params.yaml: frames``, ``poses``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+CameraModel = Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"]
+
+
+@dataclass(frozen=True)
+class FramesConfig:
+    """``params.yaml: frames``: which frames of the input video or photo set are kept."""
+
+    max_side: int = 1024
+    """Downscale frames so that their longer side is at most this (pixels; never upscaled)."""
+    target_count: int = 60
+    """Keep at most this many frames, evenly spread over the input."""
+    blur_ratio: float = 0.35
+    """Drop frames whose sharpness (variance of the Laplacian) is below this x the median."""
+    blur_window: int = 0
+    """Median over all candidates (0) or over this many neighbouring ones (long videos)."""
+    dedup_threshold: float = 0.02
+    """Videos: drop a frame whose 32x32 thumbnail differs from the last kept one by less (mean abs, 0..1).
+    Photo sets lose only exact duplicates (identical pixels)."""
+    video_candidates: int = 300
+    """Sample a video at most this many times (evenly) before filtering."""
+    min_frames: int = 3
+    """Fewer usable frames than this is an error."""
+
+
+@dataclass(frozen=True)
+class PosesConfig:
+    """``params.yaml: poses``: structure from motion, or an import of known cameras."""
+
+    source: Literal["sfm", "colmap", "transforms"] = "sfm"
+    """sfm (pycolmap on the frames) | colmap (import a COLMAP model) | transforms (import a NeRF transforms.json)."""
+    import_path: str | None = None
+    """With colmap/transforms: the model folder or transforms.json, relative to the scene folder."""
+    import_images: str | None = None
+    """With colmap: the images folder of the model (default: images/ next to it)."""
+    matcher: Literal["auto", "sequential", "exhaustive"] = "auto"
+    """auto (sequential for videos, exhaustive for photo sets up to exhaustive_max) | sequential | exhaustive."""
+    exhaustive_max: int = 100
+    """With matcher auto: photo sets up to this many images are matched exhaustively."""
+    sequential_overlap: int = 10
+    """Sequential matching: each frame is matched with this many following frames."""
+    camera_model: CameraModel = "SIMPLE_RADIAL"
+    """COLMAP camera model to estimate (undistorted to PINHOLE afterwards)."""
+    single_camera: bool = field(default=True, metadata={"off": "camera-per-image"})
+    """All frames share one camera (a video, one phone); false: one camera per image."""
+    max_num_features: int = 8192
+    """Most SIFT features kept per image."""
+    min_registered: int = 3
+    """Fewer registered views than this is an error."""
+    mapper_attempts: int = 3
+    """Mapper runs with relaxed initialisation while the largest model stays small (1: no retry)."""
+    retry_below: float = 0.5
+    """Retry the mapper while its largest model registers fewer than this fraction of the frames."""
+    num_threads: int = -1
+    """CPU threads for pycolmap (-1: all cores)."""
+    seed: int = 0
+    """RANSAC and mapper seed (same seed and threads, same model)."""

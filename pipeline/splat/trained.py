@@ -1,0 +1,127 @@
+"""A trained memory on disk (``data/<scene>/model/``) and how to use it.
+
+Folder layout (written by :func:`write_model`, read by :meth:`TrainedMemory.load`)::
+
+    point_cloud.ply   standard 3DGS PLY + q_<model>_<k> query attributes
+    memory.pt         per-model heads: W_m [l, d] + bank [t, d] (memory) or decoder weights (distill)
+    config.json       method, models, query dims, feature-map sizes, SH degree, provenance (bank hashes)
+    checkpoint.pt     resumable training state
+    stats.json        steps, seconds, Gaussians, final losses, peak RAM
+    curves.csv        training curves (DVC plots)
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipeline.core.errors import M3Error
+from pipeline.core.io import atomic_write, read_json, write_json
+from pipeline.core.scene import Scene, View
+from pipeline.splat.gaussians import QUERY_PREFIX, load_ply, render_query, render_rgb, save_ply, scaled_K, sh_degree_of
+from pipeline.splat.memory import load_heads, save_heads
+
+
+@dataclass
+class RenderOut:
+    """``rgb [H, W, 3]`` in [0, 1], ``alpha [H, W]``, ``features {model: [h, w, d_m]}``."""
+
+    rgb: Tensor
+    alpha: Tensor
+    features: dict[str, Tensor]
+
+
+def write_model(model_dir: Path, trainer: Any, stats: dict[str, Any]) -> None:
+    """Write the final Gaussians, heads, config, stats and curves of ``trainer`` (each file atomically)."""
+    cfg, inp = trainer.cfg, trainer.inp
+    model_dir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "method": cfg.method, "query_dims": {m: cfg.query_dims[m] for m in trainer.models},
+        "feature_dims": {m: int(inp.stores[m].shape[2]) for m in trainer.models}, "tau": cfg.tau,
+        "learn_projection": cfg.learn_projection, "decoder_hidden": cfg.decoder_hidden,
+    }
+    atomic_write(model_dir / "point_cloud.ply", lambda p: save_ply(p, trainer.params))
+    atomic_write(model_dir / "memory.pt", lambda p: save_heads(p, trainer.heads, spec))
+    config = {
+        **spec, "models": trainer.models, "sh_degree": cfg.sh_degree, "backend": cfg.backend,
+        "feature_sizes": {m: list(inp.stores[m].shape[:2]) for m in trainer.models},
+        "test_views": [v.name for v in inp.test], "provenance": inp.provenance,
+        "max_side": cfg.cpu_max_side if trainer.device == "cpu" else 0,  # training image side (0: full)
+    }
+    write_json(model_dir / "config.json", config)
+    write_json(model_dir / "stats.json", stats)
+    keys = list(dict.fromkeys(k for row in trainer.curves for k in row))
+
+    def curves(p: Path) -> None:
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(trainer.curves)
+
+    atomic_write(model_dir / "curves.csv", curves)
+
+
+class TrainedMemory:
+    """Gaussians + heads of a trained scene; renders RGB and every model's features at any view."""
+
+    def __init__(self, params: dict[str, Tensor], heads: torch.nn.ModuleDict, config: dict[str, Any], device: str):
+        self.params, self.heads, self.config, self.device = params, heads, config, device
+        self.models: list[str] = list(config["models"])
+        self.method: str = config["method"]
+        self.sh_degree = sh_degree_of(params)
+        self.backend = config.get("backend", "auto")
+
+    @classmethod
+    def load(cls, scene: Scene, device: str = "cpu") -> TrainedMemory:
+        """Load ``scene.model_dir`` onto ``device``."""
+        d = scene.model_dir
+        if not (d / "config.json").is_file():
+            raise M3Error(f"{d}: no trained model; run `m3 train {scene.name}` first")
+        config = read_json(d / "config.json")
+        params = {k: v.to(device) for k, v in load_ply(d / "point_cloud.ply").items()}
+        heads, _ = load_heads(d / "memory.pt", device)
+        missing = [m for m in config["models"] if QUERY_PREFIX + m not in params]
+        if missing:
+            raise M3Error(f"{d / 'point_cloud.ply'}: no queries for {missing[0]}; retrain with `m3 train {scene.name}`")
+        return cls(params, heads.eval(), config, device)
+
+    @property
+    def means(self) -> Tensor:
+        """Gaussian centres ``[N, 3]``."""
+        return self.params["means"]
+
+    @property
+    def opacities(self) -> Tensor:
+        """Gaussian opacities ``[N]`` in [0, 1]."""
+        return torch.sigmoid(self.params["opacities"])
+
+    def feature_size(self, model: str) -> tuple[int, int]:
+        """The stored feature-map size ``(h, w)`` of ``model``."""
+        h, w = self.config["feature_sizes"][model]
+        return int(h), int(w)
+
+    @torch.no_grad()
+    def render(self, view: View) -> RenderOut:
+        """RGB at the view's size and each model's features at its feature-map size."""
+        viewmat = torch.as_tensor(np.asarray(view.w2c), dtype=torch.float32, device=self.device)
+        K = torch.as_tensor(np.asarray(view.K), dtype=torch.float32, device=self.device)
+        rgb, alpha, _ = render_rgb(self.params, viewmat, K, view.width, view.height, self.sh_degree, self.backend)
+        feats = {}
+        for m in self.models:
+            h, w = self.feature_size(m)
+            q = render_query(self.params, m, viewmat, scaled_K(K, view.width, view.height, w, h), w, h,
+                             True, self.backend)
+            feats[m] = self.heads[m](q)
+        return RenderOut(rgb.clamp(0, 1), alpha, feats)
+
+    @torch.no_grad()
+    def gaussian_features(self, model: str) -> Tensor:
+        """Each Gaussian's own query mapped into ``model``'s space ``[N, d_m]``."""
+        if model not in self.models:
+            raise M3Error(f"model '{model}' is not in this memory ({', '.join(self.models)}); pick one of those")
+        return self.heads[model](self.params[QUERY_PREFIX + model])

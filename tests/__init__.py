@@ -1,0 +1,1 @@
+"""Tests, mirroring the package tree (pipeline/<subpackage> -> tests/<subpackage>; stages/ -> tests/stages)."""

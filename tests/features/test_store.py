@@ -1,0 +1,85 @@
+"""Feature store (contract 4): layout, round trip, resume and provenance rules."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.core.errors import M3Error
+from pipeline.features.store import FeatureStore, matches, partial_path, resume_or_create
+
+NAMES = ["a.png", "b.png", "c.png"]
+
+
+def _attrs(config_hash: str = "c1", inputs_hash: str = "i1") -> dict:
+    return {"model": "toy", "grid": [4, 5],
+            "provenance": {"stage": "features", "config_hash": config_hash, "inputs_hash": inputs_hash}}
+
+
+def _maps(seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(4, 5, 8)).astype(np.float32) for _ in NAMES]
+
+
+def test_layout_roundtrip_and_mask(tmp_path):
+    path = tmp_path / "toy.zarr"
+    store = FeatureStore.create(path, NAMES, 4, 5, 8, _attrs(), has_mask=True)
+    maps = _maps()
+    valid = np.zeros((4, 5), bool)
+    valid[1:3, 2:] = True
+    for i, m in enumerate(maps):
+        assert not store.done(i)
+        store.write(i, m, valid if i == 1 else None)
+        assert store.done(i)
+    reader = FeatureStore.open(path)
+    assert reader.names == NAMES and reader.n_views == 3 and reader.shape == (4, 5, 8)
+    assert reader.attrs["model"] == "toy" and reader.attrs["provenance"]["config_hash"] == "c1"
+    for i, feats, ok in reader.iter_views():
+        assert feats.dtype == np.float16 and feats.shape == (4, 5, 8) and ok.dtype == np.bool_
+        np.testing.assert_array_equal(feats, maps[i].astype(np.float16))
+        np.testing.assert_array_equal(ok, valid if i == 1 else np.ones((4, 5), bool))
+    arr = zarr.open_array(zarr.storage.LocalStore(path / "features", read_only=True))
+    assert arr.shape == (3, 4, 5, 8) and arr.chunks == (1, 4, 5, 8) and arr.dtype == np.float16
+    assert arr.compressors and "zstd" in str(arr.compressors[0])
+    mask = zarr.open_array(zarr.storage.LocalStore(path / "valid", read_only=True))
+    assert mask.shape == (3, 4, 5) and mask.chunks == (1, 4, 5)
+
+
+def test_no_mask_reads_all_valid_and_checks_shapes(tmp_path):
+    store = FeatureStore.create(tmp_path / "t.zarr", NAMES, 4, 5, 8, _attrs(), has_mask=False)
+    store.write(0, _maps()[0])
+    assert not (tmp_path / "t.zarr" / "valid").exists()
+    assert FeatureStore.open(tmp_path / "t.zarr").read(0)[1].all()
+    with pytest.raises(ValueError, match="store shape"):
+        store.write(1, np.zeros((4, 5, 7)))
+    with pytest.raises(M3Error, match="no feature store"):
+        FeatureStore.open(tmp_path / "missing.zarr")
+
+
+def test_resume_only_with_same_provenance_and_finalize(tmp_path):
+    final = tmp_path / "toy.zarr"
+    maps = _maps()
+    store = resume_or_create(final, NAMES, 4, 5, 8, _attrs(), has_mask=False)
+    assert store.path == partial_path(final) and store.path.name == ".toy.zarr.partial"
+    store.write(0, maps[0])
+    del store
+    # same run: view 0 kept
+    store = resume_or_create(final, NAMES, 4, 5, 8, _attrs(), has_mask=False)
+    assert store.done_mask().tolist() == [True, False, False]
+    # another config or other inputs: nothing reused
+    for attrs in (_attrs(config_hash="c2"), _attrs(inputs_hash="i2")):
+        other = resume_or_create(final, NAMES, 4, 5, 8, attrs, has_mask=False)
+        assert other.done_mask().tolist() == [False, False, False]
+    store = resume_or_create(final, NAMES, 4, 5, 8, _attrs(), has_mask=False)
+    assert not store.done_mask().any()
+    store.write(0, maps[0])
+    with pytest.raises(M3Error, match="2 views not written"):
+        store.finalize(final)
+    for i in (1, 2):
+        store.write(i, maps[i])
+    done = store.finalize(final)
+    assert done.path == final and not partial_path(final).exists() and done.complete
+    np.testing.assert_array_equal(done.read(2)[0], maps[2].astype(np.float16))
+    assert matches(final, _attrs(), NAMES)
+    assert not matches(final, _attrs(config_hash="c2"), NAMES)
+    assert not matches(final, _attrs(), NAMES[:2])

@@ -1,0 +1,61 @@
+"""`m3 --help` and every sub-command's `--help` describe every option and argument."""
+from __future__ import annotations
+
+import click
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from stages.cli import app
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    """Every leaf command of the app (sub-groups such as ``share`` recurse), with its path."""
+    found = []
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        path = (*prefix, name)
+        if isinstance(cmd, click.Group):
+            found += [(path, cmd)] + _commands(cmd, path)
+        else:
+            found.append((path, cmd))
+    return found
+
+
+ROOT = typer.main.get_command(app)
+COMMANDS = _commands(ROOT)  # type: ignore[arg-type]
+
+
+def test_root_help_lists_every_command() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    assert "poses" in [path[0] for path, _ in COMMANDS]
+    for (name, *sub), cmd in COMMANDS:
+        if sub:
+            continue
+        assert name in result.output
+        assert (cmd.help or cmd.short_help or "").strip(), f"m3 {name} has no help text"
+    for param in ROOT.params:
+        assert getattr(param, "help", None), f"m3 option {param.name} has no help text"
+
+
+@pytest.mark.parametrize("path,cmd", COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
+def test_every_option_has_help(path: tuple[str, ...], cmd: click.Command) -> None:
+    result = CliRunner().invoke(app, [*path, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert (cmd.help or "").strip(), f"m3 {' '.join(path)} has no docstring/help"
+    for param in cmd.params:
+        if param.name == "help":
+            continue
+        assert (getattr(param, "help", None) or "").strip(), f"m3 {' '.join(path)}: {param.name} has no help text"
+        if isinstance(param, click.Option):
+            assert any(opt in result.output for opt in param.opts), f"{param.opts} missing from --help"
+
+
+def test_poses_help_names_its_options() -> None:
+    result = CliRunner().invoke(app, ["poses", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for opt in ("--source", "--import-path", "--matcher", "--camera-model", "--single-camera",
+                "--max-num-features", "--min-registered", "--seed", "--params"):
+        assert opt in result.output
