@@ -2,14 +2,18 @@
 
 One streaming pass: every candidate (each image, or up to ``video_candidates`` frames evenly
 spaced through a video) is decoded, EXIF-rotated, downscaled to ``max_side`` and written to the
-output folder right away; only its sharpness (variance of the Laplacian) and a 32x32 grey
-thumbnail stay in memory. Then :func:`select_frames` drops blurred frames (sharpness below
-``blur_ratio`` x the median), near-duplicates (thumbnail mean absolute difference to the last
-kept frame below ``dedup_threshold``) and keeps the sharpest frame in each of ``target_count``
-even windows. Kept frames are renamed ``00000.png ...``; the rest are deleted.
+output folder right away; only its sharpness (variance of the Laplacian), a 32x32 grey
+thumbnail and a digest of its pixels stay in memory. Then :func:`select_frames` drops blurred
+frames (sharpness below ``blur_ratio`` x the median) and duplicates, and keeps the sharpest frame
+in each of ``target_count`` even windows. Duplicates differ by input: consecutive video frames
+whose thumbnails differ from the last kept frame by less than ``dedup_threshold`` (mean absolute
+difference) carry no new view, but nearby photos of a set are distinct views (e.g. a turntable
+on a dark background), so a photo set loses only exact duplicates (identical pixels). Kept
+frames are renamed ``00000.png ...``; the rest are deleted.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -31,13 +35,14 @@ THUMB = 32
 
 @dataclass
 class Candidate:
-    """One decoded, downscaled frame on disk with its sharpness and thumbnail ``[32, 32]``."""
+    """One decoded, downscaled frame on disk with its sharpness, thumbnail ``[32, 32]`` and pixel digest."""
 
     source: str
     time: float | None
     path: Path
     sharpness: float
     thumb: np.ndarray
+    digest: bytes
 
 
 def find_input(input_dir: Path) -> tuple[str, list[Path]]:
@@ -152,10 +157,15 @@ def iter_video(path: Path, n_candidates: int) -> Iterator[tuple[str, float | Non
         raise _video_error(path, "no frame could be decoded")
 
 
-def select_frames(sharpness: np.ndarray, thumbs: np.ndarray, cfg: FramesConfig) -> tuple[list[int], dict[str, int]]:
+def select_frames(
+    sharpness: np.ndarray, thumbs: np.ndarray, cfg: FramesConfig, digests: list[bytes] | None = None
+) -> tuple[list[int], dict[str, int]]:
     """Indices of the frames to keep (in order) from ``sharpness [N]`` and ``thumbs [N, t, t]``.
 
-    Returns the kept indices and counts ``{"dropped_blur", "dropped_duplicate", "dropped_target"}``.
+    Without ``digests`` (a video) a frame is a duplicate when its thumbnail differs from the last
+    kept one by less than ``cfg.dedup_threshold``; with ``digests [N]`` (a photo set) only when its
+    pixels equal those of a frame kept before. Returns the kept indices and counts
+    ``{"dropped_blur", "dropped_duplicate", "dropped_target"}``.
     """
     n = len(sharpness)
     if n == 0:
@@ -167,8 +177,13 @@ def select_frames(sharpness: np.ndarray, thumbs: np.ndarray, cfg: FramesConfig) 
         ref = np.full(n, np.median(s))
     sharp = [i for i in range(n) if s[i] >= cfg.blur_ratio * ref[i]]
     kept: list[int] = []
+    seen: set[bytes] = set()
     for i in sharp:
-        if kept and np.abs(thumbs[i] - thumbs[kept[-1]]).mean() < cfg.dedup_threshold:
+        if digests is not None:
+            if digests[i] in seen:
+                continue
+            seen.add(digests[i])
+        elif kept and np.abs(thumbs[i] - thumbs[kept[-1]]).mean() < cfg.dedup_threshold:
             continue
         kept.append(i)
     n_unique = len(kept)
@@ -201,13 +216,15 @@ def extract_frames(kind: str, paths: list[Path], root: Path, out_dir: Path, cfg:
         sharpness, thumb = measure(image)
         path = out_dir / f".candidate_{len(cands):06d}.png"
         image.save(path, compress_level=3)
-        cands.append(Candidate(name, t, path, sharpness, thumb))
+        digest = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+        cands.append(Candidate(name, t, path, sharpness, thumb, digest))
     unreadable = len(paths) - len(cands) if kind == "images" else 0
     if len(cands) < cfg.min_frames:
         what = f"{len(cands)} of {len(paths)} images readable" if kind == "images" else f"{len(cands)} frames decoded"
         raise M3Error(f"{root}: only {what}, need at least {cfg.min_frames}; add more (readable) images or a longer video")
     kept, counts = select_frames(
-        np.array([c.sharpness for c in cands]), np.stack([c.thumb for c in cands]), cfg
+        np.array([c.sharpness for c in cands]), np.stack([c.thumb for c in cands]), cfg,
+        [c.digest for c in cands] if kind == "images" else None,
     )
     frames = []
     for i, k in enumerate(kept):

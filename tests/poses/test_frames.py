@@ -101,6 +101,35 @@ def test_select_frames_values() -> None:
     assert select_frames(ramp, flat, dataclasses.replace(CFG, blur_window=3))[0] == [0, 1, 2, 3, 4, 5, 7, 8]
 
 
+def test_select_frames_photo_sets_drop_only_exact_duplicates() -> None:
+    sharp = np.ones(5)
+    thumbs = np.stack([np.full((4, 4), v) for v in (0.0, 0.001, 0.002, 0.0, 0.003)])  # all "near-duplicates"
+    digests = [b"a", b"b", b"c", b"a", b"d"]  # frame 3 repeats frame 0's pixels
+    assert select_frames(sharp, thumbs, CFG)[0] == [0]  # the video rule
+    kept, counts = select_frames(sharp, thumbs, CFG, digests)
+    assert kept == [0, 1, 2, 4] and counts["dropped_duplicate"] == 1
+
+
+def test_photo_set_of_nearby_views_keeps_every_distinct_photo(tmp_path: Path) -> None:
+    """A turntable-like set: a small textured object on a dark background moving a few pixels per
+    photo (thumbnails differ by far less than dedup_threshold), plus one copied file."""
+    scene = Scene(tmp_path / "ring")
+    scene.input_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    patch = rng.integers(60, 255, size=(24, 24, 3), dtype=np.uint8)
+    for i in range(12):
+        img = np.zeros((120, 160, 3), np.uint8)
+        img[48:72, 40 + 3 * i : 64 + 3 * i] = patch
+        Image.fromarray(img).save(scene.input_dir / f"ring_{i:02d}.png")
+    (scene.input_dir / "ring_99.png").write_bytes((scene.input_dir / "ring_05.png").read_bytes())
+    meta = frames.run(CFG, scene)
+    thumbs = [np.asarray(Image.open(scene.frames_dir / f["name"]).convert("L").resize((32, 32), Image.BOX),
+                         dtype=np.float32) / 255 for f in meta["frames"]]
+    assert max(np.abs(a - b).mean() for a, b in zip(thumbs, thumbs[1:])) < CFG.dedup_threshold  # a video would lose them
+    assert [f["source"] for f in meta["frames"]] == [f"ring_{i:02d}.png" for i in range(12)]
+    assert meta["stats"]["dropped_duplicate"] == 1 and meta["stats"]["kept"] == 12
+
+
 def _photo(seed: int, size: tuple[int, int] = (60, 40)) -> Image.Image:
     """A textured photo: red left half, blue right half, noise on top, brightness by seed."""
     w, h = size
