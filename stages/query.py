@@ -29,6 +29,7 @@ from pipeline.core.scene import Scene, load_views
 from pipeline.evaluate.config import QueryConfig
 from pipeline.evaluate.query import (
     build_query,
+    check_query,
     gaussian_relevance,
     heatmap_overlay,
     localize,
@@ -72,6 +73,7 @@ def run(
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Query ``scene``'s trained memory; writes heatmaps + ``localization.json``; returns the JSON."""
+    check_query(text, vector)
     device = resolve_device(config.device, "query")
     memory = TrainedMemory.load(scene, device=device)
     model = pick_model(memory.models, config.model)

@@ -244,6 +244,14 @@ def pick_model(models: Sequence[str], requested: str | None) -> str:
     )
 
 
+def check_query(text: str | None, vector: np.ndarray | None) -> None:
+    """:class:`M3Error` unless exactly one of a non-empty ``text`` and a ``vector`` is given."""
+    if (text is None) == (vector is None):
+        raise M3Error("query: give either a text or a query vector, not both or neither")
+    if text is not None and not text.strip():
+        raise M3Error('query: the text is empty; say what to look for, e.g. m3 query <scene> "a yellow duck"')
+
+
 def build_query(
     model: str, attrs: dict[str, Any], text: str | None = None, vector: np.ndarray | None = None,
     mode: Mode = "canonical", negatives: Sequence[str] = CANONICAL_NEGATIVES, scale: float = 10.0,
@@ -251,10 +259,7 @@ def build_query(
 ) -> QueryVector:
     """A query for ``model`` from ``text`` (its text tower, conf from the feature store ``attrs``)
     or from a raw ``vector [d]`` (canonical mode still encodes the negatives with the text tower)."""
-    if (text is None) == (vector is None):
-        raise M3Error("query: give either a text or a query vector, not both or neither")
-    if text is not None and not text.strip():
-        raise M3Error('query: the text is empty; say what to look for, e.g. m3 query <scene> "a yellow duck"')
+    check_query(text, vector)
     if vector is None or mode == "canonical":
         if not has_text_tower(model):
             raise M3Error(f"query: model '{model}' has no text encoder; use --mode cosine with --vector")

@@ -143,3 +143,34 @@ def test_full_coverage_on_demo_scene_features(tmp_path: Path) -> None:
     rows = np.concatenate([m.reshape(-1, m.shape[-1]) for m in maps])
     assert best_cos64(bank, rows).min() >= 0.75
     assert stats["coverage"] == 1.0 and stats["N"] == len(rows) and stats["t"] < len(rows)
+
+
+def _corrupt(chunk: Path) -> None:
+    """Damage a zarr chunk as a bad disk or an interrupted copy would: half its bytes, then garbage."""
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: len(data) // 2] + b"\x00garbage" * 4)
+
+
+def test_corrupt_chunks_are_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A damaged feature chunk (read by m3 bank, train and evaluate through FeatureStore.read) and a
+    damaged bank chunk (load_bank: train, evaluate) name the store, the view and the fix instead of
+    a blosc traceback."""
+    from stages.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("models: [clip]\nbank:\n  clip: {threshold: 0.8}\n")
+    scene = Scene.resolve("demo")
+    make_store(scene, "clip", clustered_views(n_views=3), None)
+    runner = CliRunner()
+    assert runner.invoke(app, ["bank", "demo"]).exit_code == 0
+    _corrupt(scene.bank_path("clip") / "c" / "0" / "0")
+    with pytest.raises(M3Error, match=r"clip.zarr: the bank is corrupt .*dvc checkout .*clip.zarr.* or rerun `m3 bank`"):
+        load_bank(scene.bank_path("clip"))
+    _corrupt(scene.features_path("clip") / "features" / "c" / "1" / "0" / "0" / "0")
+    result = runner.invoke(app, ["bank", "demo"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    line = errors[0]
+    assert "features/clip.zarr: view 1 (v1.png) is corrupt" in line
+    assert "dvc checkout" in line and "rerun the features stage" in line

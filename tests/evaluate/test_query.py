@@ -1,6 +1,8 @@
 """Query relevance (cosine and canonical softmax), 3D localisation and heatmaps."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +86,17 @@ def test_text_query_uses_the_stored_models_text_tower():
         Q.build_query("dinov2", {}, text="x", mode="cosine")
     with pytest.raises(M3Error, match="either a text or a query vector"):
         Q.build_query("clip", attrs)
+    for empty in ("", "   "):
+        with pytest.raises(M3Error, match="the text is empty"):
+            Q.build_query("clip", attrs, text=empty, mode="cosine")
+
+
+def test_cli_refuses_an_empty_query(tmp_path: Path) -> None:
+    """``m3 query demo ""`` is one clear error before anything is loaded or written."""
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    result = CliRunner().invoke(app, ["query", str(tmp_path / "demo"), ""])
+    assert result.exit_code == 2 and "the text is empty" in result.output
+    assert not (tmp_path / "demo" / "query").exists()
