@@ -9,7 +9,7 @@ WEIGHTS ?=
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install demo test
+.PHONY: install demo lint test
 
 $(BIN)/m3: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -29,5 +29,9 @@ else
 		$(if $(filter random,$(WEIGHTS)),-S 'features.clip.input_size=224')
 endif
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
 	DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

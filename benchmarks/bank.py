@@ -18,6 +18,7 @@ regions, each showing a random window of one object's surface, plus per-pixel no
 see more of the same surfaces, so the bank grows sublinearly in N, as it does on real captures.
 The published algorithm covers ~80% of the rows of this data at N = 25k (theta 0.8).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,19 @@ SIZES = (25_000, 50_000, 100_000, 200_000)
 
 
 def scene_views(
-    n_views: int, d: int = 768, n_objects: int = 60, rank: int = 16, hw: int = 64, objects_per_view: int = 20,
-    shared: float = 0.7, spread: float = 1.5, noise: float = 0.3, freq: float = 0.5, n_freq: int = 32,
-    jitter: float = 0.02, seed: int = 0,
+    n_views: int,
+    d: int = 768,
+    n_objects: int = 60,
+    rank: int = 16,
+    hw: int = 64,
+    objects_per_view: int = 20,
+    shared: float = 0.7,
+    spread: float = 1.5,
+    noise: float = 0.3,
+    freq: float = 0.5,
+    n_freq: int = 32,
+    jitter: float = 0.02,
+    seed: int = 0,
 ) -> Iterator[np.ndarray]:
     """Yield ``n_views`` synthetic views of one scene, each ``[hw*hw, d] float32`` (see module doc)."""
     rng = np.random.default_rng(seed)
@@ -117,13 +128,20 @@ def compare(x: np.ndarray, theta: float, published: bool) -> dict:
     out: dict = {"N": len(x)}
     start, cpu = time.perf_counter(), time.process_time()
     ours = build_bank(lambda: ((x[i : i + 4096], None) for i in range(0, len(x), 4096)), cfg)
-    out["ours"] = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu, "t": len(ours.bank)}
+    out["ours"] = {
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+        "t": len(ours.bank),
+    }
     out["ours"].update(coverage_stats(ours.bank, [(x, None)], cfg))
     if published:
         start, cpu = time.perf_counter(), time.process_time()
         entries = published_bank(x, theta)
-        out["published"] = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
-                            "t": len(entries)}
+        out["published"] = {
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu,
+            "t": len(entries),
+        }
         out["published"].update(coverage_stats(x[entries], [(x, None)], cfg))
         out["speedup"] = out["published"]["seconds"] / out["ours"]["seconds"]
         out["t_ratio"] = out["ours"]["t"] / out["published"]["t"]
@@ -131,8 +149,11 @@ def compare(x: np.ndarray, theta: float, published: bool) -> dict:
 
 
 def _line(name: str, r: dict) -> str:
-    return (f"  {name:<10} {r['seconds']:9.2f} s (cpu {r['cpu_seconds']:8.1f} s)  t={r['t']:6d}  coverage={r['coverage']:.4f}  "
-            f"mean best cos={r['mean_best_cosine']:.4f}  min={r['min_best_cosine']:.4f}")
+    return (
+        f"  {name:<10} {r['seconds']:9.2f} s (cpu {r['cpu_seconds']:8.1f} s)  t={r['t']:6d}  "
+        f"coverage={r['coverage']:.4f}  "
+        f"mean best cos={r['mean_best_cosine']:.4f}  min={r['min_best_cosine']:.4f}"
+    )
 
 
 def stream_peak(n: int, theta: float) -> dict:
@@ -154,11 +175,18 @@ def main() -> None:
     args = ap.parse_args()
     if args.stream_rows:
         # a fresh process, so that ru_maxrss is the stream's own peak
-        code = ("import json,sys; from benchmarks.bank import stream_peak; "
-                f"print(json.dumps(stream_peak({args.stream_rows}, {args.theta})))")
-        stats = json.loads(subprocess.run([sys.executable, "-c", code], check=True,
-                                          capture_output=True, text=True).stdout.splitlines()[-1])
-        print(f"stream N={stats['N']}: t={stats['t']}, {stats['seconds']:.1f} s, peak RAM {stats['peak_ram_mb']:.0f} MiB")
+        code = (
+            "import json,sys; from benchmarks.bank import stream_peak; "
+            f"print(json.dumps(stream_peak({args.stream_rows}, {args.theta})))"
+        )
+        stats = json.loads(
+            subprocess.run(
+                [sys.executable, "-c", code], check=True, capture_output=True, text=True
+            ).stdout.splitlines()[-1]
+        )
+        print(
+            f"stream N={stats['N']}: t={stats['t']}, {stats['seconds']:.1f} s, peak RAM {stats['peak_ram_mb']:.0f} MiB"
+        )
         results = [stats]
     else:
         source = f"features {args.features}" if args.features else "synthetic scene-like"
@@ -176,8 +204,9 @@ def main() -> None:
             sys.stdout.flush()
         if len(results) > 1:
             first, last = results[0], results[-1]
-            print(f"our time ratio N={last['N']}/N={first['N']}: "
-                  f"{last['ours']['seconds'] / first['ours']['seconds']:.2f}")
+            print(
+                f"our time ratio N={last['N']}/N={first['N']}: {last['ours']['seconds'] / first['ours']['seconds']:.2f}"
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

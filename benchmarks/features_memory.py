@@ -7,6 +7,7 @@ kernel's high-water mark of the process (``ru_maxrss``), so nothing between samp
 
     python benchmarks/features_memory.py data/demo --model clip --conf '{"weights": "random"}'
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,9 @@ def measure_in_subprocess(scene: Path, model: str, conf: dict) -> dict:
     """:func:`measure` in a fresh interpreter (so earlier allocations do not count)."""
     out = subprocess.run(
         [sys.executable, __file__, str(scene), "--model", model, "--conf", json.dumps(conf)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

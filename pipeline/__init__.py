@@ -12,6 +12,7 @@ Grouped by pipeline stage (each subpackage's docstring lists its modules)::
 
 Modules log through ``logging.getLogger(__name__)``.
 """
+
 from __future__ import annotations
 
 from pipeline.core.errors import M3Error

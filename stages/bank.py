@@ -5,12 +5,14 @@ required, the other keys default). Streams ``data/<scene>/features/<model>.zarr`
 (bounded memory) through :func:`pipeline.bank.reduction.build_bank` (``refine + 1`` passes); with
 ``verify`` one more pass measures every row's exact best cosine against the final bank. Outputs::
 
-    data/<scene>/bank/<model>.zarr         bank [t, d] (raw-scale feature vectors: centres and rows, bank.dtype) + provenance attrs
+    data/<scene>/bank/<model>.zarr         bank [t, d] (raw-scale vectors: centres and rows, bank.dtype),
+                                           attrs: provenance and the full stats
     data/<scene>/bank/<model>.stats.json   N, t, compression, coverage, min/mean best cosine, seconds, peak RAM
 
 The provenance records the features' config, inputs and code hashes; consumers call
 :func:`pipeline.bank.store.check_bank_matches` to refuse a bank built from other features.
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,11 +77,18 @@ def run(config: BankConfig, scene: Scene, model: str) -> dict[str, Any]:
         with _bar(store, f"verify {model}") as bar:
             stats.update(coverage_stats(result.bank, _rows(store), config, progress=bar.update))
         if stats["coverage"] < 1.0:
-            raise M3Error(f"{path}: bank covers only {stats['coverage']:.6f} of the rows (bug); report it with the stats")
+            raise M3Error(
+                f"{path}: bank covers only {stats['coverage']:.6f} of the rows (bug); report it with the stats"
+            )
     features = {k: feats_prov.get(k) for k in FEATURES_IDENTITY}
     prov = provenance(
-        "bank", {"model": model, **to_dict(config)}, config_hash(features), code_hash(__name__),
-        features=features, bank_hash=bank_hash(result.bank), model=model,
+        "bank",
+        {"model": model, **to_dict(config)},
+        config_hash(features),
+        code_hash(__name__),
+        features=features,
+        bank_hash=bank_hash(result.bank),
+        model=model,
     )
     # the artifact holds only what its inputs determine (a recompute is byte-identical);
     # run timings and RAM go to the stats JSON beside it
@@ -88,8 +97,15 @@ def run(config: BankConfig, scene: Scene, model: str) -> dict[str, Any]:
     write_json(stats_path(scene, model), {k: stats[k] for k in METRICS})
     log.info(
         "%s/%s: %d rows -> t=%d (x%.1f), coverage %.4f, min/mean best cosine %.3f/%.3f, %.1f s",
-        scene.name, model, stats["N"], stats["t"], stats["compression"], stats["coverage"],
-        stats["min_best_cosine"], stats["mean_best_cosine"], stats["seconds"],
+        scene.name,
+        model,
+        stats["N"],
+        stats["t"],
+        stats["compression"],
+        stats["coverage"],
+        stats["min_best_cosine"],
+        stats["mean_best_cosine"],
+        stats["seconds"],
     )
     return stats
 
@@ -98,7 +114,9 @@ def run(config: BankConfig, scene: Scene, model: str) -> dict[str, Any]:
 def cli(
     options: Options[BankConfig],
     scene: str = typer.Argument(..., help=SCENE_HELP),
-    model: list[str] | None = typer.Option(None, "--model", "-m", help="model(s) to bank (default: every model in params.yaml `models`)"),
+    model: list[str] | None = typer.Option(
+        None, "--model", "-m", help="model(s) to bank (default: every model in params.yaml `models`)"
+    ),
     params: Path = PARAMS,
 ) -> None:
     """Reduce a scene's features to a PSC memory bank per model (every row within the threshold of an entry).

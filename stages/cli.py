@@ -4,6 +4,7 @@ Each command lives in its own module (``cli`` there) and is imported only when i
 ``m3 train`` executes exactly ``stages/train.py`` and what it imports: the files its DVC stage
 depends on (``tests/stages/test_dvc_deps.py`` checks that ``dvc.yaml`` covers them).
 """
+
 from __future__ import annotations
 
 import importlib

@@ -10,6 +10,7 @@ applies the given options and checks every key and type, in one place for all co
 
 User errors (:class:`M3Error`) become one line on stderr and exit status 2.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,7 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, Optional, TypeVar
+from typing import Any, Generic, TypeVar
 
 import typer
 
@@ -82,9 +83,9 @@ def _option_type(tp: Any) -> Any | None:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _option_type(args[0]) if len(args) == 1 else None
     if tp in (int, float, str, bool) or origin is typing.Literal:
-        return Optional[tp]
+        return tp | None
     if origin is list and typing.get_args(tp)[0] in (int, float, str):
-        return Optional[tp]
+        return tp | None
     return None  # mappings and nested sections: params.yaml only
 
 

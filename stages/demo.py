@@ -4,6 +4,7 @@ Reads ``params.yaml: demo`` (:class:`~pipeline.demo.config.DemoConfig`). Writes
 ``input/view_000.png ...`` and ``input/ground_truth.json`` (cameras, object boxes, extent,
 provenance) atomically: the folder appears complete or not at all.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,12 @@ def run(config: DemoConfig, out_dir: Path) -> Path:
     # no inputs: the generator's code (hashed in the provenance) and the config make the scene
     prov = provenance("demo", config, "", code_hash(__name__))
     make_demo_scene(
-        input_dir, config.n_views, config.width, config.height, config.seed, config.supersample,
+        input_dir,
+        config.n_views,
+        config.width,
+        config.height,
+        config.seed,
+        config.supersample,
         extra={"provenance": prov},
     )
     log.info("demo: %d views in %.1f s -> %s", config.n_views, time.perf_counter() - start, input_dir)
@@ -39,7 +45,9 @@ def run(config: DemoConfig, out_dir: Path) -> Path:
 @command(DemoConfig)
 def cli(
     options: Options[DemoConfig],
-    scene: str = typer.Argument("demo", help="scene name (folder under data/) or path of the scene folder; writes its input/"),
+    scene: str = typer.Argument(
+        "demo", help="scene name (folder under data/) or path of the scene folder; writes its input/"
+    ),
     params: Path = PARAMS,
 ) -> None:
     """Render the built-in procedural demo scene (textured room with objects, known cameras).

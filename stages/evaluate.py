@@ -19,6 +19,7 @@ trained at (``train.cpu_max_side`` on CPU, recorded in the model; full size on C
 Compare memory and distillation on the same scene with ``dvc exp run -S train.method=distill``
 and ``dvc metrics diff`` / ``dvc exp show`` (see the README).
 """
+
 from __future__ import annotations
 
 import logging
@@ -102,11 +103,17 @@ def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
             memory, test, stores, config.lpips, _save_render(renders, config.n_renders), baselines
         )
     metrics: dict[str, Any] = {"test_views": len(test), **summary, **_sizes(scene, memory)}
-    details: dict[str, Any] = {"method": memory.method, "image_size": [test[0].width, test[0].height],
-                               "notes": notes, "views": [vars(r) for r in per_view]}
+    details: dict[str, Any] = {
+        "method": memory.method,
+        "image_size": [test[0].width, test[0].height],
+        "notes": notes,
+        "views": [vars(r) for r in per_view],
+    }
     if seen:
-        notes.append(f"{len(seen)} of {len(test)} evaluated views were training views; "
-                     "set evaluate.test_every equal to train.test_every")
+        notes.append(
+            f"{len(seen)} of {len(test)} evaluated views were training views; "
+            "set evaluate.test_every equal to train.test_every"
+        )
     g = config.grounding
     samples = load_grounding(scene, g.file)
     if samples:
@@ -125,18 +132,28 @@ def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
     write_json(scene.eval_dir / "per_view.json", details)
     write_json(scene.eval_dir / "provenance.json", prov)
     write_json(scene.eval_dir / "metrics.json", metrics)
-    feats = ", ".join(f"{m} cos {v['cosine']:.4f} (mean feature {v['baseline_cosine']:.4f}) / L2 {v['l2']:.4f}"
-                      for m, v in summary["features"].items())
+    feats = ", ".join(
+        f"{m} cos {v['cosine']:.4f} (mean feature {v['baseline_cosine']:.4f}) / L2 {v['l2']:.4f}"
+        for m, v in summary["features"].items()
+    )
     log.info(
         "%s (%s): %d held-out views, PSNR %.2f dB, SSIM %.4f, %s; %d Gaussians, %.2f MB",
-        scene.name, memory.method, len(test), summary["psnr"], summary["ssim"], feats,
-        metrics["gaussians"], metrics["model_size_mb"],
+        scene.name,
+        memory.method,
+        len(test),
+        summary["psnr"],
+        summary["ssim"],
+        feats,
+        metrics["gaussians"],
+        metrics["model_size_mb"],
     )
     return {**metrics, **{k: details[k] for k in ("method", "image_size", "notes")}}
 
 
 @command(EvaluateConfig)
-def cli(options: Options[EvaluateConfig], scene: str = typer.Argument(..., help=SCENE_HELP), params: Path = PARAMS) -> None:
+def cli(
+    options: Options[EvaluateConfig], scene: str = typer.Argument(..., help=SCENE_HELP), params: Path = PARAMS
+) -> None:
     """Evaluate the trained memory on held-out views: PSNR, SSIM, feature cosine/L2 per model, sizes.
 
     Writes data/<scene>/eval/metrics.json (DVC metrics), per_view.json and renders/; adds grounding

@@ -11,6 +11,7 @@ The store is built as ``.<model>.zarr.partial`` and renamed when complete: a kil
 there (only if config and inputs are unchanged), a finished store with the same provenance is
 kept as it is, and any config or input change recomputes every view.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -112,8 +113,9 @@ def run(
     return _stats(final, model_name, names, len(todo), compute, time.perf_counter() - start, stats_path)
 
 
-def _stats(final: Path, model_name: str, names: list[str], computed: int, compute_s: float, total_s: float,
-           stats_path: Path) -> dict[str, Any]:
+def _stats(
+    final: Path, model_name: str, names: list[str], computed: int, compute_s: float, total_s: float, stats_path: Path
+) -> dict[str, Any]:
     store = FeatureStore.open(final)
     h, w, d = store.shape
     stats = {
@@ -125,8 +127,16 @@ def _stats(final: Path, model_name: str, names: list[str], computed: int, comput
         "bytes_on_disk": store_bytes(final),
     }
     write_json(stats_path, {k: v for k, v in stats.items() if k != "map_size"})
-    log.info("%s: %d views (%d computed), map %dx%dx%d, %.1f MB", final, stats["views"], computed, h, w, d,
-             stats["bytes_on_disk"] / 1e6)
+    log.info(
+        "%s: %d views (%d computed), map %dx%dx%d, %.1f MB",
+        final,
+        stats["views"],
+        computed,
+        h,
+        w,
+        d,
+        stats["bytes_on_disk"] / 1e6,
+    )
     return stats
 
 
@@ -142,7 +152,9 @@ def model_section(model_name: str, params: Path) -> dict[str, Any]:
 @reports_errors
 def cli(
     scene: str = typer.Argument(..., help=SCENE_HELP),
-    model: str | None = typer.Option(None, help="model to extract (default: every model listed under models: in params)"),
+    model: str | None = typer.Option(
+        None, help="model to extract (default: every model listed under models: in params)"
+    ),
     device: str = typer.Option("auto", help="auto (CUDA when available) | cpu | cuda"),
     params: Path = PARAMS,
 ) -> None:

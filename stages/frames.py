@@ -5,6 +5,7 @@ Reads ``params.yaml: frames`` (:class:`~pipeline.poses.config.FramesConfig`). Wr
 ``name``/``source``/``time``/``sharpness``, ``stats`` with the counts dropped for blur,
 duplicates and the target count, and ``provenance``) atomically.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,14 +37,23 @@ def run(config: FramesConfig, scene: Scene) -> dict[str, Any]:
     log.info(
         "%s: %d frames from %d candidates (%s; dropped: %d blurred, %d duplicates, %d over target, "
         "%d unreadable) in %.1f s",
-        scene.name, st["kept"], st["candidates"], kind, st["dropped_blur"], st["dropped_duplicate"],
-        st["dropped_target"], st["unreadable"], st["seconds"],
+        scene.name,
+        st["kept"],
+        st["candidates"],
+        kind,
+        st["dropped_blur"],
+        st["dropped_duplicate"],
+        st["dropped_target"],
+        st["unreadable"],
+        st["seconds"],
     )
     return meta
 
 
 @command(FramesConfig)
-def cli(options: Options[FramesConfig], scene: str = typer.Argument(..., help=SCENE_HELP), params: Path = PARAMS) -> None:
+def cli(
+    options: Options[FramesConfig], scene: str = typer.Argument(..., help=SCENE_HELP), params: Path = PARAMS
+) -> None:
     """Extract frames from a scene's input video or photos (downscaled, blur/duplicate-filtered).
 
     Writes data/<scene>/frames/00000.png ... and data/<scene>/frames/frames.json.

@@ -3,6 +3,7 @@
 The reference for ``params.yaml``: generated from the stage configs' field docstrings (the one
 place an option is written), so it is never out of date.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,13 @@ from pipeline.splat.config import TrainConfig
 from stages.command import PARAMS, reports_errors
 
 SECTIONS: dict[str, type] = {
-    "demo": DemoConfig, "frames": FramesConfig, "poses": PosesConfig, "bank": BankConfig,
-    "train": TrainConfig, "evaluate": EvaluateConfig, "query": QueryConfig,
+    "demo": DemoConfig,
+    "frames": FramesConfig,
+    "poses": PosesConfig,
+    "bank": BankConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "query": QueryConfig,
 }
 """Section -> config class (``bank`` is per model: ``bank.<model>``)."""
 
@@ -45,7 +51,9 @@ def describe(cls: type, values: dict[str, Any], prefix: str) -> list[str]:
 
 @reports_errors
 def cli(
-    section: str = typer.Argument(None, help="a section (demo, frames, poses, bank, train, evaluate, query); default: all"),
+    section: str = typer.Argument(
+        None, help="a section (demo, frames, poses, bank, train, evaluate, query); default: all"
+    ),
     params: Path = PARAMS,
 ) -> None:
     """List every option of the stage sections: value in params.yaml, default and help."""

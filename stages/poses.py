@@ -9,6 +9,7 @@ scene folder) and triangulate sparse points when the import has none. Outputs::
     data/<scene>/colmap/provenance.json                          config, inputs and code hashes, source
     data/<scene>/poses/stats.json                                registered views, points, errors, seconds
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,7 +41,9 @@ def _frames(scene: Scene) -> tuple[list[str], str, list[Path]]:
     names = [f["name"] for f in meta.get("frames", [])]
     missing = [n for n in names if not (scene.frames_dir / n).is_file()]
     if missing:
-        raise M3Error(f"{scene.frames_dir / missing[0]}: frame listed in frames.json is missing; rerun `m3 frames {scene.name}`")
+        raise M3Error(
+            f"{scene.frames_dir / missing[0]}: frame listed in frames.json is missing; rerun `m3 frames {scene.name}`"
+        )
     return names, str(meta.get("source_kind", "images")), [meta_path, *(scene.frames_dir / n for n in names)]
 
 
@@ -56,9 +59,9 @@ def _sfm(config: PosesConfig, scene: Scene, work: Path) -> tuple[Imported, int, 
     registered = rec.num_reg_images() if rec is not None else 0
     if registered < config.min_registered:
         raise M3Error(
-            f"{scene.frames_dir}: only {registered} of {len(names)} views registered (need >= {config.min_registered}); "
-            "the frames do not overlap enough - capture more overlapping views of the scene, "
-            "or try poses.matcher: exhaustive and a higher poses.max_num_features"
+            f"{scene.frames_dir}: only {registered} of {len(names)} views registered (need >= "
+            f"{config.min_registered}); the frames do not overlap enough - capture more overlapping views of the "
+            "scene, or try poses.matcher: exhaustive and a higher poses.max_num_features"
         )
     return Imported(rec, scene.frames_dir, files), len(names), f"sfm ({kind}, {matcher} matching)"
 
@@ -90,14 +93,20 @@ def run(config: PosesConfig, scene: Scene) -> dict[str, Any]:
     write_json(scene.poses_dir / "stats.json", stats)
     log.info(
         "%s: %d/%d views registered, %d points, reprojection error %.3f px, %.1f s",
-        scene.name, stats["registered_views"], total, stats["points"],
-        stats["mean_reprojection_error_px"], stats["seconds"],
+        scene.name,
+        stats["registered_views"],
+        total,
+        stats["points"],
+        stats["mean_reprojection_error_px"],
+        stats["seconds"],
     )
     return stats
 
 
 @command(PosesConfig)
-def cli(options: Options[PosesConfig], scene: str = typer.Argument(..., help=SCENE_HELP), params: Path = PARAMS) -> None:
+def cli(
+    options: Options[PosesConfig], scene: str = typer.Argument(..., help=SCENE_HELP), params: Path = PARAMS
+) -> None:
     """Estimate camera poses (pycolmap SfM) or import them (COLMAP model / transforms.json).
 
     Writes data/<scene>/colmap/ (PINHOLE model + undistorted images) and data/<scene>/poses/stats.json.

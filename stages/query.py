@@ -9,6 +9,7 @@ raw vector instead (``.npy`` or a JSON list), e.g. for models without text. Outp
     <view>.png          heatmap of the relevance over the RGB render, one per chosen view
     localization.json   query, model, mode, centroid [3], box_min/box_max [3] (world), counts
 """
+
 from __future__ import annotations
 
 import json
@@ -69,7 +70,10 @@ def _choose_views(views: list[Any], config: QueryConfig) -> list[Any]:
 
 
 def run(
-    config: QueryConfig, scene: Scene, text: str | None = None, vector: np.ndarray | None = None,
+    config: QueryConfig,
+    scene: Scene,
+    text: str | None = None,
+    vector: np.ndarray | None = None,
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Query ``scene``'s trained memory; writes heatmaps + ``localization.json``; returns the JSON."""
@@ -82,8 +86,13 @@ def run(
     maps = relevance_maps(memory, _choose_views(load_views(scene), config), model, qv)
     g_rel = gaussian_relevance(memory, model, qv)
     loc = localize(
-        memory.means, g_rel, getattr(memory, "opacities", None), config.top_k, config.quantile,
-        config.min_opacity, config.trim,
+        memory.means,
+        g_rel,
+        getattr(memory, "opacities", None),
+        config.top_k,
+        config.quantile,
+        config.min_opacity,
+        config.trim,
     )
     # one colour scale over all views so that they are comparable
     lo = min(float(r.min()) for _, _, r in maps)
@@ -104,9 +113,11 @@ def run(
             Image.fromarray(img).save(tmp / f"{Path(view.name).stem}.png")
         write_json(tmp / "localization.json", result)
     c, bmin, bmax = loc.centroid, loc.box_min, loc.box_max
-    print(f"{result['query']!r} ({model}, {config.mode}, {memory.method}): centroid "
-          f"[{c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}], box [{bmin[0]:.3f}, {bmin[1]:.3f}, {bmin[2]:.3f}] .. "
-          f"[{bmax[0]:.3f}, {bmax[1]:.3f}, {bmax[2]:.3f}] from {loc.inliers.size} Gaussians; heatmaps in {out_dir}")
+    print(
+        f"{result['query']!r} ({model}, {config.mode}, {memory.method}): centroid "
+        f"[{c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}], box [{bmin[0]:.3f}, {bmin[1]:.3f}, {bmin[2]:.3f}] .. "
+        f"[{bmax[0]:.3f}, {bmax[1]:.3f}, {bmax[2]:.3f}] from {loc.inliers.size} Gaussians; heatmaps in {out_dir}"
+    )
     return result
 
 
@@ -114,8 +125,10 @@ def run(
 def cli(
     options: Options[QueryConfig],
     scene: str = typer.Argument(..., help=SCENE_HELP),
-    text: str | None = typer.Argument(None, help="what to look for, e.g. \"a yellow duck\" (omit with --vector)"),
-    vector: Path | None = typer.Option(None, help="query with a raw vector instead of text (.npy or JSON list, the model's dims)"),
+    text: str | None = typer.Argument(None, help='what to look for, e.g. "a yellow duck" (omit with --vector)'),
+    vector: Path | None = typer.Option(
+        None, help="query with a raw vector instead of text (.npy or JSON list, the model's dims)"
+    ),
     out: Path | None = typer.Option(None, help="output folder (default: data/<scene>/query/<text>)"),
     params: Path = PARAMS,
 ) -> None:

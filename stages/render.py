@@ -8,6 +8,7 @@ Not a DVC stage (a tool over ``data/<scene>/model/``). For each chosen view writ
                               (nearest) to the view's size; the projection is fitted on the first
                               rendered view, so colours are comparable across views
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,7 +55,9 @@ def run(scene: Scene, views: list[str] | None = None, out: Path | None = None, d
     if views:
         missing = [n for n in views if n not in by_name]
         if missing:
-            raise M3Error(f"{scene.name}: no registered view {missing[0]!r}; pick one of {', '.join(list(by_name)[:5])}, ...")
+            raise M3Error(
+                f"{scene.name}: no registered view {missing[0]!r}; pick one of {', '.join(list(by_name)[:5])}, ..."
+            )
         chosen: list[View] = [by_name[n] for n in views]
     else:
         chosen = all_views

@@ -10,6 +10,7 @@ Remotes are machine-specific, so they live in ``.dvc/config.local`` (never in th
 ``.dvc/config``): ``m3 share remote NAME URL``. Pulls always verify checksums: an object whose
 content does not hash to its name is reported and never used.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,7 +61,8 @@ def _repo_with_remote(remote: str | None, verify: bool) -> tuple[Any, str]:
 
 
 def stage_targets(repo: Any, scene: str, stages: list[str]) -> list[str]:
-    """DVC stage addresses of ``scene``'s ``stages`` (``bank`` -> ``bank@demo-clip`` ...) and all their upstream stages."""
+    """DVC stage addresses of ``scene``'s ``stages`` (``bank`` -> ``bank@demo-clip`` ...) and all their
+    upstream stages."""
     unknown = [s for s in stages if s not in SHAREABLE]
     if unknown:
         raise M3Error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(SHAREABLE)}")
@@ -70,7 +72,10 @@ def stage_targets(repo: Any, scene: str, stages: list[str]) -> list[str]:
         if kind in stages and (item == scene or item.startswith(f"{scene}-") or (kind == "demo" and scene == "demo")):
             selected.append(stage)
     if not selected:
-        raise M3Error(f"no {'/'.join(stages)} stages for scene '{scene}' in dvc.yaml; is it listed under `scenes:` in params.yaml?")
+        raise M3Error(
+            f"no {'/'.join(stages)} stages for scene '{scene}' in dvc.yaml; "
+            "is it listed under `scenes:` in params.yaml?"
+        )
     # upstream stages come along: a pulled bank is only reusable with the features it was built from
     names = {up.addressing for stage in selected for up in repo.stage.collect(stage.addressing, with_deps=True)}
     return sorted(names)
@@ -81,7 +86,8 @@ def _run_entries(repo: Any) -> dict[tuple[str, str], dict[str, Any]]:
     runs = Path(repo.stage_cache.cache_dir)
     return {
         (path.parent.name, path.name): yaml.safe_load(path.read_text()) or {}
-        for path in runs.glob("*/*/*") if path.is_file()
+        for path in runs.glob("*/*/*")
+        if path.is_file()
     }
 
 
@@ -106,7 +112,8 @@ def push(root: Path, scene: str, stages: list[str], remote: str | None = None) -
         status = repo.status(targets=targets)
         if status:
             raise M3Error(
-                f"stages not up to date: {', '.join(sorted(status))}; run `dvc repro {' '.join(targets)}` before pushing"
+                f"stages not up to date: {', '.join(sorted(status))}; "
+                f"run `dvc repro {' '.join(targets)}` before pushing"
             )
         lock = (yaml.safe_load(Path("dvc.lock").read_text()) or {}).get("stages", {})
         current = [_outs(lock[name]) for name in targets if name in lock]
@@ -115,14 +122,18 @@ def push(root: Path, scene: str, stages: list[str], remote: str | None = None) -
         for objs in repo.stage_cache.get_used_objs(wanted).values():
             result = repo.cloud.push(objs, remote=remote)
             if result.failed:
-                raise M3Error(f"push to '{remote}' failed for {len(result.failed)} object(s); check the remote and retry")
+                raise M3Error(
+                    f"push to '{remote}' failed for {len(result.failed)} object(s); check the remote and retry"
+                )
             files += len(result.transferred)
         odb = _remote_odb(repo, remote, legacy=True)
         for key, value in wanted:
             parent = odb.fs.join(odb.path, "runs", key[:2], key)
             odb.fs.makedirs(parent, exist_ok=True)
             odb.fs.put_file(str(Path(repo.stage_cache.cache_dir) / key[:2] / key / value), odb.fs.join(parent, value))
-    log.info("pushed %d file(s) and %d run-cache entr(y/ies) for %s to '%s'", files, len(wanted), ", ".join(targets), remote)
+    log.info(
+        "pushed %d file(s) and %d run-cache entr(y/ies) for %s to '%s'", files, len(wanted), ", ".join(targets), remote
+    )
     return {"files": files, "runs": len(wanted)}
 
 
@@ -136,8 +147,11 @@ def _absent(repo: Any, hash_infos: Any) -> list[tuple[str, str]]:
             absent.append((hi.obj_name or "?", hi.value))
         elif hi.isdir:
             tree = Tree.load(odb, hi)
-            absent += [(f"{hi.obj_name}/{'/'.join(key)}", entry.value)
-                       for key, _, entry in tree if entry and not odb.exists(entry.value)]
+            absent += [
+                (f"{hi.obj_name}/{'/'.join(key)}", entry.value)
+                for key, _, entry in tree
+                if entry and not odb.exists(entry.value)
+            ]
     return absent
 
 
@@ -162,11 +176,19 @@ def pull(root: Path, scene: str, stages: list[str], remote: str | None = None) -
     if corrupt:
         raise M3Error(
             f"remote '{remote}': {len(corrupt)} object(s) failed checksum verification and were not used: "
-            f"{', '.join(corrupt)}; re-push them from a clone that has them (`m3 share push {scene}`) or recompute with `dvc repro`"
+            f"{', '.join(corrupt)}; re-push them from a clone that has them (`m3 share push {scene}`) "
+            "or recompute with `dvc repro`"
         )
     if absent:
-        log.warning("%d object(s) are not in remote '%s'; `dvc repro` recomputes their stages", len(set(absent)), remote)
-    log.info("pulled %d run-cache entr(y/ies) and %d file(s) for %s; now `dvc repro` restores them", len(wanted), transferred, ", ".join(targets))
+        log.warning(
+            "%d object(s) are not in remote '%s'; `dvc repro` recomputes their stages", len(set(absent)), remote
+        )
+    log.info(
+        "pulled %d run-cache entr(y/ies) and %d file(s) for %s; now `dvc repro` restores them",
+        len(wanted),
+        transferred,
+        ", ".join(targets),
+    )
     return {"files": transferred, "runs": len(wanted)}
 
 

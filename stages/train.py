@@ -7,6 +7,7 @@ and bank (``bank/<model>.zarr``, checked to be built from those features). Outpu
 bank hashes), ``checkpoint.pt`` (a rerun with the same config and inputs resumes from it),
 ``stats.json`` and ``curves.csv`` (DVC plots). Every ``test_every``-th view is never trained on.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,10 @@ def load_models(params: Path) -> list[str]:
 def run(config: TrainConfig, scene: Scene, models: list[str], progress: bool = True) -> dict[str, Any]:
     """Train (or resume) ``scene``; writes ``model/``; returns the stats."""
     tr = train(scene, config, models, progress=progress)
-    last = tr.curves[-min(len(tr.curves), 5):]
-    losses = {k[5:]: round(sum(r[k] for r in last) / len(last), 6) for k in last[0] if k.startswith("loss_")} if last else {}
+    last = tr.curves[-min(len(tr.curves), 5) :]
+    losses = (
+        {k[5:]: round(sum(r[k] for r in last) / len(last), 6) for k in last[0] if k.startswith("loss_")} if last else {}
+    )
     stats = {
         "steps": tr.step,
         "seconds": round(tr.elapsed, 2),
@@ -49,8 +52,15 @@ def run(config: TrainConfig, scene: Scene, models: list[str], progress: bool = T
         "test_views": len(tr.inp.test),
     }
     write_model(scene.model_dir, tr, stats)
-    log.info("%s: %d steps in %.0f s, %d Gaussians, losses %s, peak RAM %.0f MB", scene.name, tr.step,
-             tr.elapsed, stats["gaussians"], losses, stats["peak_ram_mb"])
+    log.info(
+        "%s: %d steps in %.0f s, %d Gaussians, losses %s, peak RAM %.0f MB",
+        scene.name,
+        tr.step,
+        tr.elapsed,
+        stats["gaussians"],
+        losses,
+        stats["peak_ram_mb"],
+    )
     return stats
 
 

@@ -2,6 +2,7 @@
 
 Shared helpers live in ``tests/helpers`` (not here); this file holds only fixtures and hooks.
 """
+
 from __future__ import annotations
 
 import os

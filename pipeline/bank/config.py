@@ -1,4 +1,5 @@
 """Config of the ``bank`` stage (``params.yaml: bank.<model>``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ class BankConfig:
     verify: bool = True
     """Extra pass measuring every row's exact best cosine against the final bank (-> stats)."""
     refine: int = 5
-    """Re-centring passes before the final cover pass (entries move to the smallest cap around their rows, groups merge; 0: one pass, entries are input rows)."""
+    """Re-centring passes before the final cover pass (entries move to the smallest cap around their
+    rows, groups merge; 0: one pass, entries are input rows)."""
     merge_rows: int = 256
     """Evidence rows kept per entry (the farthest from it) to re-centre and merge entries between passes."""
 

@@ -1,6 +1,7 @@
 """Cover primitives of the bank reduction: unit rows, the FAISS index, covering entries of a chunk,
 greedy set cover inside a chunk, smallest enclosing caps and merges of groups of rows whose rows
 one cap holds (see :mod:`pipeline.bank.reduction`)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,7 +40,9 @@ def make_index(d: int, device: str) -> tuple[Any, str]:
     return index, "cpu"
 
 
-def mutual_pairs(src: np.ndarray, idx: np.ndarray, sim: np.ndarray, u: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mutual_pairs(
+    src: np.ndarray, idx: np.ndarray, sim: np.ndarray, u: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The neighbour pairs ``src[m] -> idx[m]`` (cosine ``sim[m]``, grouped by ``src``) of ``u``
     rows that are also found the other way round.
 
@@ -129,10 +132,10 @@ def enclosing_cap(
     cosine is ``|z|``. Pairwise Frank-Wolfe on ``min |y^T lam|^2`` (start: ``lam``, else the
     row nearest the rows' mean direction) moves weight from the support row nearest the centre
     to the row farthest from it, with an exact line search; only the rows it touches get their
-    cosines to all rows computed (no ``[m, m]`` matrix). Returns ``(lam [m] float64, lower, upper)``: the centre ``z/|z|`` reaches
-    every row with cosine ``>= lower`` and no centre reaches them all above ``upper``. Stops
-    when ``lower >= thr`` (the rows fit in a cap of cosine ``thr``), ``upper < thr`` (they do
-    not), the bounds meet within 1e-6, or after ``iters`` steps.
+    cosines to all rows computed (no ``[m, m]`` matrix). Returns ``(lam [m] float64, lower,
+    upper)``: the centre ``z/|z|`` reaches every row with cosine ``>= lower`` and no centre reaches
+    them all above ``upper``. Stops when ``lower >= thr`` (the rows fit in a cap of cosine
+    ``thr``), ``upper < thr`` (they do not), the bounds meet within 1e-6, or after ``iters`` steps.
     """
     cols: dict[int, np.ndarray] = {}
     if lam is None:  # the row nearest the mean direction

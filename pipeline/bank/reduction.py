@@ -61,6 +61,7 @@ recomputing the cosines in another precision or summation order still gives ``>=
 cosine of 1.0 cannot be trusted in floating point), so only exact duplicates are removed and
 every entry is an input row.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -321,7 +322,9 @@ def build_bank(
         "seconds": time.perf_counter() - start,
         "peak_ram_mb": peak_ram_mb(),
     }
-    log.info("bank: %d rows -> %d entries (x%.1f) in %.1f s", counted, len(bank), stats["compression"], stats["seconds"])
+    log.info(
+        "bank: %d rows -> %d entries (x%.1f) in %.1f s", counted, len(bank), stats["compression"], stats["seconds"]
+    )
     return BankResult(bank, entry_rows, stats)
 
 

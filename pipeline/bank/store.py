@@ -1,5 +1,6 @@
 """Stored memory banks: a bank ``[t, d]`` as one zarr array with its provenance, its content hash,
 and the check that refuses a bank built from other features than the ones it is used with."""
+
 from __future__ import annotations
 
 import hashlib

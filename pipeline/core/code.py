@@ -8,6 +8,7 @@ modules through the project's own packages (``pipeline``, ``stages``), adding ea
 :func:`code_hash` hashes the closure's bytes; provenance records it, so a change to any file the
 stage runs invalidates the artifact, and the DVC dependency test uses the same closure.
 """
+
 from __future__ import annotations
 
 import ast
@@ -53,8 +54,13 @@ def _imports(path: Path, name: str) -> tuple[str, ...]:
                 mod = node.module or ""
             found.append(mod)
             found += [f"{mod}.{a.name}" for a in node.names]  # kept only where a submodule exists
-        elif (isinstance(node, ast.Attribute) and node.attr == "iter_modules"
-              and isinstance(node.value, ast.Name) and node.value.id == "pkgutil" and path.name == "__init__.py"):
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr == "iter_modules"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "pkgutil"
+            and path.name == "__init__.py"
+        ):
             found += [f"{name}.{p.stem}" for p in sorted(path.parent.glob("*.py")) if p.name != "__init__.py"]
     return tuple(m for m in dict.fromkeys(found) if m.split(".")[0] in PACKAGES)
 

@@ -8,6 +8,7 @@ closest valid name and the file, never a silently ignored setting. The feature a
 (``features.<model>``) are hloc-style dicts merged over an adapter's ``default_conf`` with
 :func:`merge_conf`, which applies the same key checks.
 """
+
 from __future__ import annotations
 
 import ast
@@ -47,9 +48,7 @@ def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
 def _unknown_key(key: str, valid: list[str], where: str) -> M3Error:
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
-    return M3Error(
-        f"{where}: unknown key '{key}'; {hint}fix the key (valid keys: {', '.join(sorted(valid))})"
-    )
+    return M3Error(f"{where}: unknown key '{key}'; {hint}fix the key (valid keys: {', '.join(sorted(valid))})")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -91,9 +90,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
         return float(value)  # YAML 1.1 (PyYAML) reads 6e-4 (no dot) as a string
-    if tp in (int, float, str, bool) and not (
-        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
-    ):
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise M3Error(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
 
@@ -107,8 +104,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
         if key not in fields:
             raise _unknown_key(str(key), list(fields), where)
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
-    required = [name for name, f in fields.items() if f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING and name not in kwargs]
+    required = [
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in kwargs
+    ]
     if required:
         raise M3Error(f"{where}: required key '{required[0]}' missing; add it (e.g. `{required[0]}: ...`)")
     return cls(**kwargs)

@@ -1,4 +1,5 @@
 """The one exception type for user errors."""
+
 from __future__ import annotations
 
 

@@ -4,6 +4,7 @@ Cameras inside m3 are COLMAP world-to-camera with OpenCV axes (x right, y down, 
 NeRF/Blender ``transforms.json`` stores camera-to-world with OpenGL axes (x right, y up, z back);
 :func:`w2c_from_opengl_c2w` and :func:`opengl_c2w_from_w2c` convert at that edge.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,8 +46,10 @@ def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> np.ndarray:
     R_rel = np.einsum("...ji,...jk->...ik", np.asarray(R_a), np.asarray(R_b))
     cos = (np.trace(R_rel, axis1=-2, axis2=-1) - 1.0) / 2.0
     # atan2 of (sin, cos) stays accurate for tiny angles, where arccos loses half the digits
-    vee = np.stack([R_rel[..., 2, 1] - R_rel[..., 1, 2], R_rel[..., 0, 2] - R_rel[..., 2, 0],
-                    R_rel[..., 1, 0] - R_rel[..., 0, 1]], axis=-1)
+    vee = np.stack(
+        [R_rel[..., 2, 1] - R_rel[..., 1, 2], R_rel[..., 0, 2] - R_rel[..., 2, 0], R_rel[..., 1, 0] - R_rel[..., 0, 1]],
+        axis=-1,
+    )
     return np.degrees(np.arctan2(np.linalg.norm(vee, axis=-1) / 2.0, cos))
 
 

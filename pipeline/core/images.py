@@ -1,4 +1,5 @@
 """The one image loader: a registered view's image as pixels, at the size its camera says."""
+
 from __future__ import annotations
 
 from pathlib import Path

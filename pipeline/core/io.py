@@ -4,6 +4,7 @@ Every artifact carries the canonical JSON of the config that made it, a hash of 
 hash of the code that made it (``provenance.json`` beside it, or zarr attrs).
 :func:`same_provenance` turns a mismatch into an error or a recompute instead of silent reuse.
 """
+
 from __future__ import annotations
 
 import contextlib

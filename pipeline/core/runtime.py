@@ -1,4 +1,5 @@
 """Where code runs: the device a config section asks for, and the process's peak memory."""
+
 from __future__ import annotations
 
 import resource

@@ -16,6 +16,7 @@ and everything the stages produce beside it::
 Camera convention everywhere inside: COLMAP world-to-camera, OpenCV axes (x right, y down,
 z forward). Conversions happen at the edges (``transforms.json`` import).
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """Config of the ``demo`` stage (``params.yaml: demo``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

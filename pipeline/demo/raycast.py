@@ -6,6 +6,7 @@ World axes: z up, floor at z = 0; the room spans ``[-ROOM_HALF, ROOM_HALF]^2 x [
 Surfaces are numbered 0-5 for the room (floor, ceiling, walls -x, +x, -y, +y) and ``6 + k`` for
 object ``k``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -11,6 +11,7 @@ deterministic given ``seed``. :func:`make_demo_scene` writes ``view_000.png ...`
 renders any camera (rgb, depth, object ids).
 World axes: z up, floor at z = 0. Cameras: COLMAP world-to-camera, OpenCV axes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -161,14 +162,34 @@ def _objects(rng: np.random.Generator) -> list[tuple[str, str, np.ndarray, np.nd
     pal = lambda *c: np.array(c, dtype=np.float64)  # noqa: E731
     return [
         ("red box", "box", *red, pal((0.75, 0.08, 0.05), (0.55, 0.15, 0.1), (0.95, 0.85, 0.7))),
-        ("blue sphere", "sphere", np.r_[blue_c - 0.5, 0.0], np.r_[blue_c + 0.5, 1.0],
-         pal((0.05, 0.15, 0.7), (0.1, 0.35, 0.85), (0.9, 0.9, 0.95))),
-        ("green cylinder", "cylinder", np.r_[green_c - 0.38, 0.0], np.r_[green_c + 0.38, 1.2],
-         pal((0.08, 0.5, 0.1), (0.2, 0.65, 0.15), (0.95, 0.95, 0.6))),
-        ("yellow box", "box", np.r_[yellow_c - (0.3, 0.25), 0.0], np.r_[yellow_c + (0.3, 0.25), 1.5],
-         pal((0.85, 0.7, 0.05), (0.75, 0.55, 0.05), (0.15, 0.1, 0.3))),
-        ("purple sphere", "sphere", np.r_[purple_c - pr, 0.7], np.r_[purple_c + pr, 0.7 + 2 * pr],
-         pal((0.45, 0.1, 0.6), (0.6, 0.2, 0.7), (0.95, 0.95, 0.8))),
+        (
+            "blue sphere",
+            "sphere",
+            np.r_[blue_c - 0.5, 0.0],
+            np.r_[blue_c + 0.5, 1.0],
+            pal((0.05, 0.15, 0.7), (0.1, 0.35, 0.85), (0.9, 0.9, 0.95)),
+        ),
+        (
+            "green cylinder",
+            "cylinder",
+            np.r_[green_c - 0.38, 0.0],
+            np.r_[green_c + 0.38, 1.2],
+            pal((0.08, 0.5, 0.1), (0.2, 0.65, 0.15), (0.95, 0.95, 0.6)),
+        ),
+        (
+            "yellow box",
+            "box",
+            np.r_[yellow_c - (0.3, 0.25), 0.0],
+            np.r_[yellow_c + (0.3, 0.25), 1.5],
+            pal((0.85, 0.7, 0.05), (0.75, 0.55, 0.05), (0.15, 0.1, 0.3)),
+        ),
+        (
+            "purple sphere",
+            "sphere",
+            np.r_[purple_c - pr, 0.7],
+            np.r_[purple_c + pr, 0.7 + 2 * pr],
+            pal((0.45, 0.1, 0.6), (0.6, 0.2, 0.7), (0.95, 0.95, 0.8)),
+        ),
     ]
 
 
@@ -228,8 +249,13 @@ def build_demo_scene(
 
 
 def make_demo_scene(
-    out_dir: Path, n_views: int = 36, width: int = 320, height: int = 240, seed: int = 0,
-    supersample: int = 1, extra: dict | None = None,
+    out_dir: Path,
+    n_views: int = 36,
+    width: int = 320,
+    height: int = 240,
+    seed: int = 0,
+    supersample: int = 1,
+    extra: dict | None = None,
 ) -> DemoScene:
     """Render the demo scene into ``out_dir`` (replaced atomically) and return it.
 

@@ -1,4 +1,5 @@
 """Configs of the ``evaluate`` stage and the ``query`` command (``params.yaml: evaluate``, ``query``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

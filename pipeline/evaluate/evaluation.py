@@ -15,6 +15,7 @@ Grounding samples come from ``data/<scene>/grounding.json``, a list of::
 nearest neighbour to the view's size if needed). The predicted mask is the text's relevance map
 (:mod:`pipeline.evaluate.query`) upsampled to the image, min-max normalised per view and thresholded.
 """
+
 from __future__ import annotations
 
 import logging

@@ -12,6 +12,7 @@
   (cumulative intersection over cumulative union) and precision@t (fraction of samples with
   IoU >= t), see :func:`grounding_metrics`.
 """
+
 from __future__ import annotations
 
 import logging

@@ -15,6 +15,7 @@ pixel, or one Gaussian's own query mapped through memory attention) is one of
 quantile), drops outliers far from their median (robust trimming) and reports the
 opacity-weighted centroid and the axis-aligned box of the rest in world coordinates.
 """
+
 from __future__ import annotations
 
 import logging
@@ -89,7 +90,10 @@ class QueryVector:
 
 
 def encode_text(
-    model: Any, text: str, mode: Mode = "canonical", negatives: Sequence[str] = CANONICAL_NEGATIVES,
+    model: Any,
+    text: str,
+    mode: Mode = "canonical",
+    negatives: Sequence[str] = CANONICAL_NEGATIVES,
     scale: float = 10.0,
 ) -> QueryVector:
     """Encode ``text`` (and the negatives in canonical mode) with ``model.encode_text``."""
@@ -233,7 +237,9 @@ def pick_model(models: Sequence[str], requested: str | None) -> str:
     """``requested`` if the memory holds it, else the first model with a text tower."""
     if requested is not None:
         if requested not in models:
-            raise M3Error(f"query: model '{requested}' is not in the trained memory ({', '.join(models)}); pick one of those")
+            raise M3Error(
+                f"query: model '{requested}' is not in the trained memory ({', '.join(models)}); pick one of those"
+            )
         return requested
     for m in models:
         if has_text_tower(m):
@@ -253,8 +259,13 @@ def check_query(text: str | None, vector: np.ndarray | None) -> None:
 
 
 def build_query(
-    model: str, attrs: dict[str, Any], text: str | None = None, vector: np.ndarray | None = None,
-    mode: Mode = "canonical", negatives: Sequence[str] = CANONICAL_NEGATIVES, scale: float = 10.0,
+    model: str,
+    attrs: dict[str, Any],
+    text: str | None = None,
+    vector: np.ndarray | None = None,
+    mode: Mode = "canonical",
+    negatives: Sequence[str] = CANONICAL_NEGATIVES,
+    scale: float = 10.0,
     device: str = "cpu",
 ) -> QueryVector:
     """A query for ``model`` from ``text`` (its text tower, conf from the feature store ``attrs``)
@@ -272,7 +283,9 @@ def build_query(
 
 
 @torch.no_grad()
-def relevance_maps(memory: Any, views: Sequence[Any], model: str, qv: QueryVector) -> list[tuple[Any, torch.Tensor, torch.Tensor]]:
+def relevance_maps(
+    memory: Any, views: Sequence[Any], model: str, qv: QueryVector
+) -> list[tuple[Any, torch.Tensor, torch.Tensor]]:
     """``(view, rgb [H, W, 3], relevance [H, W])`` per view: relevance of the rendered ``model``
     features (at the stored feature size), upsampled bilinearly to the render."""
     out = []

@@ -16,6 +16,7 @@ its provenance, names and shape match (:func:`resume_or_create`), and :meth:`Fea
 renames it to the final path once every view is done, so the final path only ever holds a
 complete store. Readers stream one view at a time (:meth:`FeatureStore.read`, :meth:`iter_views`).
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,9 @@ class FeatureStore:
         self.names: list[str] = list(self.attrs["names"])
 
     @classmethod
-    def create(cls, path: Path, names: list[str], h: int, w: int, d: int, attrs: dict[str, Any],
-               has_mask: bool) -> FeatureStore:
+    def create(
+        cls, path: Path, names: list[str], h: int, w: int, d: int, attrs: dict[str, Any], has_mask: bool
+    ) -> FeatureStore:
         """A new, empty store at ``path`` (replacing anything there) for views ``names``."""
         path = Path(path)
         if path.exists():
@@ -73,13 +75,26 @@ class FeatureStore:
             raise M3Error(f"{path}: no views to store; the scene has no registered views")
         record = json.loads(canonical_json({**attrs, "names": list(names), "has_mask": bool(has_mask)}))
         group = zarr.open_group(zarr.storage.LocalStore(path), mode="w", zarr_format=3, attributes=record)
-        group.create_array("features", shape=(n, h, w, d), chunks=(1, h, w, d), dtype="float16",
-                           compressors=_COMPRESSORS, fill_value=0.0, dimension_names=("view", "y", "x", "channel"))
+        group.create_array(
+            "features",
+            shape=(n, h, w, d),
+            chunks=(1, h, w, d),
+            dtype="float16",
+            compressors=_COMPRESSORS,
+            fill_value=0.0,
+            dimension_names=("view", "y", "x", "channel"),
+        )
         if has_mask:
-            group.create_array("valid", shape=(n, h, w), chunks=(1, h, w), dtype="bool",
-                               compressors=_COMPRESSORS, fill_value=False, dimension_names=("view", "y", "x"))
-        group.create_array("done", shape=(n,), chunks=(1,), dtype="bool", fill_value=False,
-                           dimension_names=("view",))
+            group.create_array(
+                "valid",
+                shape=(n, h, w),
+                chunks=(1, h, w),
+                dtype="bool",
+                compressors=_COMPRESSORS,
+                fill_value=False,
+                dimension_names=("view", "y", "x"),
+            )
+        group.create_array("done", shape=(n,), chunks=(1,), dtype="bool", fill_value=False, dimension_names=("view",))
         return cls(path, group)
 
     @classmethod
@@ -172,16 +187,20 @@ class FeatureStore:
         return FeatureStore.open(final)
 
 
-def _same_run(store: FeatureStore, names: list[str], shape: tuple[int, int, int], attrs: dict[str, Any],
-              has_mask: bool) -> bool:
+def _same_run(
+    store: FeatureStore, names: list[str], shape: tuple[int, int, int], attrs: dict[str, Any], has_mask: bool
+) -> bool:
     return (
-        store.names == list(names) and store.shape == tuple(shape) and store.has_mask == has_mask
+        store.names == list(names)
+        and store.shape == tuple(shape)
+        and store.has_mask == has_mask
         and same_provenance(store.attrs.get("provenance") or {}, attrs.get("provenance") or {})
     )
 
 
-def resume_or_create(final: Path, names: list[str], h: int, w: int, d: int, attrs: dict[str, Any],
-                     has_mask: bool) -> FeatureStore:
+def resume_or_create(
+    final: Path, names: list[str], h: int, w: int, d: int, attrs: dict[str, Any], has_mask: bool
+) -> FeatureStore:
     """The partial store of ``final``: resumed if it was made by the same run (provenance, views,
     shape), else created fresh; views of a mismatched partial store are never reused."""
     part = partial_path(final)

@@ -5,6 +5,7 @@ image), the folder its image names are relative to, and the input files (for pro
 ``transforms.json`` (instant-ngp / nerfstudio / Blender) stores camera-to-world with OpenGL
 axes; it is converted to COLMAP world-to-camera with OpenCV axes (flip y and z).
 """
+
 from __future__ import annotations
 
 import json
@@ -82,7 +83,12 @@ def load_colmap(root: Path, import_path: str | None, import_images: str | None =
     images = [im for im in rec.images.values() if im.has_pose]
     if not images:
         raise M3Error(f"{model}: the COLMAP model has no registered images; export a model with poses")
-    candidates = [model / "images", model.parent / "images", model.parent.parent / "images", model.parent.parent.parent / "images"]
+    candidates = [
+        model / "images",
+        model.parent / "images",
+        model.parent.parent / "images",
+        model.parent.parent.parent / "images",
+    ]
     images_dir = _images_dir(root, import_images, candidates, images[0].name)
     files = [p for p in model.iterdir() if p.stem in MODEL_FILES or p.stem in ("rigs", "frames")]
     files += [images_dir / im.name for im in images]
@@ -178,4 +184,3 @@ def load_transforms(root: Path, import_path: str | None) -> Imported:
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(w2c[:3, :4]))
     log.info("imported %s: %d views, %d camera(s)", path, len(frames), len(cameras))
     return Imported(rec, images_dir, [path, *files])
-

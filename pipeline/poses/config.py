@@ -1,4 +1,5 @@
 """Configs of the ``frames`` and ``poses`` stages (``params.yaml: frames``, ``poses``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

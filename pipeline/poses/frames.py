@@ -11,6 +11,7 @@ difference) carry no new view, but nearby photos of a set are distinct views (e.
 on a dark background), so a photo set loses only exact duplicates (identical pixels). Kept
 frames are renamed ``00000.png ...``; the rest are deleted.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,7 +56,9 @@ def find_input(input_dir: Path) -> tuple[str, list[Path]]:
     if input_dir.is_file() and input_dir.suffix.lower() in VIDEO_EXTS:
         return "video", [input_dir]
     if not input_dir.is_dir():
-        raise M3Error(f"{input_dir}: input not found; put a video (mp4/mov/...) or photos there (then `dvc add {input_dir}`)")
+        raise M3Error(
+            f"{input_dir}: input not found; put a video (mp4/mov/...) or photos there (then `dvc add {input_dir}`)"
+        )
     files = sorted(p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     if not any(p.suffix.lower() in IMAGE_EXTS + VIDEO_EXTS for p in files):
         files = sorted(p for p in input_dir.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.parts))
@@ -65,7 +68,9 @@ def find_input(input_dir: Path) -> tuple[str, list[Path]]:
         raise M3Error(f"{input_dir}: holds both videos and images; keep either one video or a set of images per scene")
     if len(videos) > 1:
         names = ", ".join(p.name for p in videos[:3])
-        raise M3Error(f"{input_dir}: holds {len(videos)} videos ({names}); keep one video per scene (make one scene each)")
+        raise M3Error(
+            f"{input_dir}: holds {len(videos)} videos ({names}); keep one video per scene (make one scene each)"
+        )
     if videos:
         return "video", videos
     if not images:
@@ -204,8 +209,8 @@ def extract_frames(kind: str, paths: list[Path], root: Path, out_dir: Path, cfg:
 
     if cfg.max_side < 16 or cfg.target_count < 1 or cfg.video_candidates < 1:
         raise M3Error(
-            f"frames: max_side={cfg.max_side}, target_count={cfg.target_count}, video_candidates={cfg.video_candidates}; "
-            "use max_side >= 16 and target_count, video_candidates >= 1 in params.yaml"
+            f"frames: max_side={cfg.max_side}, target_count={cfg.target_count}, video_candidates="
+            f"{cfg.video_candidates}; use max_side >= 16 and target_count, video_candidates >= 1 in params.yaml"
         )
     start = time.perf_counter()
     source = iter_video(paths[0], cfg.video_candidates) if kind == "video" else iter_images(paths, root, cfg.max_side)
@@ -221,9 +226,13 @@ def extract_frames(kind: str, paths: list[Path], root: Path, out_dir: Path, cfg:
     unreadable = len(paths) - len(cands) if kind == "images" else 0
     if len(cands) < cfg.min_frames:
         what = f"{len(cands)} of {len(paths)} images readable" if kind == "images" else f"{len(cands)} frames decoded"
-        raise M3Error(f"{root}: only {what}, need at least {cfg.min_frames}; add more (readable) images or a longer video")
+        raise M3Error(
+            f"{root}: only {what}, need at least {cfg.min_frames}; add more (readable) images or a longer video"
+        )
     kept, counts = select_frames(
-        np.array([c.sharpness for c in cands]), np.stack([c.thumb for c in cands]), cfg,
+        np.array([c.sharpness for c in cands]),
+        np.stack([c.thumb for c in cands]),
+        cfg,
         [c.digest for c in cands] if kind == "images" else None,
     )
     frames = []
@@ -239,6 +248,11 @@ def extract_frames(kind: str, paths: list[Path], root: Path, out_dir: Path, cfg:
             f"{root}: only {len(frames)} frame(s) left after filtering ({counts}), need at least {cfg.min_frames}; "
             "lower frames.blur_ratio / frames.dedup_threshold or add more images"
         )
-    stats = {"candidates": len(cands), "unreadable": unreadable, **counts, "kept": len(frames),
-             "seconds": round(time.perf_counter() - start, 2)}
+    stats = {
+        "candidates": len(cands),
+        "unreadable": unreadable,
+        **counts,
+        "kept": len(frames),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
     return {"source_kind": kind, "frames": frames, "stats": stats}

@@ -5,6 +5,7 @@ live there, never in the outputs). :func:`run_sfm` returns the largest reconstru
 :func:`triangulate_known` adds sparse points to cameras whose poses are already known (imports);
 :func:`undistort` writes the final PINHOLE model (binary) and undistorted images.
 """
+
 from __future__ import annotations
 
 import logging

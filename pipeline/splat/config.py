@@ -1,4 +1,5 @@
 """Config of the ``train`` stage (``params.yaml: train``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

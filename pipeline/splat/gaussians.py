@@ -15,6 +15,7 @@ principal queries are just more entries::
 The PLY is the standard 3DGS layout (x y z nx ny nz f_dc_* f_rest_* opacity scale_* rot_*, SH
 rest channel-major) that common splat viewers read, plus ``q_<model>_<k>`` float properties.
 """
+
 from __future__ import annotations
 
 import math
@@ -103,7 +104,7 @@ def colors_from_sh(params: dict[str, Tensor], viewmat: Tensor, degree: int) -> T
 
 def query_models(params: dict[str, Tensor]) -> list[str]:
     """Models that have a query entry in ``params``, in order."""
-    return [k[len(QUERY_PREFIX):] for k in params if k.startswith(QUERY_PREFIX)]
+    return [k[len(QUERY_PREFIX) :] for k in params if k.startswith(QUERY_PREFIX)]
 
 
 def save_ply(path: Path, params: dict[str, Tensor]) -> None:
@@ -164,7 +165,7 @@ def load_ply(path: Path) -> dict[str, Tensor]:
     models: dict[str, int] = {}
     for k in names:
         if k.startswith(QUERY_PREFIX):
-            model, _, idx = k[len(QUERY_PREFIX):].rpartition("_")
+            model, _, idx = k[len(QUERY_PREFIX) :].rpartition("_")
             models[model] = max(models.get(model, 0), int(idx) + 1)
     for model, dim in models.items():
         out[QUERY_PREFIX + model] = stack([f"{QUERY_PREFIX}{model}_{k}" for k in range(dim)])
@@ -183,24 +184,35 @@ def scaled_K(K: Tensor, width: int, height: int, new_w: int, new_h: int) -> Tens
     return K * s
 
 
-def render_rgb(params: dict[str, Tensor], viewmat: Tensor, K: Tensor, width: int, height: int,
-               degree: int, backend: str = "auto") -> tuple[Tensor, Tensor, dict]:
+def render_rgb(
+    params: dict[str, Tensor], viewmat: Tensor, K: Tensor, width: int, height: int, degree: int, backend: str = "auto"
+) -> tuple[Tensor, Tensor, dict]:
     """RGB ``[H, W, 3]``, alpha ``[H, W]`` and the rasterizer meta of one camera."""
     from pipeline.splat.raster import rasterize
 
     means, quats, scales, opac = activated(params)
     colors = colors_from_sh(params, viewmat, degree)
-    img, alpha, meta = rasterize(means, quats, scales, opac, colors, viewmat[None], K[None], width, height,
-                                 backend=backend)
+    img, alpha, meta = rasterize(
+        means, quats, scales, opac, colors, viewmat[None], K[None], width, height, backend=backend
+    )
     return img[0], alpha[0, ..., 0], meta
 
 
-def render_query(params: dict[str, Tensor], model: str, viewmat: Tensor, K: Tensor, width: int, height: int,
-                 detach_geometry: bool = True, backend: str = "auto") -> Tensor:
+def render_query(
+    params: dict[str, Tensor],
+    model: str,
+    viewmat: Tensor,
+    K: Tensor,
+    width: int,
+    height: int,
+    detach_geometry: bool = True,
+    backend: str = "auto",
+) -> Tensor:
     """The rendered principal query of ``model`` ``[h, w, l]`` (geometry detached when asked)."""
     from pipeline.splat.raster import rasterize
 
     means, quats, scales, opac = activated(params, detach=detach_geometry)
-    q, _, _ = rasterize(means, quats, scales, opac, params[QUERY_PREFIX + model], viewmat[None], K[None],
-                        width, height, backend=backend)
+    q, _, _ = rasterize(
+        means, quats, scales, opac, params[QUERY_PREFIX + model], viewmat[None], K[None], width, height, backend=backend
+    )
     return q[0]

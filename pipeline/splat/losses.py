@@ -1,4 +1,5 @@
 """Training losses: RGB (0.8 L1 + 0.2 (1 - SSIM)) and feature (0.5 (mean(1 - cos) + MSE))."""
+
 from __future__ import annotations
 
 import torch
@@ -46,4 +47,3 @@ def feature_loss(pred: Tensor, target: Tensor) -> Tensor:
     """``0.5 (mean(1 - cos) + MSE)`` over rows of ``pred, target [P, d]`` (MSE per dimension)."""
     cos = F.cosine_similarity(pred, target, dim=-1)
     return 0.5 * ((1 - cos).mean() + F.mse_loss(pred, target))
-

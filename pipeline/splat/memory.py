@@ -10,6 +10,7 @@ distillation baseline instead decodes a latent of the same size with a small MLP
 0: one linear 1x1 conv) ``[..., l] -> [..., d]``. Both heads have the same call signature, so the
 training loop and :mod:`pipeline.splat.trained` treat them alike.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -97,9 +98,12 @@ def load_heads(path: Path, device: str = "cpu") -> tuple[nn.ModuleDict, dict[str
         raise M3Error(f"{path}: no memory heads; run `m3 train` for this scene first")
     blob = torch.load(path, map_location=device, weights_only=False)
     spec, state = blob["spec"], blob["state"]
-    banks = {m: state[f"{m}.bank"] if spec["method"] == "memory" else torch.zeros(1, d)
-             for m, d in spec["feature_dims"].items()}
-    heads = build_heads(spec["method"], banks, spec["query_dims"], spec["tau"], spec["learn_projection"],
-                        spec["decoder_hidden"])
+    banks = {
+        m: state[f"{m}.bank"] if spec["method"] == "memory" else torch.zeros(1, d)
+        for m, d in spec["feature_dims"].items()
+    }
+    heads = build_heads(
+        spec["method"], banks, spec["query_dims"], spec["tau"], spec["learn_projection"], spec["decoder_hidden"]
+    )
     heads.load_state_dict(state)
     return heads.to(device), spec

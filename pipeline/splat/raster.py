@@ -11,6 +11,7 @@ Backends: ``"gsplat"`` calls ``gsplat.rasterization`` (needs CUDA tensors); ``"t
 :mod:`pipeline.splat.raster_torch` on any device with an autograd backward (same maths; differences
 are rounding-level, listed there). ``"auto"`` picks gsplat for CUDA tensors, torch otherwise.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -83,62 +84,124 @@ def rasterize(
     tile_size = tile_size or DEFAULT_TILE[backend]
     if backend == "gsplat":
         if not means.is_cuda:
-            raise M3Error("rasterize: backend 'gsplat' needs CUDA tensors; "
-                          "use backend 'torch' on CPU")
+            raise M3Error("rasterize: backend 'gsplat' needs CUDA tensors; use backend 'torch' on CPU")
         from gsplat import rasterization
 
         return rasterization(
-            means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-            near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d,
-            packed=packed, tile_size=tile_size, backgrounds=backgrounds,
+            means,
+            quats,
+            scales,
+            opacities,
+            colors,
+            viewmats,
+            Ks,
+            width,
+            height,
+            near_plane=near_plane,
+            far_plane=far_plane,
+            radius_clip=radius_clip,
+            eps2d=eps2d,
+            packed=packed,
+            tile_size=tile_size,
+            backgrounds=backgrounds,
         )
     return _rasterize_torch(
-        means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane,
-        far_plane, radius_clip, eps2d, tile_size, backgrounds, packed, budget,
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
+        near_plane,
+        far_plane,
+        radius_clip,
+        eps2d,
+        tile_size,
+        backgrounds,
+        packed,
+        budget,
     )
 
 
 def _check_shapes(
-    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
-    viewmats: Tensor, Ks: Tensor, backgrounds: Tensor | None,
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    backgrounds: Tensor | None,
 ) -> None:
     n, b = means.shape[0], viewmats.shape[0]
     expected = {
-        "means": (means, (n, 3)), "quats": (quats, (n, 4)), "scales": (scales, (n, 3)),
-        "opacities": (opacities, (n,)), "viewmats": (viewmats, (b, 4, 4)), "Ks": (Ks, (b, 3, 3)),
+        "means": (means, (n, 3)),
+        "quats": (quats, (n, 4)),
+        "scales": (scales, (n, 3)),
+        "opacities": (opacities, (n,)),
+        "viewmats": (viewmats, (b, 4, 4)),
+        "Ks": (Ks, (b, 3, 3)),
     }
     for name, (t, shape) in expected.items():
         if tuple(t.shape) != shape:
-            raise M3Error(f"rasterize: {name} has shape {tuple(t.shape)}, expected {shape}; "
-                          "fix the caller")
-    if colors.dim() not in (2, 3) or colors.shape[-2] != n or (
-        colors.dim() == 3 and colors.shape[0] != b
-    ):
-        raise M3Error(f"rasterize: colors has shape {tuple(colors.shape)}, expected [N, C] or "
-                      f"[B, N, C] with N={n}, B={b}; fix the caller")
+            raise M3Error(f"rasterize: {name} has shape {tuple(t.shape)}, expected {shape}; fix the caller")
+    if colors.dim() not in (2, 3) or colors.shape[-2] != n or (colors.dim() == 3 and colors.shape[0] != b):
+        raise M3Error(
+            f"rasterize: colors has shape {tuple(colors.shape)}, expected [N, C] or "
+            f"[B, N, C] with N={n}, B={b}; fix the caller"
+        )
     if backgrounds is not None and tuple(backgrounds.shape) != (b, colors.shape[-1]):
-        raise M3Error(f"rasterize: backgrounds has shape {tuple(backgrounds.shape)}, expected "
-                      f"{(b, colors.shape[-1])}; fix the caller")
+        raise M3Error(
+            f"rasterize: backgrounds has shape {tuple(backgrounds.shape)}, expected "
+            f"{(b, colors.shape[-1])}; fix the caller"
+        )
 
 
 def _rasterize_torch(
-    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
-    viewmats: Tensor, Ks: Tensor, width: int, height: int, near_plane: float, far_plane: float,
-    radius_clip: float, eps2d: float, tile_size: int, backgrounds: Tensor | None, packed: bool,
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near_plane: float,
+    far_plane: float,
+    radius_clip: float,
+    eps2d: float,
+    tile_size: int,
+    backgrounds: Tensor | None,
+    packed: bool,
     budget: int,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """The torch backend of :func:`rasterize` (same arguments and results)."""
     n, b = means.shape[0], viewmats.shape[0]
     radii, means2d, depths, conics = raster_torch.project(
-        means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane,
-        radius_clip, eps2d,
+        means,
+        quats,
+        scales,
+        opacities,
+        viewmats,
+        Ks,
+        width,
+        height,
+        near_plane,
+        far_plane,
+        radius_clip,
+        eps2d,
     )
     opac = opacities[None].expand(b, n)
     cols = colors if colors.dim() == 3 else colors[None].expand(b, n, colors.shape[-1])
     if packed:  # one row per visible (camera, Gaussian) pair
         camera_ids, gaussian_ids = torch.nonzero((radii > 0).all(dim=-1), as_tuple=True)
         radii, means2d, depths, conics, opac, cols = (
-            t[camera_ids, gaussian_ids] for t in (radii, means2d, depths, conics, opac, cols))
+            t[camera_ids, gaussian_ids] for t in (radii, means2d, depths, conics, opac, cols)
+        )
         rows = (means2d, conics, opac, cols, radii, depths, camera_ids)
     else:  # one row per (camera, Gaussian), camera-major
         camera_ids = gaussian_ids = None
@@ -147,10 +210,19 @@ def _rasterize_torch(
         rows = rows + (image_of,)
     m2d, con, opa, col, rad, dep, img = rows
     tw, th = -(-width // tile_size), -(-height // tile_size)
-    tiles_per_gauss, isect_ids, flatten_ids = raster_torch.isect_tiles(
-        m2d, rad, dep, img, tile_size, tw, th)
+    tiles_per_gauss, isect_ids, flatten_ids = raster_torch.isect_tiles(m2d, rad, dep, img, tile_size, tw, th)
     render_colors, transmittance = raster_torch.rasterize_tiles(
-        m2d, con, opa, col, isect_ids, flatten_ids, b, width, height, tile_size, budget,
+        m2d,
+        con,
+        opa,
+        col,
+        isect_ids,
+        flatten_ids,
+        b,
+        width,
+        height,
+        tile_size,
+        budget,
     )
     if backgrounds is not None:
         render_colors = render_colors + transmittance * backgrounds[:, None, None, :]

@@ -27,6 +27,7 @@ running product; gsplat also skips a pixel-entry pair whose exponent is negative
 rounding can produce (conics are positive definite) and which is not replicated here;
 ``means2d``/``depths``/``conics`` of culled Gaussians hold their projection rather than zeros.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,18 @@ LOG_T_MIN = math.log(T_MIN)
 
 
 def project(
-    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor,
-    width: int, height: int, near_plane: float, far_plane: float, radius_clip: float, eps2d: float,
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near_plane: float,
+    far_plane: float,
+    radius_clip: float,
+    eps2d: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Project N Gaussians into I cameras like gsplat's fused EWA projection (``packed=False``).
 
@@ -85,8 +96,13 @@ def project(
 
 @torch.no_grad()
 def isect_tiles(
-    means2d: Tensor, radii: Tensor, depths: Tensor, image_ids: Tensor,
-    tile_size: int, tile_width: int, tile_height: int,
+    means2d: Tensor,
+    radii: Tensor,
+    depths: Tensor,
+    image_ids: Tensor,
+    tile_size: int,
+    tile_width: int,
+    tile_height: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """List (image, tile, Gaussian) intersections sorted like gsplat's ``isect_tiles``.
 
@@ -148,8 +164,17 @@ def _exponent(g: Tensor, centres: Tensor, quad: Tensor, rows: Tensor) -> Tensor:
     """
     shift = torch.cat([centres, centres.new_zeros(len(centres), 4)], dim=1)[:, None, :]
     mx, my, a, b, c, log_op = (rows[g] - shift).unbind(-1)  # each [Tb, k]
-    coef = torch.stack([0.5 * a, 0.5 * c, b, -(a * mx + b * my), -(c * my + b * mx),
-                        0.5 * (a * mx * mx + c * my * my) + b * mx * my - log_op], dim=1)
+    coef = torch.stack(
+        [
+            0.5 * a,
+            0.5 * c,
+            b,
+            -(a * mx + b * my),
+            -(c * my + b * mx),
+            0.5 * (a * mx * mx + c * my * my) + b * mx * my - log_op,
+        ],
+        dim=1,
+    )
     return torch.matmul(quad, coef)
 
 
@@ -162,7 +187,12 @@ def _log1m_alpha(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 @torch.no_grad()
 def _used_entries(
-    ids: Tensor, lengths: Tensor, centres: Tensor, quad: Tensor, inside: Tensor, rows: Tensor,
+    ids: Tensor,
+    lengths: Tensor,
+    centres: Tensor,
+    quad: Tensor,
+    inside: Tensor,
+    rows: Tensor,
     budget: int,
 ) -> Tensor:
     """Gradient-free pre-pass: which list entries reach a pixel of their tile.
@@ -183,8 +213,7 @@ def _used_entries(
     k0 = 0
     while k0 < ids.shape[1] and len(active):
         chunk = max(1, budget // (len(active) * len(quad)))
-        keep, _, log1m = _log1m_alpha(_exponent(ids[active, k0 : k0 + chunk], centres[active],
-                                                quad, rows))
+        keep, _, log1m = _log1m_alpha(_exponent(ids[active, k0 : k0 + chunk], centres[active], quad, rows))
         incl = torch.cumsum(log1m, dim=-1) + log_t[..., None]
         reached = (incl - log1m) > LOG_T_MIN
         used[active, k0 : k0 + chunk] = (keep & reached & inside[active, :, None]).any(dim=1)
@@ -227,8 +256,17 @@ def _composite(
 
 
 def rasterize_tiles(
-    means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, isect_ids: Tensor,
-    flatten_ids: Tensor, n_images: int, width: int, height: int, tile_size: int, budget: int,
+    means2d: Tensor,
+    conics: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    isect_ids: Tensor,
+    flatten_ids: Tensor,
+    n_images: int,
+    width: int,
+    height: int,
+    tile_size: int,
+    budget: int,
 ) -> tuple[Tensor, Tensor]:
     """Composite sorted tile lists into images (differentiable w.r.t. the attribute rows).
 

@@ -14,6 +14,7 @@ Every ``checkpoint_every`` steps ``checkpoint.pt`` is replaced atomically; a rer
 config and inputs resumes from it. A non-finite loss raises :class:`M3Error` naming the step and
 the term, leaving the last good checkpoint in place.
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,18 +84,23 @@ def open_inputs(scene: Scene, cfg: TrainConfig, models: list[str]) -> Inputs:
         bank, attrs = load_bank(scene.bank_path(m))
         check_bank_matches(attrs, fs.attrs, what=str(scene.bank_path(m)))
         if bank.shape[1] != fs.shape[2]:
-            raise M3Error(f"{scene.bank_path(m)}: bank dim {bank.shape[1]} != feature dim {fs.shape[2]}; rebuild the bank")
+            raise M3Error(
+                f"{scene.bank_path(m)}: bank dim {bank.shape[1]} != feature dim {fs.shape[2]}; rebuild the bank"
+            )
         index[m] = {n: i for i, n in enumerate(fs.names)}
         missing = [v.name for v in train if v.name not in index[m]]
         if missing:
-            raise M3Error(f"{scene.features_path(m)}: no features for view {missing[0]}; rerun `m3 features` for this scene")
+            raise M3Error(
+                f"{scene.features_path(m)}: no features for view {missing[0]}; rerun `m3 features` for this scene"
+            )
         stores[m], banks[m] = fs, torch.from_numpy(bank)
         hashes[m] = (attrs.get("provenance") or {}).get("bank_hash") or attrs.get("bank_hash") or ""
         fp = fs.attrs.get("provenance") or {}
         feats[m] = {"config_hash": fp.get("config_hash"), "inputs_hash": fp.get("inputs_hash")}
     config = {"train": to_dict(cfg), "models": models}
-    inputs_hash = config_hash({"colmap": hash_files(sorted(scene.sparse_dir.glob("*.bin"))),
-                               "banks": hashes, "features": feats})
+    inputs_hash = config_hash(
+        {"colmap": hash_files(sorted(scene.sparse_dir.glob("*.bin"))), "banks": hashes, "features": feats}
+    )
     prov = provenance("train", config, inputs_hash, code_hash(__name__), banks=hashes, features=feats)
     return Inputs(train, test, stores, index, banks, hashes, prov)
 
@@ -109,15 +115,20 @@ class Trainer:
         dims = {m: cfg.query_dims[m] for m in models}
         xyz, rgb = load_points(scene)
         self.params = init_params(xyz, rgb, dims, cfg.sh_degree, cfg.init_opacity, seed=cfg.seed).to(device)
-        self.heads = build_heads(cfg.method, inputs.banks, dims, cfg.tau, cfg.learn_projection,
-                                 cfg.decoder_hidden, cfg.seed).to(device)
+        self.heads = build_heads(
+            cfg.method, inputs.banks, dims, cfg.tau, cfg.learn_projection, cfg.decoder_hidden, cfg.seed
+        ).to(device)
         self.scale = scene_scale(inputs.train + inputs.test)
         self.optimizers = self._optimizers()
         head_params = list(self.heads.parameters())
         self.head_opt = torch.optim.Adam(head_params, lr=cfg.lr_heads, eps=1e-15) if head_params else None
         self.strategy = DefaultStrategy(
-            prune_opa=cfg.prune_opacity, grow_grad2d=cfg.grad_threshold, refine_start_iter=cfg.densify_start,
-            refine_stop_iter=cfg.densify_stop, refine_every=cfg.densify_every, reset_every=cfg.reset_every,
+            prune_opa=cfg.prune_opacity,
+            grow_grad2d=cfg.grad_threshold,
+            refine_start_iter=cfg.densify_start,
+            refine_stop_iter=cfg.densify_stop,
+            refine_every=cfg.densify_every,
+            reset_every=cfg.reset_every,
         )
         self.strategy.check_sanity(self.params, self.optimizers)
         self.state = self.strategy.initialize_state(scene_scale=self.scale)
@@ -127,10 +138,18 @@ class Trainer:
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         c = self.cfg
-        lrs = {"means": c.lr_means * self.scale, "quats": c.lr_quats, "scales": c.lr_scales,
-               "opacities": c.lr_opacities, "sh0": c.lr_sh0, "shN": c.lr_shN}
-        return {k: torch.optim.Adam([{"params": p, "lr": lrs.get(k, c.lr_query), "name": k}], eps=1e-15)
-                for k, p in self.params.items()}
+        lrs = {
+            "means": c.lr_means * self.scale,
+            "quats": c.lr_quats,
+            "scales": c.lr_scales,
+            "opacities": c.lr_opacities,
+            "sh0": c.lr_sh0,
+            "shN": c.lr_shN,
+        }
+        return {
+            k: torch.optim.Adam([{"params": p, "lr": lrs.get(k, c.lr_query), "name": k}], eps=1e-15)
+            for k, p in self.params.items()
+        }
 
     def image(self, view: View) -> torch.Tensor:
         """The view's image ``[H, W, 3]`` in [0, 1] (uint8 cache: images only, never features)."""
@@ -153,9 +172,10 @@ class Trainer:
             terms[m] = self.feature_term(m, view, viewmat, K)
         for name, value in terms.items():
             if not torch.isfinite(value):
+                kept = self.scene.model_dir / "checkpoint.pt"
                 raise M3Error(
-                    f"train step {self.step}: loss term '{name}' is {float(value.detach())}; last good checkpoint kept in "
-                    f"{self.scene.model_dir / 'checkpoint.pt'} (lower the learning rates or check the inputs)"
+                    f"train step {self.step}: loss term '{name}' is {float(value.detach())}; last good checkpoint "
+                    f"kept in {kept} (lower the learning rates or check the inputs)"
                 )
         total = terms["rgb"] + c.feature_weight * sum(terms[m] for m in self.models)
         total.backward()
@@ -193,7 +213,10 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, path: Path) -> None:
         blob = {
-            "provenance": self.inp.provenance, "step": self.step, "elapsed": self.elapsed, "curves": self.curves,
+            "provenance": self.inp.provenance,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "curves": self.curves,
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "heads": self.heads.state_dict(),
@@ -216,7 +239,9 @@ class Trainer:
         if not same_provenance(blob.get("provenance") or {}, self.inp.provenance):
             log.info("%s: made by another config or inputs; training from scratch", path)
             return False
-        self.params = torch.nn.ParameterDict({k: torch.nn.Parameter(v.to(self.device)) for k, v in blob["params"].items()})
+        self.params = torch.nn.ParameterDict(
+            {k: torch.nn.Parameter(v.to(self.device)) for k, v in blob["params"].items()}
+        )
         self.optimizers = self._optimizers()
         for k, o in self.optimizers.items():
             o.load_state_dict(blob["optimizers"][k])
@@ -255,8 +280,14 @@ def train(scene: Scene, cfg: TrainConfig, models: list[str], progress: bool = Tr
         terms = tr.train_step(view)
         tr.elapsed = time.perf_counter() - start
         if tr.step % cfg.log_every == 0 or tr.step == cfg.iterations:
-            tr.curves.append({"step": tr.step, "gaussians": len(tr.params["means"]),
-                              "seconds": round(tr.elapsed, 2), **{f"loss_{k}": v for k, v in terms.items()}})
+            tr.curves.append(
+                {
+                    "step": tr.step,
+                    "gaussians": len(tr.params["means"]),
+                    "seconds": round(tr.elapsed, 2),
+                    **{f"loss_{k}": v for k, v in terms.items()},
+                }
+            )
         bar.set_postfix(loss=f"{sum(terms.values()):.4f}", gaussians=len(tr.params["means"]))
         bar.update(1)
         if tr.step % cfg.checkpoint_every == 0 or tr.step == cfg.iterations:

@@ -9,6 +9,7 @@ Folder layout (written by :func:`write_model`, read by :meth:`TrainedMemory.load
     stats.json        steps, seconds, Gaussians, final losses, peak RAM
     curves.csv        training curves (DVC plots)
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,16 +42,23 @@ def write_model(model_dir: Path, trainer: Any, stats: dict[str, Any]) -> None:
     cfg, inp = trainer.cfg, trainer.inp
     model_dir.mkdir(parents=True, exist_ok=True)
     spec = {
-        "method": cfg.method, "query_dims": {m: cfg.query_dims[m] for m in trainer.models},
-        "feature_dims": {m: int(inp.stores[m].shape[2]) for m in trainer.models}, "tau": cfg.tau,
-        "learn_projection": cfg.learn_projection, "decoder_hidden": cfg.decoder_hidden,
+        "method": cfg.method,
+        "query_dims": {m: cfg.query_dims[m] for m in trainer.models},
+        "feature_dims": {m: int(inp.stores[m].shape[2]) for m in trainer.models},
+        "tau": cfg.tau,
+        "learn_projection": cfg.learn_projection,
+        "decoder_hidden": cfg.decoder_hidden,
     }
     atomic_write(model_dir / "point_cloud.ply", lambda p: save_ply(p, trainer.params))
     atomic_write(model_dir / "memory.pt", lambda p: save_heads(p, trainer.heads, spec))
     config = {
-        **spec, "models": trainer.models, "sh_degree": cfg.sh_degree, "backend": cfg.backend,
+        **spec,
+        "models": trainer.models,
+        "sh_degree": cfg.sh_degree,
+        "backend": cfg.backend,
         "feature_sizes": {m: list(inp.stores[m].shape[:2]) for m in trainer.models},
-        "test_views": [v.name for v in inp.test], "provenance": inp.provenance,
+        "test_views": [v.name for v in inp.test],
+        "provenance": inp.provenance,
         "max_side": cfg.cpu_max_side if trainer.device == "cpu" else 0,  # training image side (0: full)
     }
     write_json(model_dir / "config.json", config)
@@ -114,8 +122,9 @@ class TrainedMemory:
         feats = {}
         for m in self.models:
             h, w = self.feature_size(m)
-            q = render_query(self.params, m, viewmat, scaled_K(K, view.width, view.height, w, h), w, h,
-                             True, self.backend)
+            q = render_query(
+                self.params, m, viewmat, scaled_K(K, view.width, view.height, w, h), w, h, True, self.backend
+            )
             feats[m] = self.heads[m](q)
         return RenderOut(rgb.clamp(0, 1), alpha, feats)
 

@@ -1,11 +1,12 @@
 """PSC bank reduction (pipeline.bank.reduction): coverage, determinism, dedup, masks, stats, storage."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.bank.cover import cap_centre, covering, enclosing_cap, greedy_cover, merge_caps, mutual_pairs
 from pipeline.bank.config import BankConfig
+from pipeline.bank.cover import cap_centre, covering, enclosing_cap, greedy_cover, merge_caps, mutual_pairs
 from pipeline.bank.reduction import build_bank, coverage_stats, rechunk
 from pipeline.bank.store import check_bank_matches, load_bank, save_bank
 from pipeline.core.errors import M3Error
@@ -192,8 +193,13 @@ def test_enclosing_cap_is_the_minimax_centre_not_the_mean() -> None:
     a = 0.6
     rng = np.random.default_rng(0)
     crowd = np.cos(a / 2) * np.eye(8)[0] + np.sin(a / 2) * np.eye(8)[1] + 0.03 * rng.standard_normal((30, 8))
-    rows = np.concatenate([[np.cos(a) * np.eye(8)[0] + np.sin(a) * np.eye(8)[1]],
-                           [np.cos(a) * np.eye(8)[0] - np.sin(a) * np.eye(8)[1]], crowd])
+    rows = np.concatenate(
+        [
+            [np.cos(a) * np.eye(8)[0] + np.sin(a) * np.eye(8)[1]],
+            [np.cos(a) * np.eye(8)[0] - np.sin(a) * np.eye(8)[1]],
+            crowd,
+        ]
+    )
     y = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
     lam, lower, upper = enclosing_cap(y)
     assert lam.min() >= 0 and abs(lam.sum() - 1) < 1e-9

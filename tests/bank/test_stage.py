@@ -1,4 +1,5 @@
 """Stage ``bank``: feature store -> bank zarr + stats, provenance, CLI, demo-scene features."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ from typer.testing import CliRunner
 
 from pipeline.bank.config import BankConfig
 from pipeline.bank.store import check_bank_matches, load_bank
-from pipeline.core.errors import M3Error
 from pipeline.core.config import load_config
+from pipeline.core.errors import M3Error
 from pipeline.core.io import provenance, read_json
 from pipeline.core.scene import Scene
 from pipeline.features.store import FeatureStore
@@ -23,8 +24,15 @@ def make_store(scene: Scene, model: str, views: list[np.ndarray], masks: list[np
     """A finished feature store of ``views`` (each ``[h, w, d]``) with a features provenance."""
     h, w, d = views[0].shape
     prov = provenance("features", {"model": model, "input_size": 32}, inputs, "code1")
-    store = FeatureStore.create(scene.features_path(model), [f"v{i}.png" for i in range(len(views))], h, w, d,
-                                {"provenance": prov, "model": model}, has_mask=masks is not None)
+    store = FeatureStore.create(
+        scene.features_path(model),
+        [f"v{i}.png" for i in range(len(views))],
+        h,
+        w,
+        d,
+        {"provenance": prov, "model": model},
+        has_mask=masks is not None,
+    )
     for i, v in enumerate(views):
         store.write(i, v, None if masks is None else masks[i])
     return FeatureStore.open(scene.features_path(model))
@@ -164,7 +172,9 @@ def test_corrupt_chunks_are_one_clear_line(tmp_path: Path, monkeypatch: pytest.M
     runner = CliRunner()
     assert runner.invoke(app, ["bank", "demo"]).exit_code == 0
     _corrupt(scene.bank_path("clip") / "c" / "0" / "0")
-    with pytest.raises(M3Error, match=r"clip.zarr: the bank is corrupt .*dvc checkout .*clip.zarr.* or rerun `m3 bank`"):
+    with pytest.raises(
+        M3Error, match=r"clip.zarr: the bank is corrupt .*dvc checkout .*clip.zarr.* or rerun `m3 bank`"
+    ):
         load_bank(scene.bank_path("clip"))
     _corrupt(scene.features_path("clip") / "features" / "c" / "1" / "0" / "0" / "0")
     result = runner.invoke(app, ["bank", "demo"])

@@ -1,4 +1,5 @@
 """The procedural demo scene: determinism, ground truth consistent with the images and masks."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,12 @@ def test_deterministic_by_seed(tmp_path: Path) -> None:
     rgb_o, _, _ = other.render(v.K, v.w2c, 64, 48)
     assert np.abs(rgb_a.astype(int) - rgb_o).mean() > 5  # another seed: other textures
     assert np.all(depth_a > 0) and np.isfinite(depth_a).all()  # a closed room: every ray hits
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["ground_truth.json", "view_000.png", "view_001.png", "view_002.png"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "ground_truth.json",
+        "view_000.png",
+        "view_001.png",
+        "view_002.png",
+    ]
 
 
 def _project(K: np.ndarray, w2c: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +47,12 @@ def test_ground_truth_matches_images_and_masks(demo_input: Path) -> None:
     assert gt["width"] == 320 and gt["height"] == 240
     scene = load_demo_scene(demo_input)
     assert [v.name for v in scene.views] == sorted(gt["views"]) and [o.name for o in scene.objects] == [
-        "red box", "blue sphere", "green cylinder", "yellow box", "purple sphere"]
+        "red box",
+        "blue sphere",
+        "green cylinder",
+        "yellow box",
+        "purple sphere",
+    ]
     centres = []
     visible = np.zeros(len(gt["objects"]), int)
     for i, (name, cam) in enumerate(sorted(gt["views"].items())):

@@ -1,4 +1,5 @@
 """Metric functions on inputs with known answers."""
+
 from __future__ import annotations
 
 import math

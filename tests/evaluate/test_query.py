@@ -1,4 +1,5 @@
 """Query relevance (cosine and canonical softmax), 3D localisation and heatmaps."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,7 +27,9 @@ def test_canonical_relevance_is_min_pairwise_softmax():
     f = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
     r = qv(f)
     # f0: cos(q)=1, cos(n)=0 -> sigmoid(10); f1: cos(q)=0, cos(n0)=1 -> sigmoid(-10); f2: ties n0 -> 0.5
-    assert r.tolist() == pytest.approx([torch.sigmoid(torch.tensor(10.0)).item(), torch.sigmoid(torch.tensor(-10.0)).item(), 0.5], abs=1e-5)
+    assert r.tolist() == pytest.approx(
+        [torch.sigmoid(torch.tensor(10.0)).item(), torch.sigmoid(torch.tensor(-10.0)).item(), 0.5], abs=1e-5
+    )
     with pytest.raises(M3Error, match="canonical mode needs"):
         Q.QueryVector(q, None, mode="canonical")
 

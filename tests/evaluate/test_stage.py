@@ -1,4 +1,5 @@
 """Evaluation plumbing on known renders, grounding on hand-made masks, and the demo end to end."""
+
 from __future__ import annotations
 
 import json
@@ -59,13 +60,19 @@ def test_evaluate_views_known_errors(tmp_path: Path) -> None:
         mean_features(fs, ["v9.png"])
     np.testing.assert_allclose(mean.numpy(), feats[0].astype(np.float64)[valid].mean(0), rtol=1e-12)
     summary, per_view, notes = evaluate_views(
-        KnownRenders({"v0.png": exact, "v1.png": off}), views, {"clip": fs}, use_lpips=False,
-        on_render=lambda i, v, out, gt: saved.append((i, v.name, tuple(gt.shape))), baselines={"clip": mean},
+        KnownRenders({"v0.png": exact, "v1.png": off}),
+        views,
+        {"clip": fs},
+        use_lpips=False,
+        on_render=lambda i, v, out, gt: saved.append((i, v.name, tuple(gt.shape))),
+        baselines={"clip": mean},
     )
     both = np.concatenate([f.astype(np.float64)[valid] for f in feats])  # [2 * (h*w - 1), D]
     cos = both @ mean.numpy() / np.linalg.norm(both, axis=1) / np.linalg.norm(mean.numpy())
     assert summary["features"]["clip"]["baseline_cosine"] == pytest.approx(float((1 - cos).mean()), rel=1e-4)
-    assert summary["features"]["clip"]["baseline_l2"] == pytest.approx(float(((both - mean.numpy()) ** 2).mean()), rel=1e-3)
+    assert summary["features"]["clip"]["baseline_l2"] == pytest.approx(
+        float(((both - mean.numpy()) ** 2).mean()), rel=1e-3
+    )
     assert per_view[0].psnr == 100.0 and per_view[0].ssim == pytest.approx(1.0, abs=1e-5)
     assert per_view[1].psnr == pytest.approx(20.0, abs=0.01)
     assert per_view[0].features["clip"]["cosine"] == pytest.approx(0.0, abs=1e-3)
@@ -122,8 +129,9 @@ def test_grounding_from_json_and_masks(tmp_path: Path) -> None:
 TARGET = "blue sphere"
 
 
-def planted_scene(root: Path, n_views: int = 24, width: int = 128, height: int = 96, cell: int = 4,
-                  d: int = 16, n_points: int = 1500) -> tuple[Scene, np.ndarray, dict]:
+def planted_scene(
+    root: Path, n_views: int = 24, width: int = 128, height: int = 96, cell: int = 4, d: int = 16, n_points: int = 1500
+) -> tuple[Scene, np.ndarray, dict]:
     """Demo scene with ground-truth cameras (COLMAP model, points from depth) and one model's
     features *without semantics* (a smooth function of the surface point) except on the target
     object's cells, which carry a planted vector orthogonal to every other feature.
@@ -141,8 +149,9 @@ def planted_scene(root: Path, n_views: int = 24, width: int = 128, height: int =
     fh, fw = height // cell, width // cell
     scene.features_dir.mkdir()
     prov = {"config": {"model": "clip"}, "config_hash": "planted", "inputs_hash": "synthetic"}
-    fs = FeatureStore.create(scene.features_path("clip"), [v.name for v in demo.views], fh, fw, d,
-                             {"provenance": prov}, has_mask=False)
+    fs = FeatureStore.create(
+        scene.features_path("clip"), [v.name for v in demo.views], fh, fw, d, {"provenance": prov}, has_mask=False
+    )
     for i, v in enumerate(demo.views):
         Kf = v.K * np.array([[fw / width], [fh / height], [1.0]])
         _, fdepth, obj = demo.render(Kf, v.w2c, fw, fh)
@@ -162,8 +171,15 @@ def trained_planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Scene, np
     from pipeline.splat.trained import write_model
 
     scene, planted, box = planted_scene(tmp_path_factory.mktemp("planted") / "demo")
-    cfg = TrainConfig(iterations=150, query_dims={"clip": 8}, densify_start=1000, pixels=500, device="cpu",
-                      backend="torch", checkpoint_every=1000)
+    cfg = TrainConfig(
+        iterations=150,
+        query_dims={"clip": 8},
+        densify_start=1000,
+        pixels=500,
+        device="cpu",
+        backend="torch",
+        checkpoint_every=1000,
+    )
     tr = train(scene, cfg, ["clip"], progress=False)
     write_model(scene.model_dir, tr, {"steps": tr.step})
     return scene, planted, box
@@ -176,11 +192,14 @@ def test_planted_vector_is_localised_inside_its_object(trained_planted, tmp_path
 
     scene, planted, box = trained_planted
     out = tmp_path / "q"
-    result = query_run(QueryConfig(mode="cosine", quantile=0.98, device="cpu", n_views=2), scene, vector=planted,
-                       out_dir=out)
+    result = query_run(
+        QueryConfig(mode="cosine", quantile=0.98, device="cpu", n_views=2), scene, vector=planted, out_dir=out
+    )
     c = np.array(result["centroid"])
-    print(f"{TARGET}: centroid {c.round(3)}, box {box['min'].round(3)}..{box['max'].round(3)}, "
-          f"{result['n_inliers']}/{result['n_selected']} Gaussians")
+    print(
+        f"{TARGET}: centroid {c.round(3)}, box {box['min'].round(3)}..{box['max'].round(3)}, "
+        f"{result['n_inliers']}/{result['n_selected']} Gaussians"
+    )
     assert np.all(c > box["min"]) and np.all(c < box["max"])
     assert len(list(out.glob("*.png"))) == 2
     assert json.loads((out / "localization.json").read_text())["centroid"] == result["centroid"]
@@ -214,19 +233,26 @@ def test_memory_and_distill_side_by_side(trained_planted, tmp_path: Path) -> Non
     """The same scene trained with method distill evaluates the same way (Table 1 style)."""
     import shutil
 
+    from pipeline.evaluate.config import EvaluateConfig
     from pipeline.splat.config import TrainConfig
-
     from pipeline.splat.train import train
     from pipeline.splat.trained import write_model
-    from pipeline.evaluate.config import EvaluateConfig
     from stages.evaluate import run as evaluate_run
 
     scene, _, _ = trained_planted
     other = Scene(tmp_path / "distill")
     for part in ("colmap", "features", "bank"):
         shutil.copytree(scene.root / part, other.root / part)
-    cfg = TrainConfig(method="distill", iterations=150, query_dims={"clip": 8}, densify_start=1000, pixels=500,
-                      device="cpu", backend="torch", checkpoint_every=1000)
+    cfg = TrainConfig(
+        method="distill",
+        iterations=150,
+        query_dims={"clip": 8},
+        densify_start=1000,
+        pixels=500,
+        device="cpu",
+        backend="torch",
+        checkpoint_every=1000,
+    )
     write_model(other.model_dir, train(other, cfg, ["clip"], progress=False), {"steps": 150})
     ev = EvaluateConfig(device="cpu", lpips=False, n_renders=0)
     rows = {name: evaluate_run(ev, s) for name, s in (("memory", scene), ("distill", other))}
@@ -234,5 +260,7 @@ def test_memory_and_distill_side_by_side(trained_planted, tmp_path: Path) -> Non
     for name, m in rows.items():
         f = m["features"]["clip"]
         assert 0.0 <= f["cosine"] < 1.0 and f["l2"] >= 0.0 and m["gaussians"] > 0
-        print(f"{name:8s} psnr {m['psnr']:.2f} ssim {m['ssim']:.4f} clip cos {f['cosine']:.4f} "
-              f"l2 {f['l2']:.5f} gaussians {m['gaussians']} size {m['model_size_mb']:.3f} MB")
+        print(
+            f"{name:8s} psnr {m['psnr']:.2f} ssim {m['ssim']:.4f} clip cos {f['cosine']:.4f} "
+            f"l2 {f['l2']:.5f} gaussians {m['gaussians']} size {m['model_size_mb']:.3f} MB"
+        )

@@ -1,4 +1,5 @@
 """Foundation-model adapters `dinov2` and `sam_clip` with small random-weight configs."""
+
 from __future__ import annotations
 
 import copy
@@ -143,10 +144,11 @@ def test_sam_clip_mask_crop_embedding_matches_direct_clip(samclip):
     side = max(y1 - y0, x1 - x0)
     square = torch.zeros(3, side, side)
     top, left = (side - (y1 - y0)) // 2, (side - (x1 - x0)) // 2
-    square[:, top:top + y1 - y0, left:left + x1 - x0] = crop
+    square[:, top : top + y1 - y0, left : left + x1 - x0] = crop
     s = model.crop_size
-    x = torch.nn.functional.interpolate(square[None], size=(s, s), mode="bilinear", align_corners=False,
-                                        antialias=side > s)
+    x = torch.nn.functional.interpolate(
+        square[None], size=(s, s), mode="bilinear", align_corners=False, antialias=side > s
+    )
     x = (x - model.mean) / model.std
     with torch.no_grad():
         direct = torch.nn.functional.normalize(model.clip.encode_image(x).float(), dim=-1)[0]

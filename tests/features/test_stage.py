@@ -1,4 +1,5 @@
 """Feature adapters `clip` and `siglip` (small random-weight configs) and the `features` stage."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ def _image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     """A smooth random image ``[3, H, W]`` in [0, 1]."""
     g = torch.Generator().manual_seed(seed)
     low = torch.rand(1, 3, max(2, height // 24), max(2, width // 24), generator=g)
-    return torch.nn.functional.interpolate(low, size=(height, width), mode="bicubic", align_corners=False)[0].clamp(0, 1)
+    return torch.nn.functional.interpolate(low, size=(height, width), mode="bicubic", align_corners=False)[0].clamp(
+        0, 1
+    )
 
 
 def _self_only_mask(n: int) -> torch.Tensor:
@@ -69,7 +72,6 @@ def test_clip_missing_weights_offline_is_a_clear_error(monkeypatch):
         build_model("clip", {"source": "hf", "checkpoint": "m3-tests/clip-absent"})
 
 
-
 def test_siglip_dense_equals_pooled_embedding_when_all_tokens_are_equal():
     """SigLIP invariant: with a uniform image and equal position embeddings every patch token is
     the same, so the model's own pooled embedding (probe attending over all tokens) equals every
@@ -99,12 +101,15 @@ def test_siglip_local_checkpoint_uses_its_sentencepiece_vocabulary(tmp_path: Pat
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(["a yellow duck on a red box", "the blue sphere", "a wooden cylinder", "walls"] * 50))
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "spiece"), vocab_size=24,
-                                   model_type="unigram", minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tmp_path / "spiece"), vocab_size=24, model_type="unigram", minloglevel=2
+    )
     tok = SiglipTokenizer(vocab_file=str(tmp_path / "spiece.model"))
     small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
-    config = SiglipConfig(text_config={**small, "vocab_size": tok.vocab_size, "max_position_embeddings": tok.model_max_length},
-                          vision_config={**small, "image_size": 56, "patch_size": 14})
+    config = SiglipConfig(
+        text_config={**small, "vocab_size": tok.vocab_size, "max_position_embeddings": tok.model_max_length},
+        vision_config={**small, "image_size": 56, "patch_size": 14},
+    )
     ckpt = tmp_path / "siglip"
     SiglipModel(config).save_pretrained(ckpt)
     tok.save_pretrained(ckpt)
@@ -128,8 +133,13 @@ SMALL = {
     "clip": CLIP,
     "siglip": {"weights": "random"},
     "dinov2": {"weights": "random", "input_size": 56},
-    "sam_clip": {"weights": "random", "points_per_side": 3, "pred_iou_thresh": 0.0,
-                 "stability_score_thresh": 0.0, "clip": {"weights": "random"}},
+    "sam_clip": {
+        "weights": "random",
+        "points_per_side": 3,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+        "clip": {"weights": "random"},
+    },
 }
 
 
@@ -154,12 +164,19 @@ def posed_scene(root: Path, demo_input: Path, n_views: int) -> Scene:
             with Image.open(demo_input / src) as im:
                 width, height = im.size
             K = np.asarray(gt["views"][src]["K"])
-            rec.add_camera_with_trivial_rig(pycolmap.Camera(
-                model="PINHOLE", width=width, height=height, camera_id=1,
-                params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]]))
+            rec.add_camera_with_trivial_rig(
+                pycolmap.Camera(
+                    model="PINHOLE",
+                    width=width,
+                    height=height,
+                    camera_id=1,
+                    params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]],
+                )
+            )
         w2c = np.asarray(gt["views"][src]["w2c"], dtype=np.float64)
-        rec.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=1, image_id=i + 1),
-                                         pycolmap.Rigid3d(w2c[:3, :4]))
+        rec.add_image_with_trivial_frame(
+            pycolmap.Image(name=name, camera_id=1, image_id=i + 1), pycolmap.Rigid3d(w2c[:3, :4])
+        )
     rec.write(str(scene.sparse_dir))
     return scene
 
@@ -280,8 +297,9 @@ def test_peak_ram_does_not_grow_with_views(demo_input, tmp_path):
     from benchmarks.features_memory import measure_in_subprocess
 
     conf = {"weights": "random", "input_size": 448, "random_arch": {"embed_dim": 512}}
-    runs = {n: measure_in_subprocess(posed_scene(tmp_path / f"v{n}", demo_input, n).root, "clip", conf)
-            for n in (10, 40)}
+    runs = {
+        n: measure_in_subprocess(posed_scene(tmp_path / f"v{n}", demo_input, n).root, "clip", conf) for n in (10, 40)
+    }
     print("features peak RSS:", runs)
     assert runs[10]["views"] == 10 and runs[40]["views"] == 40
     assert runs[40]["peak_rss_mb"] - runs[10]["peak_rss_mb"] < 40

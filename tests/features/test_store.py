@@ -1,4 +1,5 @@
 """Feature store (contract 4): layout, round trip, resume and provenance rules."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,11 @@ NAMES = ["a.png", "b.png", "c.png"]
 
 
 def _attrs(config_hash: str = "c1", inputs_hash: str = "i1") -> dict:
-    return {"model": "toy", "grid": [4, 5],
-            "provenance": {"stage": "features", "config_hash": config_hash, "inputs_hash": inputs_hash}}
+    return {
+        "model": "toy",
+        "grid": [4, 5],
+        "provenance": {"stage": "features", "config_hash": config_hash, "inputs_hash": inputs_hash},
+    }
 
 
 def _maps(seed: int = 0) -> list[np.ndarray]:

@@ -1,4 +1,5 @@
 """Small data helpers: exact best cosines and videos from frames."""
+
 from __future__ import annotations
 
 from pathlib import Path

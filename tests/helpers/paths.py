@@ -1,4 +1,5 @@
 """Where things are: the repository root and the real photo sets shared beside it."""
+
 from __future__ import annotations
 
 from pathlib import Path

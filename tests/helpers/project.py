@@ -1,4 +1,5 @@
 """Helpers for tests that run real DVC on a copy of the project (no mocks)."""
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,10 @@ def project_copy(dest: Path, commit: bool = False) -> Path:
     """The project's files (tracked plus new, not ignored) in a fresh git repo at ``dest``."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO, check=True, capture_output=True, text=True,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split("\0")
     for rel in filter(None, listed):
         src = REPO / rel
@@ -33,7 +37,13 @@ def project_copy(dest: Path, commit: bool = False) -> Path:
 
 
 def git(root: Path, *args: str) -> None:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     subprocess.run(["git", *args], cwd=root, check=True, env=env, capture_output=True)
 
 

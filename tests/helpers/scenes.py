@@ -1,6 +1,7 @@
 """Test scenes from the demo renderer with ground-truth cameras: images, a COLMAP model whose
 points are back-projected from ground-truth depth (a dense, exact stand-in for SfM), and banks
 for synthetic feature stores."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,14 +36,18 @@ def gt_scene(root: Path, demo, width: int, height: int, n_points: int, stride: i
     scene.images_dir.mkdir(parents=True)
     rec = pycolmap.Reconstruction()
     K = demo.views[0].K
-    rec.add_camera_with_trivial_rig(pycolmap.Camera(
-        model="PINHOLE", width=width, height=height, params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]], camera_id=1))
+    rec.add_camera_with_trivial_rig(
+        pycolmap.Camera(
+            model="PINHOLE", width=width, height=height, params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]], camera_id=1
+        )
+    )
     pts, cols = [], []
     for i, v in enumerate(demo.views):
         rgb, depth, _ = demo.render(v.K, v.w2c, width, height)
         Image.fromarray(rgb).save(scene.images_dir / v.name)
-        rec.add_image_with_trivial_frame(pycolmap.Image(name=v.name, camera_id=1, image_id=i + 1),
-                                         pycolmap.Rigid3d(v.w2c[:3, :4]))
+        rec.add_image_with_trivial_frame(
+            pycolmap.Image(name=v.name, camera_id=1, image_id=i + 1), pycolmap.Rigid3d(v.w2c[:3, :4])
+        )
         if not skip_every or i % skip_every:
             pts.append(backproject(v.K, v.w2c, depth)[::stride])
             cols.append(rgb.reshape(-1, 3)[::stride])
@@ -57,6 +62,18 @@ def gt_scene(root: Path, demo, width: int, height: int, n_points: int, stride: i
 def bank_from_store(scene: Scene, model: str, store: FeatureStore, prov: dict) -> None:
     """Build and save ``model``'s bank (theta 0.9) from ``store``, recording the features' provenance ``prov``."""
     d = store.shape[2]
-    res = build_bank(((f.reshape(-1, d), None) for _, f, _ in store.iter_views()), BankConfig(threshold=0.9, verify=False))
-    save_bank(scene.bank_path(model), res.bank, {"provenance": {
-        "stage": "bank", "config": {"model": model}, "features": prov, "bank_hash": bank_hash(res.bank)}})
+    res = build_bank(
+        ((f.reshape(-1, d), None) for _, f, _ in store.iter_views()), BankConfig(threshold=0.9, verify=False)
+    )
+    save_bank(
+        scene.bank_path(model),
+        res.bank,
+        {
+            "provenance": {
+                "stage": "bank",
+                "config": {"model": model},
+                "features": prov,
+                "bank_hash": bank_hash(res.bank),
+            }
+        },
+    )

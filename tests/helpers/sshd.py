@@ -3,6 +3,7 @@
 Installs ``openssh-server`` with apt when it is missing and we are root; otherwise the tests
 that need it are skipped with the reason.
 """
+
 from __future__ import annotations
 
 import os

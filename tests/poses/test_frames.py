@@ -1,4 +1,5 @@
 """Stage ``frames``: videos and photo sets -> filtered, downscaled frames; bad input errors."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,7 +72,9 @@ def test_video_drops_blurred_and_duplicate_frames(video_scene) -> None:
             assert im.size == (160, 120)  # 320x240 downscaled, aspect kept
     prov = meta["provenance"]
     assert prov["stage"] == "frames" and prov["config"]["max_side"] == 160 and len(prov["inputs_hash"]) == 16
-    assert sorted(p.name for p in scene.frames_dir.iterdir()) == sorted([*(f["name"] for f in meta["frames"]), "frames.json"])
+    assert sorted(p.name for p in scene.frames_dir.iterdir()) == sorted(
+        [*(f["name"] for f in meta["frames"]), "frames.json"]
+    )
 
 
 def test_video_target_count_and_candidates(video_scene) -> None:
@@ -123,9 +126,14 @@ def test_photo_set_of_nearby_views_keeps_every_distinct_photo(tmp_path: Path) ->
         Image.fromarray(img).save(scene.input_dir / f"ring_{i:02d}.png")
     (scene.input_dir / "ring_99.png").write_bytes((scene.input_dir / "ring_05.png").read_bytes())
     meta = frames.run(CFG, scene)
-    thumbs = [np.asarray(Image.open(scene.frames_dir / f["name"]).convert("L").resize((32, 32), Image.BOX),
-                         dtype=np.float32) / 255 for f in meta["frames"]]
-    assert max(np.abs(a - b).mean() for a, b in zip(thumbs, thumbs[1:])) < CFG.dedup_threshold  # a video would lose them
+    thumbs = [
+        np.asarray(Image.open(scene.frames_dir / f["name"]).convert("L").resize((32, 32), Image.BOX), dtype=np.float32)
+        / 255
+        for f in meta["frames"]
+    ]
+    assert (
+        max(np.abs(a - b).mean() for a, b in zip(thumbs, thumbs[1:])) < CFG.dedup_threshold
+    )  # a video would lose them
     assert [f["source"] for f in meta["frames"]] == [f"ring_{i:02d}.png" for i in range(12)]
     assert meta["stats"]["dropped_duplicate"] == 1 and meta["stats"]["kept"] == 12
 

@@ -1,4 +1,5 @@
 """Stage ``poses``: SfM on the demo scene and the lund photos, imports, errors, geometry helpers."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -148,8 +149,10 @@ def test_sfm_on_demo_scene_matches_ground_truth(demo: dict, tmp_path: Path) -> N
     est = np.array([v.w2c for v in views])
     res = align_cameras(est, _gt_w2c(demo))
     extent = demo["gt"]["extent"]
-    print(f"demo: centre error max {res['center_error'].max() / extent:.4%} of extent, "
-          f"rotation error max {res['rotation_error_deg'].max():.3f} deg, stats {stats}")
+    print(
+        f"demo: centre error max {res['center_error'].max() / extent:.4%} of extent, "
+        f"rotation error max {res['rotation_error_deg'].max():.3f} deg, stats {stats}"
+    )
     assert res["center_error"].max() < 0.01 * extent
     assert res["rotation_error_deg"].max() < 1.0
     assert stats["mean_reprojection_error_px"] < 1.0
@@ -189,8 +192,11 @@ def test_video_input_is_matched_sequentially(demo: dict, tmp_path: Path) -> None
     gt = _gt_w2c(demo)
     index = [round(f["time"] * fps) for f in meta["frames"]]  # frame i of the video is view i
     res = align_cameras(np.array([views[f["name"]].w2c for f in meta["frames"]]), gt[index])
-    print(f"video: {stats['registered_views']} views, centre error max "
-          f"{res['center_error'].max() / demo['gt']['extent']:.4%}, rotation max {res['rotation_error_deg'].max():.3f} deg")
+    print(
+        f"video: {stats['registered_views']} views, centre error max "
+        f"{res['center_error'].max() / demo['gt']['extent']:.4%}, "
+        f"rotation max {res['rotation_error_deg'].max():.3f} deg"
+    )
     assert res["center_error"].max() < 0.01 * demo["gt"]["extent"]
     assert res["rotation_error_deg"].max() < 1.0
 

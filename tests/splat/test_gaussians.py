@@ -1,4 +1,5 @@
 """Gaussian parameters: init from points, PLY round trip, densification carries the queries."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Memory attention and the distillation decoder."""
+
 from __future__ import annotations
 
 import torch
@@ -37,8 +38,14 @@ def test_heads_save_load_round_trip(tmp_path) -> None:
     dims = {"clip": 4, "dinov2": 6}
     for method, hidden in (("memory", 0), ("distill", 0), ("distill", 8)):
         heads = build_heads(method, banks, dims, 0.05, False, hidden, seed=3)
-        spec = {"method": method, "query_dims": dims, "feature_dims": {"clip": 12, "dinov2": 20}, "tau": 0.05,
-                "learn_projection": False, "decoder_hidden": hidden}
+        spec = {
+            "method": method,
+            "query_dims": dims,
+            "feature_dims": {"clip": 12, "dinov2": 20},
+            "tau": 0.05,
+            "learn_projection": False,
+            "decoder_hidden": hidden,
+        }
         save_heads(tmp_path / "m.pt", heads, spec)
         back, got = load_heads(tmp_path / "m.pt")
         assert got == spec

@@ -1,4 +1,5 @@
 """pipeline.raster: the torch backend against a brute-force per-pixel reference and gsplat CUDA."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,22 +31,33 @@ def random_scene(n: int, channels: int = 3, seed: int = 0, dtype=torch.float64, 
     colors = torch.rand(n, channels, generator=g, dtype=dtype)
     f = 1.1 * width
     Ks = torch.tensor([[[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]]], dtype=dtype)
-    rot = torch.linalg.matrix_exp(torch.tensor([[0, -0.05, 0.1], [0.05, 0, -0.08], [-0.1, 0.08, 0]],
-                                               dtype=dtype))
+    rot = torch.linalg.matrix_exp(torch.tensor([[0, -0.05, 0.1], [0.05, 0, -0.08], [-0.1, 0.08, 0]], dtype=dtype))
     viewmats = torch.eye(4, dtype=dtype)[None].clone()
     viewmats[0, :3, :3] = rot
     viewmats[0, :3, 3] = torch.tensor([0.05, -0.03, 0.1], dtype=dtype)
     return [means, quats, scales, opacities, colors], viewmats, Ks
 
 
-def reference(means, quats, scales, opacities, colors, viewmat, K, width, height, bg=None,
-              near=0.01, far=1e10, eps2d=0.3):
+def reference(
+    means, quats, scales, opacities, colors, viewmat, K, width, height, bg=None, near=0.01, far=1e10, eps2d=0.3
+):
     """Direct per-pixel formula: every Gaussian at every pixel, depth-sorted, front to back."""
     q = quats / quats.norm(dim=-1, keepdim=True)
     w, x, y, z = q.unbind(-1)
-    R = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                     2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)
+    R = torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        -1,
+    )
     R = R.reshape(-1, 3, 3)
     M = R * scales[:, None, :]
     cov = M @ M.transpose(1, 2)
@@ -55,8 +67,9 @@ def reference(means, quats, scales, opacities, colors, viewmat, K, width, height
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     order = torch.argsort(pc[:, 2])
     visible = [i for i in order.tolist() if near <= pc[i, 2] <= far]
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=means.dtype),
-                            torch.arange(width, dtype=means.dtype), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=means.dtype), torch.arange(width, dtype=means.dtype), indexing="ij"
+    )
     px, py = xs + 0.5, ys + 0.5
     T = torch.ones_like(px)
     done = torch.zeros_like(px, dtype=torch.bool)
@@ -69,8 +82,9 @@ def reference(means, quats, scales, opacities, colors, viewmat, K, width, height
         limy_neg = cy / fy + 0.3 * (0.5 * height / fy)
         jx = tz * torch.clamp(tx / tz, -limx_neg, limx_pos)
         jy = tz * torch.clamp(ty / tz, -limy_neg, limy_pos)
-        J = torch.stack([torch.stack([fx / tz, 0 * tz, -fx * jx / tz**2]),
-                         torch.stack([0 * tz, fy / tz, -fy * jy / tz**2])])
+        J = torch.stack(
+            [torch.stack([fx / tz, 0 * tz, -fx * jx / tz**2]), torch.stack([0 * tz, fy / tz, -fy * jy / tz**2])]
+        )
         c2 = J @ covc[i] @ J.T + eps2d * torch.eye(2, dtype=means.dtype)
         conic = torch.linalg.inv(c2)
         mx, my = fx * tx / tz + cx, fy * ty / tz + cy
@@ -99,15 +113,16 @@ def grads(fn, params):
 
 def torch_backend(viewmats, Ks, bg=None, width=W, height=H, **kw):
     def fn(*p):
-        img, alpha, _ = rasterize(*p, viewmats, Ks, width, height, backend="torch",
-                                  backgrounds=bg, **kw)
+        img, alpha, _ = rasterize(*p, viewmats, Ks, width, height, backend="torch", backgrounds=bg, **kw)
         return img[0], alpha[0, ..., 0]
+
     return fn
 
 
 def reference_fn(viewmats, Ks, bg=None, width=W, height=H):
     def fn(*p):
         return reference(*p, viewmats[0], Ks[0], width, height, None if bg is None else bg[0])
+
     return fn
 
 
@@ -149,15 +164,13 @@ def test_dense_scene_every_tiling_matches_reference():
     ref_img, ref_alpha = reference(*params, viewmats[0], Ks[0], 40, 30)
     assert (ref_alpha > 0.999).float().mean() > 0.5
     for tile_size, budget in [(2, 1 << 22), (4, 20000), (16, 1 << 22), (64, 1 << 18)]:
-        img, alpha, _ = rasterize(*params, viewmats, Ks, 40, 30, backend="torch",
-                                  tile_size=tile_size, budget=budget)
+        img, alpha, _ = rasterize(*params, viewmats, Ks, 40, 30, backend="torch", tile_size=tile_size, budget=budget)
         torch.testing.assert_close(img[0], ref_img, rtol=0, atol=1e-10)
         torch.testing.assert_close(alpha[0, ..., 0], ref_alpha, rtol=0, atol=1e-10)
 
 
 def test_float32_and_low_resolution_tiles_larger_than_image():
-    params, viewmats, Ks = random_scene(300, channels=16, seed=3, dtype=torch.float32,
-                                        width=8, height=6)
+    params, viewmats, Ks = random_scene(300, channels=16, seed=3, dtype=torch.float32, width=8, height=6)
     img, alpha, g = grads(torch_backend(viewmats, Ks, width=8, height=6, tile_size=16), params)
     p64 = [p.double() for p in params]
     ref = reference_fn(viewmats.double(), Ks.double(), width=8, height=6)
@@ -201,8 +214,7 @@ def test_projection_matches_gsplat_torch_reference():
     params, viewmats, Ks = random_scene(200, seed=9)
     _, _, meta = rasterize(*params, viewmats, Ks, W, H, backend="torch")
     covars, _ = _quat_scale_to_covar_preci(params[1], params[2], compute_preci=False)
-    radii, means2d, depths, conics, _ = _fully_fused_projection(params[0], covars, viewmats, Ks,
-                                                                W, H)
+    radii, means2d, depths, conics, _ = _fully_fused_projection(params[0], covars, viewmats, Ks, W, H)
     vis = (meta["radii"] > 0).all(-1)
     assert vis.sum() > 50 and not (vis & ~(radii > 0).all(-1)).any()
     torch.testing.assert_close(meta["means2d"][vis], means2d[vis])
@@ -232,8 +244,7 @@ def test_packed_layout_matches_unpacked():
     viewmats = viewmats.repeat(2, 1, 1)
     viewmats[1, 0, 3] += 0.2
     img, alpha, meta = rasterize(*params, viewmats, Ks.repeat(2, 1, 1), W, H, backend="torch")
-    img_p, alpha_p, meta_p = rasterize(*params, viewmats, Ks.repeat(2, 1, 1), W, H, backend="torch",
-                                       packed=True)
+    img_p, alpha_p, meta_p = rasterize(*params, viewmats, Ks.repeat(2, 1, 1), W, H, backend="torch", packed=True)
     torch.testing.assert_close(img_p, img)
     torch.testing.assert_close(alpha_p, alpha)
     sel = (meta["radii"] > 0).all(-1)
@@ -271,22 +282,27 @@ def test_empty_scene_and_errors():
 def compare_backends(pairs):
     """Render one float32 scene with each (backend, device); return max abs differences of the
     second against the first and both results (forward, radii, means2d and parameter grads)."""
-    params, viewmats, Ks = random_scene(3000, channels=19, seed=7, dtype=torch.float32,
-                                        width=160, height=120)
+    params, viewmats, Ks = random_scene(3000, channels=19, seed=7, dtype=torch.float32, width=160, height=120)
     params[0] = params[0] * torch.tensor([2.0, 2.0, 1.0])
     bg = torch.rand(1, 19, generator=torch.Generator().manual_seed(0))
     out = []
     for backend, device in pairs:
         ps = [p.to(device).requires_grad_() for p in params]
-        img, alpha, meta = rasterize(*ps, viewmats.to(device), Ks.to(device), 160, 120,
-                                     backend=backend, backgrounds=bg.to(device))
+        img, alpha, meta = rasterize(
+            *ps, viewmats.to(device), Ks.to(device), 160, 120, backend=backend, backgrounds=bg.to(device)
+        )
         meta["means2d"].retain_grad()
         weights = torch.linspace(0.5, 1.5, img.numel(), device=device).reshape(img.shape)
         ((img * weights).sum() + alpha.sum()).backward()
-        out.append({"colors": img, "alphas": alpha, "radii": meta["radii"],
-                    "means2d.grad": meta["means2d"].grad,
-                    **{f"d_{k}": p.grad for k, p in zip(["means", "quats", "scales",
-                                                         "opacities", "colors"], ps)}})
+        out.append(
+            {
+                "colors": img,
+                "alphas": alpha,
+                "radii": meta["radii"],
+                "means2d.grad": meta["means2d"].grad,
+                **{f"d_{k}": p.grad for k, p in zip(["means", "quats", "scales", "opacities", "colors"], ps)},
+            }
+        )
     a, b = ({k: v.detach().cpu().double() for k, v in o.items()} for o in out)
     return {k: (a[k] - b[k]).abs().max().item() for k in a}, a, b
 

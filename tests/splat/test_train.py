@@ -7,6 +7,7 @@ feature-store contract with synthetic, 3D-consistent features (a vector per obje
 function of the surface point, unit norm) at each model's grid; banks are built by the PSC
 reduction from those stores, with provenance linking them.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,13 @@ import pytest
 import torch
 
 from pipeline.core.errors import M3Error
+from pipeline.core.images import load_image, to_float
 from pipeline.core.scene import Scene, load_views, split_views
 from pipeline.demo.scene import build_demo_scene
-from pipeline.features.store import FeatureStore
-from pipeline.core.images import load_image, to_float
 from pipeline.evaluate.metrics import psnr
-from pipeline.splat.losses import feature_loss, rgb_loss, ssim
+from pipeline.features.store import FeatureStore
 from pipeline.splat.config import TrainConfig
+from pipeline.splat.losses import feature_loss, rgb_loss, ssim
 from pipeline.splat.train import train, training_views
 from pipeline.splat.trained import TrainedMemory, write_model
 from tests.helpers.scenes import backproject, bank_from_store, gt_scene
@@ -43,8 +44,9 @@ def _features(demo, K, w2c, w: int, h: int, d: int, rng_seed: int) -> np.ndarray
     return f.reshape(h, w, d)
 
 
-def build_scene(root: Path, n_views: int = 36, width: int = 320, height: int = 240, n_points: int = 6000,
-                models: dict = MODELS) -> Scene:
+def build_scene(
+    root: Path, n_views: int = 36, width: int = 320, height: int = 240, n_points: int = 6000, models: dict = MODELS
+) -> Scene:
     """A scene folder with COLMAP model, images, feature stores and banks (see module docstring)."""
     demo = build_demo_scene(n_views, width, height, seed=0)
     scene = gt_scene(root, demo, width, height, n_points, stride=7, skip_every=8)  # points from training views
@@ -67,8 +69,18 @@ def small_scene(tmp_path_factory) -> Scene:
 
 
 def _quick(**kw) -> TrainConfig:
-    base = dict(iterations=4, checkpoint_every=2, log_every=1, densify_start=2, densify_every=2, sh_increase_every=2,
-                pixels=200, query_dims={"clip": 8, "dinov2": 8}, backend="torch", device="cpu")
+    base = dict(
+        iterations=4,
+        checkpoint_every=2,
+        log_every=1,
+        densify_start=2,
+        densify_every=2,
+        sh_increase_every=2,
+        pixels=200,
+        query_dims={"clip": 8, "dinov2": 8},
+        backend="torch",
+        device="cpu",
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -217,8 +229,10 @@ def heldout_metrics(scene: Scene, cfg: TrainConfig) -> dict:
     for m in mem.models:
         fs = FeatureStore.open(scene.features_path(m))
         idx = {n: i for i, n in enumerate(fs.names)}
-        mean = sum(torch.from_numpy(fs.read(idx[v.name])[0].astype(np.float32)).reshape(-1, fs.shape[2]).mean(0)
-                   for v in train_v) / len(train_v)
+        mean = sum(
+            torch.from_numpy(fs.read(idx[v.name])[0].astype(np.float32)).reshape(-1, fs.shape[2]).mean(0)
+            for v in train_v
+        ) / len(train_v)
         for v in test_v:
             target = torch.from_numpy(fs.read(idx[v.name])[0].astype(np.float32)).reshape(-1, fs.shape[2])
             pred = mem.render(v).features[m].reshape(-1, fs.shape[2])
@@ -227,10 +241,12 @@ def heldout_metrics(scene: Scene, cfg: TrainConfig) -> dict:
     for v in test_v:
         r = mem.render(v).rgb
         out["psnr"].append(psnr(r, to_float(load_image(v.image_path, v.width, v.height))))
-    return {"psnr": float(np.mean(out["psnr"])),
-            **{f"cos_{m}": float(np.mean(out["cos"][m])) for m in mem.models},
-            **{f"mean_cos_{m}": float(np.mean(out["mean_cos"][m])) for m in mem.models},
-            "gaussians": len(mem.means)}
+    return {
+        "psnr": float(np.mean(out["psnr"])),
+        **{f"cos_{m}": float(np.mean(out["cos"][m])) for m in mem.models},
+        **{f"mean_cos_{m}": float(np.mean(out["mean_cos"][m])) for m in mem.models},
+        "gaussians": len(mem.means),
+    }
 
 
 @pytest.mark.slow
@@ -246,8 +262,9 @@ def test_consistent_features_are_learnt(tmp_path: Path) -> None:
     from tests.helpers.paths import REPO
 
     scene = build_scene(tmp_path / "demo")
-    cfg = dataclasses.replace(load_config(TrainConfig, "train", REPO / "params.yaml"), device="cpu",
-                              iterations=300, densify_start=300)
+    cfg = dataclasses.replace(
+        load_config(TrainConfig, "train", REPO / "params.yaml"), device="cpu", iterations=300, densify_start=300
+    )
     stats = run(cfg, scene, list(MODELS), progress=False)
     assert stats["steps"] == cfg.iterations and stats["gaussians"] > 0
     assert (scene.model_dir / "curves.csv").read_text().startswith("step,")

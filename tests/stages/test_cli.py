@@ -1,4 +1,5 @@
 """`m3 --help` and every sub-command's `--help` describe every option and argument."""
+
 from __future__ import annotations
 
 import click
@@ -56,6 +57,15 @@ def test_every_option_has_help(path: tuple[str, ...], cmd: click.Command) -> Non
 def test_poses_help_names_its_options() -> None:
     result = CliRunner().invoke(app, ["poses", "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output
-    for opt in ("--source", "--import-path", "--matcher", "--camera-model", "--single-camera",
-                "--max-num-features", "--min-registered", "--seed", "--params"):
+    for opt in (
+        "--source",
+        "--import-path",
+        "--matcher",
+        "--camera-model",
+        "--single-camera",
+        "--max-num-features",
+        "--min-registered",
+        "--seed",
+        "--params",
+    ):
         assert opt in result.output

@@ -5,6 +5,7 @@ For each stage of ``dvc.yaml`` the command (``m3 <name> ...``) is mapped to its 
 is computed (:func:`pipeline.core.code.import_closure`, the same closure the provenance code
 hashes cover) and every file of it must lie under one of the stage's ``deps``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,7 +24,10 @@ def stage_specs(dvc: dict) -> dict[str, dict]:
     specs = {}
     for name, stage in dvc["stages"].items():
         body = stage.get("do", stage)
-        specs[name] = {"cmd": body["cmd"], "deps": [d if isinstance(d, str) else next(iter(d)) for d in body.get("deps", [])]}
+        specs[name] = {
+            "cmd": body["cmd"],
+            "deps": [d if isinstance(d, str) else next(iter(d)) for d in body.get("deps", [])],
+        }
     return specs
 
 
@@ -49,7 +53,8 @@ def dvc() -> dict:
 def test_every_imported_file_is_a_dependency(dvc: dict) -> None:
     missing = uncovered(dvc)
     assert not missing, "dvc.yaml deps miss imported files:\n" + "\n".join(
-        f"  stage {stage}: {file} (add it or its folder to the stage's deps)" for stage, file in missing)
+        f"  stage {stage}: {file} (add it or its folder to the stage's deps)" for stage, file in missing
+    )
 
 
 def test_removing_a_dependency_is_caught(dvc: dict) -> None:

@@ -1,6 +1,7 @@
 """`dvc repro` on a copy of the project: demo -> frames -> poses; nothing changed = no work;
 a `poses` param change reruns only `poses@demo`; the whole pipeline on the demo scene with a
 random-weight CLIP, for both training methods."""
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,10 @@ def test_demo_pipeline_random_weights_memory_then_distill(tmp_path: Path) -> Non
     dvc(root, "repro", "evaluate@demo")
     memory = json.loads(metrics.read_text())
     clip = memory["features"]["clip"]
-    print(f"memory: PSNR {memory['psnr']:.2f} SSIM {memory['ssim']:.4f} clip cos {clip['cosine']:.4f} "
-          f"(mean feature {clip['baseline_cosine']:.4f}) L2 {clip['l2']:.4f}, {memory['gaussians']} Gaussians")
+    print(
+        f"memory: PSNR {memory['psnr']:.2f} SSIM {memory['ssim']:.4f} clip cos {clip['cosine']:.4f} "
+        f"(mean feature {clip['baseline_cosine']:.4f}) L2 {clip['l2']:.4f}, {memory['gaussians']} Gaussians"
+    )
     assert memory["method"] == "memory" and memory["test_views"] == 5
     assert memory["psnr"] >= 25.0
     assert 2 * clip["cosine"] <= clip["baseline_cosine"]
@@ -69,7 +72,9 @@ def test_demo_pipeline_random_weights_memory_then_distill(tmp_path: Path) -> Non
         assert f"Running stage '{stage}'" not in out, out
     distill = json.loads(metrics.read_text())
     clip = distill["features"]["clip"]
-    print(f"distill: PSNR {distill['psnr']:.2f} SSIM {distill['ssim']:.4f} clip cos {clip['cosine']:.4f} "
-          f"(mean feature {clip['baseline_cosine']:.4f}) L2 {clip['l2']:.4f}, {distill['gaussians']} Gaussians")
+    print(
+        f"distill: PSNR {distill['psnr']:.2f} SSIM {distill['ssim']:.4f} clip cos {clip['cosine']:.4f} "
+        f"(mean feature {clip['baseline_cosine']:.4f}) L2 {clip['l2']:.4f}, {distill['gaussians']} Gaussians"
+    )
     assert distill["method"] == "distill" and distill["psnr"] >= 20.0
     assert clip["cosine"] < clip["baseline_cosine"]

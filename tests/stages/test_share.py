@@ -5,6 +5,7 @@ Clone A runs the demo pipeline up to ``bank`` and pushes outputs + run-cache; cl
 a corrupted remote object is detected on pull and not used; a bank pulled with features that
 changed since is refused.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +27,8 @@ UPSTREAM = ("demo", "frames@demo", "poses@demo", "features@demo-clip", "bank@dem
 def _tree_digest(folder: Path) -> dict[str, str]:
     return {
         p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -40,8 +42,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """origin repo (small random-weight config committed), clone A with the pipeline run up to bank."""
     tmp = tmp_path_factory.mktemp("share")
     origin = project_copy(tmp / "origin")
-    set_params(origin, scenes=[SCENE], models=["clip"], demo={"n_views": 16},
-               features={"clip": {"weights": "random"}})
+    set_params(origin, scenes=[SCENE], models=["clip"], demo={"n_views": 16}, features={"clip": {"weights": "random"}})
     git(origin, "add", "-A")
     git(origin, "commit", "-qm", "small random-weight demo config")
     a = _clone(origin, tmp / "A")
@@ -82,7 +83,9 @@ def test_local_remote_round_trip_runs_nothing(shared: dict[str, Path]) -> None:
     set_params(b, bank={"clip": {"threshold": 0.9}})
     out = dvc(b, "repro", TARGET)
     assert "Running stage 'bank@demo-clip'" in out, out
-    assert [line for line in out.splitlines() if line.startswith("Running stage")] == ["Running stage 'bank@demo-clip':"]
+    assert [line for line in out.splitlines() if line.startswith("Running stage")] == [
+        "Running stage 'bank@demo-clip':"
+    ]
     stats = json.loads((b / "data/demo/bank/clip.stats.json").read_text())
     assert stats["coverage"] == 1.0 and _tree_digest(b / bank) != _tree_digest(a / bank)
 
@@ -147,7 +150,9 @@ def test_ssh_remote_round_trip(shared: dict[str, Path], tmp_path: Path) -> None:
         store = tmp_path / "ssh-remote"
         store.mkdir()
         a = shared["A"]
-        run_tool(a, "m3", "share", "remote", "lab-ssh", server.url(store), "--keyfile", str(server.keyfile), "--no-default")
+        run_tool(
+            a, "m3", "share", "remote", "lab-ssh", server.url(store), "--keyfile", str(server.keyfile), "--no-default"
+        )
         run_tool(a, "m3", "share", "push", SCENE, "--remote", "lab-ssh", **env)
         assert list((store / "runs").rglob("*")) and list((store / "files").rglob("*"))
 

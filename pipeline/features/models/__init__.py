@@ -4,6 +4,7 @@ Each adapter is one module in this package that defines a :class:`FeatureModel` 
 decorates it with :func:`register`. Modules are imported on first use, so adding a model is
 adding a file: no stage or pipeline code changes.
 """
+
 from __future__ import annotations
 
 import importlib

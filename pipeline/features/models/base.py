@@ -4,6 +4,7 @@ An adapter turns one RGB view into a dense feature map covering the **whole** im
 ``features [h, w, d]`` on a regular grid, cell (i, j) covering pixels
 ``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``, plus an optional validity mask ``[h, w]``.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from pipeline.core.errors import M3Error
 
@@ -68,3 +70,16 @@ class FeatureModel(ABC):
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Text embeddings ``[T, d]`` in the same space as the features (language models only)."""
         raise NotImplementedError(f"model '{self.name}' has no text encoder")
+
+
+def resize_to_grid(image: torch.Tensor, h: int, w: int, patch: int) -> torch.Tensor:
+    """``image [3, H, W]`` -> ``[1, 3, h*patch, w*patch]`` (bilinear, antialiased)."""
+    return F.interpolate(
+        image[None].float(), size=(h * patch, w * patch), mode="bilinear", align_corners=False, antialias=True
+    )
+
+
+def grid_for(height: int, width: int, short: int, patch: int) -> tuple[int, int]:
+    """Grid ``(h, w)``: short side ``short / patch`` cells, long side by aspect ratio."""
+    scale = float(short) / min(height, width)
+    return max(1, round(height * scale / patch)), max(1, round(width * scale / patch))

@@ -18,6 +18,7 @@ cell ``(i, j)`` covers pixels ``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``; no cr
 
 :func:`load_clip` is public: ``sam_clip`` builds its region encoder with it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,7 +31,7 @@ from torch import nn
 
 from pipeline.core.errors import M3Error
 from pipeline.features.models import register
-from pipeline.features.models.base import FeatureMap, FeatureModel
+from pipeline.features.models.base import FeatureMap, FeatureModel, grid_for, resize_to_grid
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,16 @@ DEFAULT_CONF: dict[str, Any] = {
     "weights": "pretrained",  # pretrained | random (same classes, random_arch config, no download)
     "input_size": None,  # short side in pixels fed to the model (null: the checkpoint's native size)
     "random_arch": {  # small architecture for weights: random
-        "image_size": 56, "patch_size": 14, "width": 64, "layers": 2, "heads": 2,
-        "embed_dim": 32, "text_width": 32, "text_layers": 2, "text_heads": 2, "context_length": 77,
+        "image_size": 56,
+        "patch_size": 14,
+        "width": 64,
+        "layers": 2,
+        "heads": 2,
+        "embed_dim": 32,
+        "text_width": 32,
+        "text_layers": 2,
+        "text_heads": 2,
+        "context_length": 77,
     },
     "seed": 0,  # random init seed (weights: random)
     "mean": None,  # normalisation (null: the checkpoint's, OpenAI's for random weights)
@@ -57,8 +66,10 @@ def _load_error(conf: dict[str, Any], exc: Exception) -> M3Error:
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if conf["source"] == "hf":
         what = f"Hugging Face CLIP checkpoint '{conf['checkpoint']}'"
-        fix = (f"download it once online (`hf download {conf['checkpoint']}`) or set checkpoint to a local "
-               f"folder saved with save_pretrained")
+        fix = (
+            f"download it once online (`hf download {conf['checkpoint']}`) or set checkpoint to a local "
+            f"folder saved with save_pretrained"
+        )
     else:
         import open_clip
 
@@ -153,8 +164,14 @@ class OpenClipBackbone(ClipBackbone):
         blk = self.model.visual.transformer.resblocks[-1]
         d = blk.attn.embed_dim
         return {
-            "ln_1": blk.ln_1, "v_weight": blk.attn.in_proj_weight[2 * d:], "v_bias": blk.attn.in_proj_bias[2 * d:],
-            "out_proj": blk.attn.out_proj, "ls_1": blk.ls_1, "ln_2": blk.ln_2, "mlp": blk.mlp, "ls_2": blk.ls_2,
+            "ln_1": blk.ln_1,
+            "v_weight": blk.attn.in_proj_weight[2 * d :],
+            "v_bias": blk.attn.in_proj_bias[2 * d :],
+            "out_proj": blk.attn.out_proj,
+            "ls_1": blk.ls_1,
+            "ln_2": blk.ln_2,
+            "mlp": blk.mlp,
+            "ls_2": blk.ls_2,
         }
 
     def full_last(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -189,9 +206,14 @@ class HFClipBackbone(ClipBackbone):
     def last_block(self) -> dict[str, Any]:
         layer = self.model.vision_model.encoder.layers[-1]
         return {
-            "ln_1": layer.layer_norm1, "v_weight": layer.self_attn.v_proj.weight, "v_bias": layer.self_attn.v_proj.bias,
-            "out_proj": layer.self_attn.out_proj, "ls_1": nn.Identity(), "ln_2": layer.layer_norm2,
-            "mlp": layer.mlp, "ls_2": nn.Identity(),
+            "ln_1": layer.layer_norm1,
+            "v_weight": layer.self_attn.v_proj.weight,
+            "v_bias": layer.self_attn.v_proj.bias,
+            "out_proj": layer.self_attn.out_proj,
+            "ls_1": nn.Identity(),
+            "ln_2": layer.layer_norm2,
+            "mlp": layer.mlp,
+            "ls_2": nn.Identity(),
         }
 
     def full_last(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -218,10 +240,20 @@ def _random_open_clip(arch: dict[str, Any]) -> tuple[nn.Module, Any]:
 
     model = open_clip.CLIP(
         embed_dim=int(arch["embed_dim"]),
-        vision_cfg={"image_size": arch["image_size"], "patch_size": arch["patch_size"], "width": arch["width"],
-                    "layers": arch["layers"], "head_width": arch["width"] // arch["heads"]},
-        text_cfg={"context_length": arch["context_length"], "vocab_size": 49408, "width": arch["text_width"],
-                  "heads": arch["text_heads"], "layers": arch["text_layers"]},
+        vision_cfg={
+            "image_size": arch["image_size"],
+            "patch_size": arch["patch_size"],
+            "width": arch["width"],
+            "layers": arch["layers"],
+            "head_width": arch["width"] // arch["heads"],
+        },
+        text_cfg={
+            "context_length": arch["context_length"],
+            "vocab_size": 49408,
+            "width": arch["text_width"],
+            "heads": arch["text_heads"],
+            "layers": arch["text_layers"],
+        },
         quick_gelu=True,
     )
     return model, open_clip.SimpleTokenizer(context_length=int(arch["context_length"]))
@@ -233,12 +265,22 @@ def _random_hf(arch: dict[str, Any]) -> tuple[nn.Module, Any]:
 
     config = CLIPConfig(
         projection_dim=int(arch["embed_dim"]),
-        vision_config={"image_size": arch["image_size"], "patch_size": arch["patch_size"],
-                       "hidden_size": arch["width"], "intermediate_size": 4 * arch["width"],
-                       "num_hidden_layers": arch["layers"], "num_attention_heads": arch["heads"]},
-        text_config={"hidden_size": arch["text_width"], "intermediate_size": 4 * arch["text_width"],
-                     "num_hidden_layers": arch["text_layers"], "num_attention_heads": arch["text_heads"],
-                     "max_position_embeddings": arch["context_length"], "vocab_size": 49408},
+        vision_config={
+            "image_size": arch["image_size"],
+            "patch_size": arch["patch_size"],
+            "hidden_size": arch["width"],
+            "intermediate_size": 4 * arch["width"],
+            "num_hidden_layers": arch["layers"],
+            "num_attention_heads": arch["heads"],
+        },
+        text_config={
+            "hidden_size": arch["text_width"],
+            "intermediate_size": 4 * arch["text_width"],
+            "num_hidden_layers": arch["text_layers"],
+            "num_attention_heads": arch["text_heads"],
+            "max_position_embeddings": arch["context_length"],
+            "vocab_size": 49408,
+        },
     )
     return CLIPModel(config), open_clip.SimpleTokenizer(context_length=int(arch["context_length"]))
 
@@ -259,8 +301,10 @@ def _pretrained(conf: dict[str, Any]) -> tuple[ClipBackbone, tuple[float, ...], 
     import open_clip
 
     if checkpoint not in open_clip.list_models() and not checkpoint.startswith(("hf-hub:", "local-dir:")):
-        raise M3Error(f"features.clip.checkpoint: '{checkpoint}' is not an open_clip model name "
-                      f"(see open_clip.list_models()); fix it or set source: hf for a Hugging Face CLIP id")
+        raise M3Error(
+            f"features.clip.checkpoint: '{checkpoint}' is not an open_clip model name "
+            f"(see open_clip.list_models()); fix it or set source: hf for a Hugging Face CLIP id"
+        )
     try:
         model = open_clip.create_model(checkpoint, pretrained=conf["pretrained"], require_pretrained=True)
     except Exception as exc:  # open_clip raises RuntimeError/OSError/hub errors for a missing download
@@ -271,7 +315,9 @@ def _pretrained(conf: dict[str, Any]) -> tuple[ClipBackbone, tuple[float, ...], 
     return OpenClipBackbone(model, open_clip.get_tokenizer(checkpoint)), mean, std
 
 
-def load_clip(conf: dict[str, Any], device: torch.device | str = "cpu") -> tuple[ClipBackbone, torch.Tensor, torch.Tensor]:
+def load_clip(
+    conf: dict[str, Any], device: torch.device | str = "cpu"
+) -> tuple[ClipBackbone, torch.Tensor, torch.Tensor]:
     """The CLIP model named by ``conf`` (keys of :data:`DEFAULT_CONF`), in eval mode on ``device``.
 
     Returns ``(model, mean [3, 1, 1], std [3, 1, 1])``: normalise images ``[3, H, W]`` in [0, 1] as
@@ -296,18 +342,6 @@ def load_clip(conf: dict[str, Any], device: torch.device | str = "cpu") -> tuple
     return wrapped, as_t(mean), as_t(std)
 
 
-def resize_to_grid(image: torch.Tensor, h: int, w: int, patch: int) -> torch.Tensor:
-    """``image [3, H, W]`` -> ``[1, 3, h*patch, w*patch]`` (bilinear, antialiased)."""
-    return F.interpolate(image[None].float(), size=(h * patch, w * patch), mode="bilinear",
-                         align_corners=False, antialias=True)
-
-
-def grid_for(height: int, width: int, short: int, patch: int) -> tuple[int, int]:
-    """Grid ``(h, w)``: short side ``short / patch`` cells, long side by aspect ratio."""
-    scale = float(short) / min(height, width)
-    return max(1, round(height * scale / patch)), max(1, round(width * scale / patch))
-
-
 @register("clip")
 class Clip(FeatureModel):
     """Dense CLIP (MaskCLIP) features ``[h, w, d]`` over the whole image, plus ``encode_text``."""
@@ -318,8 +352,15 @@ class Clip(FeatureModel):
         super().__init__(conf, device)
         self.clip, self.mean, self.std = load_clip(conf, self.device)
         self.input_size = int(conf["input_size"] or self.clip.native_size)
-        log.info("clip: %s/%s (%s), d=%d, patch %d, short side %d", conf["checkpoint"], conf["pretrained"],
-                 conf["weights"], self.dim, self.clip.patch, self.input_size)
+        log.info(
+            "clip: %s/%s (%s), d=%d, patch %d, short side %d",
+            conf["checkpoint"],
+            conf["pretrained"],
+            conf["weights"],
+            self.dim,
+            self.clip.patch,
+            self.input_size,
+        )
 
     @property
     def dim(self) -> int:

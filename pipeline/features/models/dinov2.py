@@ -6,6 +6,7 @@ image is resized (aspect ratio kept, each side rounded to a multiple of the patc
 model's positional embeddings are interpolated to that grid, so cell ``(i, j)`` of the map covers
 exactly pixels ``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``.
 """
+
 from __future__ import annotations
 
 import logging

@@ -6,6 +6,7 @@ tower. The normalised embedding is broadcast to the mask's cells of a regular gr
 downscaled by ``stride``); where masks overlap the smaller one wins. Cells no mask covers are zero
 and invalid.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,19 +40,31 @@ def _build_sam_arch(embed_dim: int, depth: int, num_heads: int, global_attn_inde
     prompt_dim, patch = 256, 16
     return Sam(
         image_encoder=ImageEncoderViT(
-            depth=depth, embed_dim=embed_dim, img_size=img_size, mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=num_heads, patch_size=patch,
-            qkv_bias=True, use_rel_pos=True, global_attn_indexes=list(global_attn_indexes),
-            window_size=14, out_chans=prompt_dim,
+            depth=depth,
+            embed_dim=embed_dim,
+            img_size=img_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=num_heads,
+            patch_size=patch,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=list(global_attn_indexes),
+            window_size=14,
+            out_chans=prompt_dim,
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=prompt_dim, image_embedding_size=(img_size // patch, img_size // patch),
-            input_image_size=(img_size, img_size), mask_in_chans=16,
+            embed_dim=prompt_dim,
+            image_embedding_size=(img_size // patch, img_size // patch),
+            input_image_size=(img_size, img_size),
+            mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(depth=2, embedding_dim=prompt_dim, mlp_dim=2048, num_heads=8),
-            transformer_dim=prompt_dim, iou_head_depth=3, iou_head_hidden_dim=256,
+            transformer_dim=prompt_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
@@ -122,10 +135,7 @@ def assign_masks(
     h, w = grid
     if len(masks) == 0:
         return torch.full((h, w), -1, dtype=torch.long), torch.zeros(0, h, w, dtype=torch.bool)
-    cover = torch.cat([
-        F.adaptive_avg_pool2d(part.float()[None], (h, w))[0] >= coverage
-        for part in masks.split(chunk)
-    ])
+    cover = torch.cat([F.adaptive_avg_pool2d(part.float()[None], (h, w))[0] >= coverage for part in masks.split(chunk)])
     area = masks.flatten(1).sum(1).double()  # [M]
     cost = torch.where(cover, area[:, None, None], torch.inf)
     best, owner = cost.min(0)  # first index on ties
@@ -171,8 +181,14 @@ class SamClip(FeatureModel):
             raise M3Error(str(exc).replace("features.clip", "features.sam_clip.clip")) from exc
         self.mean, self.std = mean[None], std[None]  # [1, 3, 1, 1]
         self.crop_size = int(self.clip.native_size)
-        log.info("sam_clip: SAM %s (%s), CLIP %s (%s), d=%d", conf["sam_type"], conf["weights"],
-                 conf["clip"]["checkpoint"], conf["clip"]["weights"], self.dim)
+        log.info(
+            "sam_clip: SAM %s (%s), CLIP %s (%s), d=%d",
+            conf["sam_type"],
+            conf["weights"],
+            conf["clip"]["checkpoint"],
+            conf["clip"]["weights"],
+            self.dim,
+        )
 
     @property
     def dim(self) -> int:
@@ -221,10 +237,15 @@ class SamClip(FeatureModel):
             side = max(y1 - y0, x1 - x0)
             top, left = (side - (y1 - y0)) // 2, (side - (x1 - x0)) // 2
             square = F.pad(crop, (left, side - (x1 - x0) - left, top, side - (y1 - y0) - top))
-            out.append(F.interpolate(
-                square[None], size=(self.crop_size, self.crop_size), mode="bilinear",
-                align_corners=False, antialias=side > self.crop_size,
-            )[0])
+            out.append(
+                F.interpolate(
+                    square[None],
+                    size=(self.crop_size, self.crop_size),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=side > self.crop_size,
+                )[0]
+            )
         return (torch.stack(out) - self.mean) / self.std
 
     @torch.no_grad()
@@ -249,8 +270,9 @@ class SamClip(FeatureModel):
         if len(used):
             embeddings = self.encode_masks(image, masks[used])
             features[valid.to(self.device)] = embeddings[torch.searchsorted(used, owner[valid]).to(self.device)]
-        log.debug("sam_clip: %d masks, %d encoded, %.0f%% cells valid",
-                  len(masks), len(used), 100 * valid.float().mean())
+        log.debug(
+            "sam_clip: %d masks, %d encoded, %.0f%% cells valid", len(masks), len(used), 100 * valid.float().mean()
+        )
         return FeatureMap(features=features, valid=valid.to(self.device))
 
     @torch.no_grad()

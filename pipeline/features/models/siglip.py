@@ -14,6 +14,7 @@ The whole image is resized (aspect kept, short side ``input_size``, each side a 
 patch) and the position embeddings are interpolated to that grid by the model
 (``interpolate_pos_encoding``), so cell (i, j) covers pixels ``[i*H/h, (i+1)*H/h) x [j*W/w, ...)``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,7 @@ import torch.nn.functional as F
 
 from pipeline.core.errors import M3Error
 from pipeline.features.models import register
-from pipeline.features.models.base import FeatureMap, FeatureModel, hub_load_error
-from pipeline.features.models.clip import grid_for, resize_to_grid
+from pipeline.features.models.base import FeatureMap, FeatureModel, grid_for, hub_load_error, resize_to_grid
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,23 @@ def load_siglip(conf: dict[str, Any]) -> tuple[Any, Any]:
         import open_clip
 
         a = conf["random_arch"]
-        vision = {"image_size": a["image_size"], "patch_size": a["patch_size"], "hidden_size": a["width"],
-                  "intermediate_size": 4 * a["width"], "num_hidden_layers": a["layers"],
-                  "num_attention_heads": a["heads"]}
-        text = {"hidden_size": a["text_width"], "intermediate_size": 4 * a["text_width"],
-                "num_hidden_layers": a["text_layers"], "num_attention_heads": a["text_heads"],
-                "vocab_size": 49408, "max_position_embeddings": a["context_length"], "projection_size": a["width"]}
+        vision = {
+            "image_size": a["image_size"],
+            "patch_size": a["patch_size"],
+            "hidden_size": a["width"],
+            "intermediate_size": 4 * a["width"],
+            "num_hidden_layers": a["layers"],
+            "num_attention_heads": a["heads"],
+        }
+        text = {
+            "hidden_size": a["text_width"],
+            "intermediate_size": 4 * a["text_width"],
+            "num_hidden_layers": a["text_layers"],
+            "num_attention_heads": a["text_heads"],
+            "vocab_size": 49408,
+            "max_position_embeddings": a["context_length"],
+            "projection_size": a["width"],
+        }
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(conf["seed"]))
             model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
@@ -71,7 +82,9 @@ def load_siglip(conf: dict[str, Any]) -> tuple[Any, Any]:
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except (OSError, ImportError, ValueError) as exc:
-        raise _load_error(checkpoint, "the tokenizer (needs the sentencepiece and protobuf packages, dependencies of m3)", exc) from exc
+        raise _load_error(
+            checkpoint, "the tokenizer (needs the sentencepiece and protobuf packages, dependencies of m3)", exc
+        ) from exc
     return model, lambda texts: tok(texts, padding="max_length", truncation=True, return_tensors="pt")
 
 
@@ -84,8 +97,15 @@ class Siglip(FeatureModel):
         "weights": "pretrained",  # pretrained | random (same class, random_arch config, no download)
         "input_size": None,  # short side in pixels fed to the model (null: the checkpoint's image_size)
         "random_arch": {
-            "image_size": 56, "patch_size": 14, "width": 64, "layers": 2, "heads": 2,
-            "text_width": 32, "text_layers": 2, "text_heads": 2, "context_length": 64,
+            "image_size": 56,
+            "patch_size": 14,
+            "width": 64,
+            "layers": 2,
+            "heads": 2,
+            "text_width": 32,
+            "text_layers": 2,
+            "text_heads": 2,
+            "context_length": 64,
         },
         "seed": 0,  # random init seed (weights: random)
         "mean": [0.5, 0.5, 0.5],  # SigLIP normalisation
@@ -98,14 +118,22 @@ class Siglip(FeatureModel):
         self.model = model.to(self.device).eval()
         vcfg = self.model.config.vision_config
         if not getattr(vcfg, "vision_use_head", True):
-            raise M3Error(f"features.siglip.checkpoint: '{conf['checkpoint']}' has no attention-pooling head; "
-                          f"pick a SigLIP checkpoint with one (e.g. google/siglip-so400m-patch14-384)")
+            raise M3Error(
+                f"features.siglip.checkpoint: '{conf['checkpoint']}' has no attention-pooling head; "
+                f"pick a SigLIP checkpoint with one (e.g. google/siglip-so400m-patch14-384)"
+            )
         self.patch = int(vcfg.patch_size)
         self.input_size = int(conf["input_size"] or vcfg.image_size)
         self.mean = torch.tensor(conf["mean"], dtype=torch.float32, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(conf["std"], dtype=torch.float32, device=self.device).view(3, 1, 1)
-        log.info("siglip: %s (%s), d=%d, patch %d, short side %d", conf["checkpoint"], conf["weights"],
-                 self.dim, self.patch, self.input_size)
+        log.info(
+            "siglip: %s (%s), d=%d, patch %d, short side %d",
+            conf["checkpoint"],
+            conf["weights"],
+            self.dim,
+            self.patch,
+            self.input_size,
+        )
 
     @property
     def dim(self) -> int:
