@@ -82,7 +82,7 @@ def build_heads(
         elif method == "distill":
             heads[model] = Decoder(query_dims[model], bank.shape[1], decoder_hidden)
         else:
-            raise M3Error(f"train.method: unknown method '{method}'; use 'memory' or 'distill'")
+            raise ValueError(f"build_heads: unknown method '{method}'; use 'memory' or 'distill'")
     return nn.ModuleDict(heads)
 
 

@@ -80,11 +80,11 @@ def rasterize(
     if backend == "auto":
         backend = "gsplat" if means.is_cuda else "torch"
     if backend not in DEFAULT_TILE:
-        raise M3Error(f"rasterize: unknown backend '{backend}'; use 'auto', 'torch' or 'gsplat'")
+        raise ValueError(f"rasterize: unknown backend '{backend}'; use 'auto', 'torch' or 'gsplat'")
     tile_size = tile_size or DEFAULT_TILE[backend]
     if backend == "gsplat":
         if not means.is_cuda:
-            raise M3Error("rasterize: backend 'gsplat' needs CUDA tensors; use backend 'torch' on CPU")
+            raise M3Error("train.backend: gsplat needs CUDA (the Gaussians are on the CPU); set backend: auto or torch")
         from gsplat import rasterization
 
         return rasterization(
@@ -147,14 +147,14 @@ def _check_shapes(
     }
     for name, (t, shape) in expected.items():
         if tuple(t.shape) != shape:
-            raise M3Error(f"rasterize: {name} has shape {tuple(t.shape)}, expected {shape}; fix the caller")
+            raise ValueError(f"rasterize: {name} has shape {tuple(t.shape)}, expected {shape}; fix the caller")
     if colors.dim() not in (2, 3) or colors.shape[-2] != n or (colors.dim() == 3 and colors.shape[0] != b):
-        raise M3Error(
+        raise ValueError(
             f"rasterize: colors has shape {tuple(colors.shape)}, expected [N, C] or "
             f"[B, N, C] with N={n}, B={b}; fix the caller"
         )
     if backgrounds is not None and tuple(backgrounds.shape) != (b, colors.shape[-1]):
-        raise M3Error(
+        raise ValueError(
             f"rasterize: backgrounds has shape {tuple(backgrounds.shape)}, expected "
             f"{(b, colors.shape[-1])}; fix the caller"
         )

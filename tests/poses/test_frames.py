@@ -215,7 +215,7 @@ def test_corrupt_images_are_skipped_or_fatal(tmp_path: Path, caplog: pytest.LogC
     for i in range(3):
         _photo(i).save(scene.input_dir / f"ok{i}.png")
     (scene.input_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    m3_log = logging.getLogger("m3")
+    m3_log = logging.getLogger("pipeline")
     m3_log.addHandler(caplog.handler)  # the CLI turns off propagation to the root logger
     try:
         meta = frames.run(CFG, scene)
