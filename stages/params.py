@@ -43,9 +43,12 @@ def describe(cls: type, values: dict[str, Any], prefix: str) -> list[str]:
             lines += describe(hints[f.name], values.get(f.name) or {}, f"{prefix}.{f.name}")
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        default = "(required)" if default is dataclasses.MISSING else repr(default)
-        value = f"{values[f.name]!r} " if f.name in values else ""
-        lines.append(f"{prefix}.{f.name} = {value}(default {default})\n    {' '.join(docs[f.name].split())}")
+        if f.name in values:
+            differs = default is not dataclasses.MISSING and values[f.name] != default
+            shown = f"{values[f.name]!r}" + (f"  (default {default!r})" if differs else "")
+        else:
+            shown = "(required, missing)" if default is dataclasses.MISSING else f"{default!r}  (default)"
+        lines.append(f"{prefix}.{f.name} = {shown}\n    {' '.join(docs[f.name].split())}")
     return lines
 
 

@@ -254,20 +254,6 @@ def test_params_typo_through_cli(tmp_path: Path) -> None:
     assert "error: params.yaml: frames: unknown key 'max_sid'; did you mean 'max_side'?" in result.output
 
 
-def test_exponent_floats_without_dot_are_floats(tmp_path: Path) -> None:
-    """PyYAML reads `6e-4` as a string (YAML 1.1); float params still accept it, other strings not."""
-    from pipeline.core.config import load_config
-    from pipeline.splat.config import TrainConfig
-
-    params = tmp_path / "params.yaml"
-    params.write_text("train:\n  grad_threshold: 6e-4\n  lr_means: 1.6E-4\n")
-    cfg = load_config(TrainConfig, "train", params)
-    assert cfg.grad_threshold == 6e-4 and cfg.lr_means == 1.6e-4
-    params.write_text("train:\n  grad_threshold: small\n")
-    with pytest.raises(M3Error, match="grad_threshold: expected float, got 'small'"):
-        load_config(TrainConfig, "train", params)
-
-
 def test_cli_options_override_params(demo_input: Path, tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("frames:\n  max_side: 640\n  target_count: 60\n")
