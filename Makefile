@@ -2,8 +2,10 @@
 #   make demo   install, then run the whole pipeline on the built-in demo scene (dvc repro)
 #   make test   install, then run the test suite
 # Offline (no checkpoint downloads): make demo WEIGHTS=random runs the same pipeline as a DVC
-# experiment with random-weight models (meaningless semantics, every stage exercised), at a
-# 224 px model input (the small random CLIP's native 56 px would give 4 x 5 feature maps).
+# experiment outside the workspace (`dvc exp run --temp`: params.yaml and the workspace stay as
+# they are) with random-weight models (meaningless semantics, every stage exercised), at a 224 px
+# model input (the small random CLIP's native 56 px would give 4 x 5 feature maps), then shows its
+# metrics (`dvc exp show`; `dvc exp apply <name>` brings its outputs and params into the workspace).
 PY ?= python3
 WEIGHTS ?=
 VENV ?= .venv
@@ -23,10 +25,12 @@ install: $(BIN)/m3
 
 demo: install
 ifeq ($(WEIGHTS),)
-	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
 else
-	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc exp run -S 'features.clip.weights=$(WEIGHTS)' \
+	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc exp run --temp -S 'features.clip.weights=$(WEIGHTS)' \
 		$(if $(filter random,$(WEIGHTS)),-S 'features.clip.input_size=224')
+	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc exp show --no-pager --drop '.*' \
+		--keep 'Experiment|Created|^psnr$$|^ssim$$|features.clip.(cosine|baseline_cosine)|^gaussians$$'
 endif
 
 lint: install
