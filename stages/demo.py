@@ -1,8 +1,9 @@
 """Stage ``demo``: render the built-in demo scene into ``<scene folder>/input``.
 
 Reads ``params.yaml: demo`` (:class:`~pipeline.demo.config.DemoConfig`). Writes
-``input/view_000.png ...`` and ``input/ground_truth.json`` (cameras, object boxes, extent,
-provenance) atomically: the folder appears complete or not at all.
+``input/view_000.png ...``, ``input/ground_truth.json`` (cameras, object boxes, extent,
+provenance) and ``input/labels/`` (LERF-OVS-style annotations of every ``label_every``-th view)
+atomically: the folder appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def run(config: DemoConfig, out_dir: Path) -> Path:
         config.seed,
         config.supersample,
         extra={"provenance": prov},
+        label_every=config.label_every,
     )
     log.info("demo: %d views in %.1f s -> %s", config.n_views, time.perf_counter() - start, input_dir)
     return input_dir

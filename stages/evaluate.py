@@ -1,4 +1,4 @@
-"""Stage ``evaluate``: metrics of a trained memory on held-out views (+ grounding when given).
+"""Stage ``evaluate``: metrics of a trained memory on held-out views (+ grounding, LERF-OVS when given).
 
 Reads ``params.yaml: evaluate``. Every ``test_every``-th registered view (0, 8, 16, ... — keep it
 equal to the views the train stage held out) is rendered once, at the image size the memory was
@@ -10,9 +10,12 @@ trained at (``train.cpu_max_side`` on CPU, recorded in the model; full size on C
                                        the training views, for reference), gaussians, model_size_mb,
                                        banks.<model>.{slots, size_mb}, grounding.{mIoU, cIoU,
                                        precision@0.5, precision@0.6, samples} when
-                                       data/<scene>/grounding.json exists, seconds
+                                       data/<scene>/grounding.json exists, lerf_ovs.{
+                                       localization_accuracy, mIoU, queries, frames, 3d.{mIoU,
+                                       precision, recall, labels}} when the evaluate.lerf.labels
+                                       folder exists, seconds
     data/<scene>/eval/per_view.json    method, image_size, notes (e.g. why LPIPS is missing),
-                                       per-view metrics, grounding IoUs
+                                       per-view metrics, grounding IoUs, LERF-OVS per query
     data/<scene>/eval/provenance.json  config, inputs (the model files) and code hashes
     data/<scene>/eval/renders/         <view>.png: render | ground truth, for the first n_renders views
 
@@ -38,9 +41,11 @@ from pipeline.core.errors import M3Error
 from pipeline.core.io import atomic_dir, hash_files, provenance, write_json
 from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene, load_views, resampled_views, split_views
-from pipeline.evaluate.config import EvaluateConfig
+from pipeline.evaluate.config import EvaluateConfig, LerfConfig
 from pipeline.evaluate.evaluation import evaluate_grounding, evaluate_views, load_grounding, mean_features
-from pipeline.evaluate.query import build_query, pick_model
+from pipeline.evaluate.lerf import evaluate_lerf, read_labels
+from pipeline.evaluate.query import Encoder, build_query, load_vectors, pick_model
+from pipeline.evaluate.session import relevance_engine, scene_path
 from pipeline.features.store import FeatureStore
 from pipeline.splat.trained import TrainedMemory
 from stages.command import PARAMS, SCENE_HELP, Options, command
@@ -128,6 +133,11 @@ def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
         )
     else:
         notes.append(f"grounding skipped: no {scene.root / g.file}")
+    labels = scene_path(scene, config.lerf.labels)
+    if labels.is_dir():
+        metrics["lerf_ovs"], details["lerf_ovs"] = _lerf(config.lerf, scene, memory, views, stores, labels, notes)
+    else:
+        notes.append(f"lerf-ovs skipped: no label folder {labels}")
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     write_json(scene.eval_dir / "per_view.json", details)
     write_json(scene.eval_dir / "provenance.json", prov)
@@ -148,6 +158,43 @@ def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
         metrics["model_size_mb"],
     )
     return {**metrics, **{k: details[k] for k in ("method", "image_size", "notes")}}
+
+
+def _lerf(
+    c: LerfConfig,
+    scene: Scene,
+    memory: TrainedMemory,
+    views: list[Any],
+    stores: dict[str, FeatureStore],
+    labels: Path,
+    notes: list[str],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The LERF-OVS protocol on the annotations in ``labels`` (:mod:`pipeline.evaluate.lerf`)."""
+    model = pick_model(memory.models, c.model)
+    vectors = load_vectors(scene_path(scene, c.vectors)) if c.vectors else None
+    encoder = Encoder(model, stores[model].attrs, c.mode, c.negatives, c.scale, vectors, memory.device)
+    engine = relevance_engine(memory, model)
+    metrics, per, lerf_notes = evaluate_lerf(
+        memory,
+        {v.name: v for v in views},
+        read_labels(labels),
+        model,
+        encoder.text,
+        lambda qv: engine(qv).cpu(),
+        c.filter_size,
+        c.mask_threshold,
+        c.min_opacity,
+    )
+    notes.extend(lerf_notes)
+    log.info(
+        "lerf-ovs (%s, %d queries): localisation accuracy %.4f, mIoU %.4f; 3D mIoU %.4f",
+        model,
+        metrics["queries"],
+        metrics["localization_accuracy"],
+        metrics["mIoU"],
+        metrics["3d"]["mIoU"],
+    )
+    return metrics, per
 
 
 @command(EvaluateConfig)

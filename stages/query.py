@@ -25,21 +25,10 @@ from PIL import Image
 from pipeline.core.config import to_dict
 from pipeline.core.errors import M3Error
 from pipeline.core.io import atomic_dir, write_json
-from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene, load_views
 from pipeline.evaluate.config import QueryConfig
-from pipeline.evaluate.query import (
-    build_query,
-    check_query,
-    gaussian_relevance,
-    heatmap_overlay,
-    localize,
-    normalize_relevance,
-    pick_model,
-    relevance_maps,
-)
-from pipeline.features.store import FeatureStore
-from pipeline.splat.trained import TrainedMemory
+from pipeline.evaluate.query import check_query, heatmap_overlay, normalize_relevance, relevance_maps
+from pipeline.evaluate.session import QuerySession
 from stages.command import PARAMS, SCENE_HELP, Options, command
 
 log = logging.getLogger(__name__)
@@ -78,22 +67,11 @@ def run(
 ) -> dict[str, Any]:
     """Query ``scene``'s trained memory; writes heatmaps + ``localization.json``; returns the JSON."""
     check_query(text, vector)
-    device = resolve_device(config.device, "query")
-    memory = TrainedMemory.load(scene, device=device)
-    model = pick_model(memory.models, config.model)
-    attrs = FeatureStore.open(scene.features_path(model)).attrs
-    qv = build_query(model, attrs, text, vector, config.mode, config.negatives, config.scale, device)
+    session = QuerySession(scene, config)
+    memory, model = session.memory, session.model
+    qv = session.encode(text, vector)
     maps = relevance_maps(memory, _choose_views(load_views(scene), config), model, qv)
-    g_rel = gaussian_relevance(memory, model, qv)
-    loc = localize(
-        memory.means,
-        g_rel,
-        getattr(memory, "opacities", None),
-        config.top_k,
-        config.quantile,
-        config.min_opacity,
-        config.trim,
-    )
+    loc = session.localize(session.relevance(qv))
     # one colour scale over all views so that they are comparable
     lo = min(float(r.min()) for _, _, r in maps)
     hi = max(float(r.max()) for _, _, r in maps)

@@ -21,10 +21,14 @@ class DemoConfig:
     """Random seed of the textures, object placement and camera jitter."""
     supersample: int = 1
     """Rays per pixel along each axis (2: 4 rays, smoother edges, 4x slower)."""
+    label_every: int = 8
+    """Write LERF-OVS-style annotations (input/labels/) of every n-th view, the views evaluate
+    holds out with test_every 8 (0: none)."""
 
     def __post_init__(self) -> None:
-        if self.n_views < 3 or self.width < 16 or self.height < 16 or self.supersample < 1:
+        if self.n_views < 3 or self.width < 16 or self.height < 16 or self.supersample < 1 or self.label_every < 0:
             raise M3Error(
-                f"demo: n_views={self.n_views}, {self.width}x{self.height}, supersample={self.supersample} "
-                "is too small; use n_views >= 3, width/height >= 16 and supersample >= 1"
+                f"demo: n_views={self.n_views}, {self.width}x{self.height}, supersample={self.supersample}, "
+                f"label_every={self.label_every} is out of range; use n_views >= 3, width/height >= 16, "
+                "supersample >= 1 and label_every >= 0"
             )

@@ -256,21 +256,29 @@ def make_demo_scene(
     seed: int = 0,
     supersample: int = 1,
     extra: dict | None = None,
+    label_every: int = 0,
 ) -> DemoScene:
     """Render the demo scene into ``out_dir`` (replaced atomically) and return it.
 
     Writes ``view_000.png ...`` and ``ground_truth.json``:
     ``{"views": {name: {"K": 3x3, "w2c": 4x4}}, "objects": [{"name", "kind", "box_min", "box_max"}],
     "extent": float, "width", "height", "seed", "supersample"}`` plus the keys of ``extra``
-    (e.g. provenance). :func:`load_demo_scene` turns the folder back into a :class:`DemoScene`.
+    (e.g. provenance), and with ``label_every`` > 0 LERF-OVS-style annotations of every
+    ``label_every``-th view in ``labels/`` (:mod:`pipeline.demo.labels`).
+    :func:`load_demo_scene` turns the folder back into a :class:`DemoScene`.
     """
     from tqdm import tqdm
 
+    from pipeline.demo.labels import write_frame_labels
+
     scene = build_demo_scene(n_views, width, height, seed, supersample)
+    names = [o.name for o in scene.objects]
     with atomic_dir(Path(out_dir)) as tmp:
-        for view in tqdm(scene.views, desc="demo views", unit="view", disable=None):
-            rgb, _, _ = scene.render(view.K, view.w2c, width, height)
+        for i, view in enumerate(tqdm(scene.views, desc="demo views", unit="view", disable=None)):
+            rgb, _, object_id = scene.render(view.K, view.w2c, width, height)
             Image.fromarray(rgb).save(tmp / view.name)
+            if label_every > 0 and i % label_every == 0:
+                write_frame_labels(tmp / "labels", view.name, object_id, names)
         write_json(tmp / "ground_truth.json", ground_truth(scene) | (extra or {}))
     log.info("demo scene: %d views %dx%d (seed %d) -> %s", n_views, width, height, seed, out_dir)
     return scene

@@ -32,6 +32,32 @@ class GroundingConfig:
 
 
 @dataclass(frozen=True)
+class LerfConfig:
+    """``params.yaml: evaluate.lerf``: the LERF-OVS protocol, used only when the label folder exists."""
+
+    labels: str = "input/labels"
+    """Folder of per-frame annotations (LERF-OVS label/<scene>, LangSplat or labelme JSON), relative
+    to the scene folder or absolute."""
+    model: str | None = None
+    """Language model to query (null: the first with a text encoder)."""
+    mode: Literal["canonical", "cosine"] = "canonical"
+    """canonical (LERF and LangSplat's relevance) | cosine."""
+    negatives: list[str] = field(default_factory=_negatives)
+    """Canonical phrases of the canonical mode."""
+    scale: float = 10.0
+    """Softmax scale (1 / temperature) of the canonical mode."""
+    vectors: str | None = None
+    """JSON file {label: [d numbers]} (relative to the scene folder, or absolute): labels queried with
+    their vector instead of the text tower."""
+    filter_size: int = 30
+    """Mean filter size in pixels of the label images (LangSplat: 30)."""
+    mask_threshold: float = 0.4
+    """Normalised relevance above which a pixel (or Gaussian) is predicted (LangSplat: 0.4)."""
+    min_opacity: float = 0.1
+    """3D protocol: ignore Gaussians more transparent than this."""
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     """``params.yaml: evaluate``: metrics of the trained memory on held-out views."""
 
@@ -45,11 +71,14 @@ class EvaluateConfig:
     """auto | cpu | cuda."""
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     """Referring-segmentation metrics (params.yaml only)."""
+    lerf: LerfConfig = field(default_factory=LerfConfig)
+    """LERF-OVS localisation accuracy and mIoU, 2D and 3D (params.yaml only)."""
 
 
 @dataclass(frozen=True)
-class QueryConfig:
-    """``params.yaml: query``: the ``m3 query`` command (not a DVC stage)."""
+class SelectConfig:
+    """What the query tools share (``query``, ``export``, ``view``): how a query is encoded and
+    scored, and which Gaussians answer it."""
 
     model: str | None = None
     """Model whose features to query (null: the first with a text encoder)."""
@@ -59,19 +88,47 @@ class QueryConfig:
     """Canonical phrases of the canonical mode."""
     scale: float = 10.0
     """Softmax scale of the canonical mode (1 / temperature)."""
+    vectors: str | None = None
+    """JSON file {phrase: [d numbers]} (relative to the scene folder, or absolute): these phrases
+    are queried with their vector instead of the text tower (models without text, fixed embeddings)."""
+    attention_k: int | None = None
+    """Sparse memory attention per Gaussian: its k largest weights only (null: exact, all slots)."""
     top_k: int | None = None
-    """Keep the k most relevant Gaussians for the 3D box (null: use quantile)."""
+    """Keep the k most relevant Gaussians (null: threshold, else quantile)."""
     quantile: float = 0.99
     """Keep Gaussians whose relevance is at or above this quantile."""
+    threshold: float | None = None
+    """Keep Gaussians whose relevance is at or above this value (null: top_k, else quantile)."""
     min_opacity: float = 0.1
     """Ignore Gaussians more transparent than this."""
     trim: float = 3.0
     """Drop kept Gaussians farther than median + trim * MAD from their median."""
+    device: str = "auto"
+    """auto | cpu | cuda."""
+
+
+@dataclass(frozen=True)
+class QueryConfig(SelectConfig):
+    """``params.yaml: query``: the ``m3 query`` command (not a DVC stage)."""
+
     n_views: int = 4
     """Heatmaps on this many views spread over the scene (when no views are named)."""
     views: list[str] = field(default_factory=list)
     """Or heatmaps on these views (image names; repeat the option)."""
     alpha: float = 0.6
     """Heatmap opacity at full relevance."""
-    device: str = "auto"
-    """auto | cpu | cuda."""
+
+
+@dataclass(frozen=True)
+class ExportConfig(SelectConfig):
+    """``params.yaml: export``: the ``m3 export`` command (not a DVC stage)."""
+
+
+@dataclass(frozen=True)
+class ViewConfig(SelectConfig):
+    """``params.yaml: view``: the ``m3 view`` browser viewer (not a DVC stage)."""
+
+    host: str = "127.0.0.1"
+    """Address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)."""
+    port: int = 8080
+    """Port of the web page (http://host:port)."""

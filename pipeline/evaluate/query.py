@@ -18,9 +18,11 @@ opacity-weighted centroid and the axis-aligned box of the rest in world coordina
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -72,37 +74,33 @@ class QueryVector:
     def dim(self) -> int:
         return int(self.query.numel())
 
-    def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        """Relevance ``[...]`` of features ``[..., d]`` (see the module docstring)."""
-        if features.shape[-1] != self.dim:
+    def check_dim(self, dim: int) -> None:
+        """:class:`M3Error` unless features of ``dim`` dims can be queried."""
+        if dim != self.dim:
             raise M3Error(
-                f"query: vector has {self.dim} dims but the features have {features.shape[-1]}; "
+                f"query: vector has {self.dim} dims but the features have {dim}; "
                 "query with the model whose features were stored"
             )
-        f = F.normalize(features.float(), dim=-1)
-        q = F.normalize(self.query.to(f.device), dim=0)
-        pos = f @ q
+
+    def phrases(self) -> torch.Tensor:
+        """Unit query, then unit negatives (canonical mode): ``[1 + k, d]``."""
+        rows = [self.query[None]] + ([self.negatives] if self.mode == "canonical" else [])
+        return F.normalize(torch.cat(rows), dim=-1)
+
+    def from_cosines(self, cos: torch.Tensor) -> torch.Tensor:
+        """Relevance ``[...]`` from the cosines ``[..., 1 + k]`` of features with :meth:`phrases`."""
+        pos = cos[..., 0]
         if self.mode == "cosine":
             return pos
-        neg = f @ F.normalize(self.negatives.to(f.device), dim=-1).T  # [..., k]
+        neg = cos[..., 1:]
         pair = torch.stack([pos[..., None].expand_as(neg), neg], dim=-1)  # [..., k, 2]
         return torch.softmax(self.scale * pair, dim=-1)[..., 0].amin(dim=-1)
 
-
-def encode_text(
-    model: Any,
-    text: str,
-    mode: Mode = "canonical",
-    negatives: Sequence[str] = CANONICAL_NEGATIVES,
-    scale: float = 10.0,
-) -> QueryVector:
-    """Encode ``text`` (and the negatives in canonical mode) with ``model.encode_text``."""
-    phrases = [text] + (list(negatives) if mode == "canonical" else [])
-    try:
-        emb = model.encode_text(phrases).detach().float().cpu()
-    except NotImplementedError as exc:
-        raise M3Error(f"query: {exc}; query a language model (clip, siglip) or pass a vector") from None
-    return QueryVector(emb[0], emb[1:] if mode == "canonical" else None, mode, scale, text)
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        """Relevance ``[...]`` of features ``[..., d]`` (see the module docstring)."""
+        self.check_dim(features.shape[-1])
+        f = F.normalize(features.float(), dim=-1)
+        return self.from_cosines(f @ self.phrases().to(f.device).T)
 
 
 def load_text_model(name: str, attrs: dict[str, Any], device: str = "cpu") -> Any:
@@ -144,12 +142,14 @@ def localize(
     quantile: float = 0.99,
     min_opacity: float = 0.1,
     trim: float = 3.0,
+    threshold: float | None = None,
 ) -> Localization:
     """Centroid and box of the most relevant Gaussians.
 
     ``means [N, 3]``, ``relevance [N]``, ``opacities [N]`` in [0, 1] (None: all 1). Gaussians with
-    opacity below ``min_opacity`` are ignored (they barely render). The top ``top_k`` (or those at
-    or above the ``quantile`` of relevance) are selected; those farther from the selection's
+    opacity below ``min_opacity`` are ignored (they barely render). Those with relevance at or
+    above ``threshold`` (else the top ``top_k``, else those at or above the ``quantile`` of
+    relevance) are selected (at least the most relevant one); those farther from the selection's
     median than ``median + trim * 1.4826 * MAD`` of the distances are dropped. The centroid is the
     opacity-weighted mean of the rest, the box their min/max.
     """
@@ -166,7 +166,9 @@ def localize(
     if cand.size == 0:
         raise M3Error(f"query: no Gaussian has opacity >= {min_opacity}; lower query.min_opacity")
     order = cand[np.argsort(-rel[cand], kind="stable")]
-    if top_k is not None:
+    if threshold is not None:
+        selected = order[: max(1, int((rel[order] >= threshold).sum()))]
+    elif top_k is not None:
         selected = order[: max(1, min(top_k, order.size))]
     else:
         thr_q = np.quantile(rel[cand], quantile)
@@ -258,6 +260,69 @@ def check_query(text: str | None, vector: np.ndarray | None) -> None:
         raise M3Error('query: the text is empty; say what to look for, e.g. m3 query <scene> "a yellow duck"')
 
 
+def load_vectors(path: Path) -> dict[str, np.ndarray]:
+    """Query vectors by phrase from a JSON file ``{phrase: [d numbers]}``."""
+    if not path.is_file():
+        raise M3Error(f"{path}: query vectors file not found; fix the vectors path (relative to the scene folder)")
+    try:
+        data = json.loads(path.read_text())
+        out = {str(k): np.asarray(v, dtype=np.float32).reshape(-1) for k, v in data.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise M3Error(f"{path}: expected a JSON object {{phrase: [numbers]}} ({exc}); fix the file") from None
+    return out
+
+
+class Encoder:
+    """Phrases or raw vectors -> :class:`QueryVector` in one model's space.
+
+    A phrase found in ``vectors`` is queried with its vector; any other is encoded by the model's
+    text tower (built once, with the conf recorded in the feature store ``attrs``). Canonical mode
+    encodes the negatives with the text tower too.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        attrs: dict[str, Any],
+        mode: Mode = "canonical",
+        negatives: Sequence[str] = CANONICAL_NEGATIVES,
+        scale: float = 10.0,
+        vectors: dict[str, np.ndarray] | None = None,
+        device: str = "cpu",
+    ):
+        self.model, self.attrs, self.mode, self.scale, self.device = model, attrs, mode, scale, device
+        self.negatives = list(negatives)
+        self.vectors = dict(vectors or {})
+        self._tower: Any = None
+        self._negs: torch.Tensor | None = None
+
+    def _encode(self, phrases: list[str]) -> torch.Tensor:
+        if self._tower is None:
+            if not has_text_tower(self.model):
+                raise M3Error(
+                    f"query: model '{self.model}' has no text encoder; use mode cosine with a vector "
+                    "(--vector or a vectors file)"
+                )
+            self._tower = load_text_model(self.model, self.attrs, self.device)
+        return self._tower.encode_text(phrases).detach().float().cpu()
+
+    def _negatives(self) -> torch.Tensor | None:
+        if self.mode == "canonical" and self._negs is None:
+            self._negs = self._encode(self.negatives)
+        return self._negs if self.mode == "canonical" else None
+
+    def text(self, text: str) -> QueryVector:
+        """The query of ``text`` (its vector when ``vectors`` holds it, else the text tower's)."""
+        check_query(text, None)
+        if text in self.vectors:
+            return self.vector(self.vectors[text], text)
+        return QueryVector(self._encode([text])[0], self._negatives(), self.mode, self.scale, text)
+
+    def vector(self, vector: np.ndarray | torch.Tensor, text: str | None = None) -> QueryVector:
+        """The query of a raw ``vector [d]``."""
+        return QueryVector(torch.as_tensor(vector), self._negatives(), self.mode, self.scale, text)
+
+
 def build_query(
     model: str,
     attrs: dict[str, Any],
@@ -271,15 +336,8 @@ def build_query(
     """A query for ``model`` from ``text`` (its text tower, conf from the feature store ``attrs``)
     or from a raw ``vector [d]`` (canonical mode still encodes the negatives with the text tower)."""
     check_query(text, vector)
-    if vector is None or mode == "canonical":
-        if not has_text_tower(model):
-            raise M3Error(f"query: model '{model}' has no text encoder; use --mode cosine with --vector")
-        enc = load_text_model(model, attrs, device)
-        if vector is None:
-            return encode_text(enc, text, mode, negatives, scale)
-        negs = enc.encode_text(list(negatives)).detach().float().cpu()
-        return QueryVector(torch.as_tensor(vector), negs, mode, scale)
-    return QueryVector(torch.as_tensor(vector), None, mode, scale)
+    enc = Encoder(model, attrs, mode, negatives, scale, device=device)
+    return enc.text(text) if text is not None else enc.vector(vector)
 
 
 @torch.no_grad()
@@ -295,9 +353,3 @@ def relevance_maps(
         rel = qv(r.features[model].detach().float().cpu())
         out.append((view, rgb, upsample(rel, rgb.shape[0], rgb.shape[1])))
     return out
-
-
-@torch.no_grad()
-def gaussian_relevance(memory: Any, model: str, qv: QueryVector) -> torch.Tensor:
-    """Relevance ``[N]`` of each Gaussian's own query mapped into ``model``'s space."""
-    return qv(memory.gaussian_features(model).detach().float().cpu())

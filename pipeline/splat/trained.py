@@ -129,6 +129,28 @@ class TrainedMemory:
         return RenderOut(rgb.clamp(0, 1), alpha, feats)
 
     @torch.no_grad()
+    def render_depth(self, view: View, width: int, height: int) -> Tensor:
+        """Expected depth ``[height, width]`` (camera z, alpha-normalised; inf where nothing is drawn)."""
+        from pipeline.splat.gaussians import activated
+        from pipeline.splat.raster import rasterize
+
+        viewmat = torch.as_tensor(np.asarray(view.w2c), dtype=torch.float32, device=self.device)
+        K = scaled_K(
+            torch.as_tensor(np.asarray(view.K), dtype=torch.float32, device=self.device),
+            view.width,
+            view.height,
+            width,
+            height,
+        )
+        means, quats, scales, opac = activated(self.params, detach=True)
+        z = means @ viewmat[:3, 2] + viewmat[2, 3]
+        d, alpha, _ = rasterize(
+            means, quats, scales, opac, z[:, None], viewmat[None], K[None], width, height, backend=self.backend
+        )
+        a = alpha[0, ..., 0]
+        return torch.where(a > 1e-3, d[0, ..., 0] / a.clamp_min(1e-3), torch.full_like(a, float("inf")))
+
+    @torch.no_grad()
     def gaussian_features(self, model: str) -> Tensor:
         """Each Gaussian's own query mapped into ``model``'s space ``[N, d_m]``."""
         if model not in self.models:

@@ -97,12 +97,47 @@ def test_demo_stage_cli(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     gt = json.loads((out / "input" / "ground_truth.json").read_text())
     assert sorted(gt["views"]) == ["view_000.png", "view_001.png", "view_002.png"]
-    assert gt["provenance"]["config"] == {"n_views": 3, "width": 64, "height": 48, "seed": 1, "supersample": 1}
+    assert gt["provenance"]["config"] == {
+        "n_views": 3,
+        "width": 64,
+        "height": 48,
+        "seed": 1,
+        "supersample": 1,
+        "label_every": 8,
+    }
     with Image.open(out / "input" / "view_001.png") as im:
         assert im.size == (64, 48)
     assert [p.name for p in out.iterdir()] == ["input"]  # no temp folders left
-    with pytest.raises(M3Error, match=r"too small; use n_views >= 3"):
+    assert [p.name for p in (out / "input" / "labels").iterdir()] == ["view_000.json"]  # views 0, 8, 16, ...
+    with pytest.raises(M3Error, match=r"out of range; use n_views >= 3"):
         demo_stage.run(demo_stage.DemoConfig(n_views=2), tmp_path / "x")
     params.write_text("demo:\n  n_view: 4\n")
     result = CliRunner().invoke(app, ["demo-scene", str(out), "--params", str(params)])
     assert result.exit_code == 2 and "unknown key 'n_view'; did you mean 'n_views'?" in result.output
+
+
+def test_labels_are_the_object_masks(tmp_path: Path) -> None:
+    """The written LERF-OVS annotations read back (as the protocol reads them) to the object masks."""
+    from pipeline.evaluate.lerf import read_labels
+
+    scene = make_demo_scene(tmp_path / "in", n_views=4, width=160, height=120, seed=0, label_every=2)
+    frames = read_labels(tmp_path / "in" / "labels")
+    assert [f.name for f in frames] == ["view_000.png", "view_002.png"]
+    for frame, view in zip(frames, scene.views[::2]):
+        _, _, ids = scene.render(view.K, view.w2c, 160, 120)
+        assert (frame.height, frame.width) == (120, 160)
+        visible = {o.name for k, o in enumerate(scene.objects) if (ids == k).sum() >= 20}
+        assert set(frame.labels) == visible and len(visible) >= 3
+        for label, ann in frame.labels.items():
+            truth = ids == [o.name for o in scene.objects].index(label)
+            inter = np.logical_and(ann.mask, truth).sum()
+            assert inter / np.logical_or(ann.mask, truth).sum() > 0.9  # polygons of the visible parts
+            ys, xs = np.nonzero(ann.mask)  # every annotated pixel lies in one of the label's boxes
+            b = ann.boxes
+            in_box = (
+                (xs[:, None] >= b[:, 0])
+                & (xs[:, None] <= b[:, 2])
+                & (ys[:, None] >= b[:, 1])
+                & (ys[:, None] <= b[:, 3])
+            )
+            assert in_box.any(axis=1).all()
