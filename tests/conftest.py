@@ -1,4 +1,4 @@
-"""Test setup: offline, no analytics, the session's demo scene, and the `gpu` marker skipped without CUDA.
+"""Test setup: offline, no analytics, the session's demo and planted scenes, and the `gpu` marker skipped without CUDA.
 
 Shared helpers live in ``tests/helpers`` (not here); this file holds only fixtures and hooks.
 """
@@ -29,6 +29,15 @@ def demo_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("session") / "demo" / "input"
     make_demo_scene(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_planted(tmp_path_factory: pytest.TempPathFactory):
+    """The planted demo scene (:mod:`tests.helpers.planted`) with a memory trained on it (150
+    steps, about a minute on 2 cores), once per session. Treat the model as read-only."""
+    from tests.helpers.planted import train_planted
+
+    return train_planted(tmp_path_factory.mktemp("planted") / "demo")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
