@@ -26,6 +26,8 @@ COMMANDS = {
     "evaluate": "stages.evaluate",
     "render": "stages.render",
     "query": "stages.query",
+    "export": "stages.export",
+    "view": "stages.view",
     "share": "stages.share",
     "params": "stages.params",
 }

@@ -15,36 +15,17 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 import typer
 from PIL import Image
 
 from pipeline.core.errors import M3Error
+from pipeline.core.images import PCA3
 from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene, View, load_views
 from pipeline.splat.trained import TrainedMemory
 from stages.command import SCENE_HELP, reports_errors
 
 log = logging.getLogger(__name__)
-
-
-class PCA3:
-    """A 3-component projection of features ``[h, w, d]`` to colours in [0, 1]."""
-
-    def __init__(self, feats: torch.Tensor):
-        x = feats.reshape(-1, feats.shape[-1]).float()
-        self.mean = x.mean(0)
-        _, _, v = torch.linalg.svd(x - self.mean, full_matrices=False)
-        self.basis = v[:3].T
-        y = (x - self.mean) @ self.basis
-        self.lo, self.hi = torch.quantile(y, 0.01, dim=0), torch.quantile(y, 0.99, dim=0)
-
-    def __call__(self, feats: torch.Tensor) -> np.ndarray:
-        y = (feats.float() - self.mean) @ self.basis
-        y = ((y - self.lo) / (self.hi - self.lo).clamp_min(1e-8)).clamp(0, 1)
-        if y.shape[-1] < 3:
-            y = torch.cat([y, torch.zeros(*y.shape[:-1], 3 - y.shape[-1])], -1)
-        return (y.numpy() * 255 + 0.5).astype(np.uint8)
 
 
 def run(scene: Scene, views: list[str] | None = None, out: Path | None = None, device: str = "auto") -> list[Path]:

@@ -1,10 +1,12 @@
-"""The one image loader: a registered view's image as pixels, at the size its camera says."""
+"""Images: the one image loader (a registered view's image as pixels, at the size its camera
+says) and feature maps as colours (a 3-component PCA)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.core.errors import M3Error
@@ -32,3 +34,23 @@ def load_image(path: Path, width: int, height: int) -> np.ndarray:
 def to_float(pixels: np.ndarray) -> np.ndarray:
     """``uint8`` pixels as ``float32`` in [0, 1] (same shape)."""
     return np.asarray(pixels, dtype=np.float32) / 255.0
+
+
+class PCA3:
+    """A 3-component projection of features ``[..., d]`` (fitted on the given ones) to ``uint8`` colours
+    ``[..., 3]``, each component stretched between its 1st and 99th percentile."""
+
+    def __init__(self, feats: torch.Tensor):
+        x = feats.reshape(-1, feats.shape[-1]).float()
+        self.mean = x.mean(0)
+        _, _, v = torch.linalg.svd(x - self.mean, full_matrices=False)
+        self.basis = v[:3].T
+        y = (x - self.mean) @ self.basis
+        self.lo, self.hi = torch.quantile(y, 0.01, dim=0), torch.quantile(y, 0.99, dim=0)
+
+    def __call__(self, feats: torch.Tensor) -> np.ndarray:
+        y = (feats.float() - self.mean) @ self.basis
+        y = ((y - self.lo) / (self.hi - self.lo).clamp_min(1e-8)).clamp(0, 1)
+        if y.shape[-1] < 3:
+            y = torch.cat([y, torch.zeros(*y.shape[:-1], 3 - y.shape[-1])], -1)
+        return (y.numpy() * 255 + 0.5).astype(np.uint8)

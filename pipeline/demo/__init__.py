@@ -1,2 +1,2 @@
-"""Stage ``demo``: the procedural demo room (``scene``: textures, objects, cameras, rendering)
-and its ray casting (``raycast``)."""
+"""Stage ``demo``: the procedural demo room (``scene``: textures, objects, cameras, rendering),
+its ray casting (``raycast``) and its LERF-OVS-style annotations (``labels``)."""

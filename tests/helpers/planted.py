@@ -18,17 +18,20 @@ import numpy as np
 
 from pipeline.core.io import write_json
 from pipeline.core.scene import Scene
+from pipeline.demo.scene import DemoScene
 from pipeline.features.store import FeatureStore
 from tests.helpers.scenes import backproject, bank_from_store, gt_scene
 
 
 @dataclass
 class Planted:
-    """The scene, each object's planted vector ``[d]`` and world box (``min``, ``max`` [3])."""
+    """The scene, each object's planted vector ``[d]`` and world box (``min``, ``max`` [3]), and
+    the demo scene it was rendered from (e.g. to render object masks at any camera)."""
 
     scene: Scene
     vectors: dict[str, np.ndarray]
     boxes: dict[str, tuple[np.ndarray, np.ndarray]]
+    demo: DemoScene
 
 
 def planted_scene(
@@ -72,7 +75,7 @@ def planted_scene(
     bank_from_store(scene, "clip", fs, prov)
     write_json(scene.root / "vectors.json", {k: v.tolist() for k, v in planted.items()})
     boxes = {o.name: (o.box_min, o.box_max) for o in demo.objects}
-    return Planted(scene, planted, boxes)
+    return Planted(scene, planted, boxes, demo)
 
 
 def train_planted(root: Path, iterations: int = 150) -> Planted:

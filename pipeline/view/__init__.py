@@ -1,0 +1,2 @@
+"""The browser viewer (``m3 view``): the trained Gaussians in viser, queried from a text box
+(``viewer``)."""

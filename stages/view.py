@@ -1,0 +1,58 @@
+"""Command ``m3 view``: the trained memory in the browser, with a text box that queries it.
+
+Reads ``params.yaml: view`` (the query settings plus ``host`` and ``port``). Not a DVC stage.
+Starts a local web server (viser; the page renders the Gaussian splats itself, so no GPU is
+needed here) at ``http://127.0.0.1:8080`` by default and serves until Ctrl-C. See
+:mod:`pipeline.view.viewer` for what the page shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import typer
+
+from pipeline.core.errors import M3Error
+from pipeline.core.scene import Scene, load_views
+from pipeline.evaluate.config import ViewConfig
+from pipeline.evaluate.session import QuerySession
+from pipeline.view.viewer import Viewer
+from stages.command import PARAMS, SCENE_HELP, Options, command
+
+log = logging.getLogger(__name__)
+
+
+def start(config: ViewConfig, scene: Scene) -> Viewer:
+    """Load ``scene``'s memory and start its viewer (returns at once; :meth:`Viewer.close` stops it)."""
+    session = QuerySession(scene, config, "view")
+    try:
+        viewer = Viewer(session, load_views(scene), config.host, config.port)
+    except OSError as exc:
+        raise M3Error(f"view: cannot serve on {config.host}:{config.port} ({exc}); pick another --port") from None
+    log.info("m3 view %s: http://%s:%d (Ctrl-C to stop)", scene.name, config.host, config.port)
+    return viewer
+
+
+def run(config: ViewConfig, scene: Scene, stop: threading.Event | None = None) -> None:
+    """Serve ``scene``'s viewer until Ctrl-C (or until ``stop`` is set), then shut it down."""
+    viewer = start(config, scene)
+    stop = stop or threading.Event()
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        log.info("m3 view: stopping")
+    finally:
+        viewer.close()
+
+
+@command(ViewConfig)
+def cli(options: Options[ViewConfig], scene: str = typer.Argument(..., help=SCENE_HELP), params: Path = PARAMS) -> None:
+    """Open the trained memory in the browser: Gaussian splats, a query box that recolours them by
+    relevance and draws the answer's 3D box, RGB / feature PCA colours, the scene's cameras.
+
+    Binds 127.0.0.1:8080 unless --host/--port say otherwise; Ctrl-C stops it.
+    """
+    run(options.load("view", params), Scene.resolve(scene))
