@@ -65,6 +65,9 @@ def test_demo_pipeline_random_weights_memory_then_distill(tmp_path: Path) -> Non
     assert json.loads(method.read_text())["method"] == "memory" and memory["test_views"] == 5
     assert memory["psnr"] >= 25.0
     assert 2 * clip["cosine"] <= clip["baseline_cosine"]
+    lerf = memory["lerf_ovs"]  # the demo's annotations of views 0, 8, ..., 32, text queries (random CLIP)
+    print(f"memory: lerf-ovs {json.dumps(lerf)}")
+    assert lerf["frames"] == 5 and lerf["queries"] >= 15 and 0.0 <= lerf["mIoU"] <= 1.0
 
     set_params(root, train={"method": "distill"})
     out = dvc(root, "repro", "evaluate@demo")
@@ -79,6 +82,7 @@ def test_demo_pipeline_random_weights_memory_then_distill(tmp_path: Path) -> Non
     )
     assert json.loads(method.read_text())["method"] == "distill" and distill["psnr"] >= 20.0
     assert clip["cosine"] < clip["baseline_cosine"]
+    assert distill["lerf_ovs"]["queries"] == lerf["queries"]  # the decoder's direct path
 
 
 @pytest.mark.slow
