@@ -17,7 +17,8 @@ that its peak memory is its own:
   them and their norms once, ``query`` is O(N k). Its agreement with the exact relevance: the
   largest absolute difference, Pearson r, and the Jaccard overlap of the top-1% Gaussians.
 
-Peak RAM is the process's peak resident memory minus its resident memory once the inputs exist
+Wall and CPU seconds (all threads) are both given: on a shared machine CPU seconds compare more
+fairly. Peak RAM is the process's peak resident memory minus its resident memory once the inputs exist
 (the queries ``[N, l]`` and the head). Synthetic memory: bank entries ``normalize(W^T c_j +
 0.5 n_j)`` (``c_j`` random unit codes in the query space, ``n_j`` noise), queries near one code
 each (``c + 0.3 xi``): peaked attention, as a trained head has (the table gives the mean
@@ -76,23 +77,25 @@ def run_case(path: str, n: int, d: int, t: int, k: int | None) -> dict:
     base = _rss_mb()
     out: dict = {"path": path, "n": n, "d": d, "t": t, "k": k}
     if path == "direct":
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         direct_relevance(head, q, qvs[0])
-        out.update(build=0.0, query=time.perf_counter() - t0, ram_mb=peak_ram_mb() - base)
+        out.update(build=0.0, build_cpu=0.0, query=time.perf_counter() - t0, query_cpu=time.process_time() - c0)
+        out["ram_mb"] = peak_ram_mb() - base
         return out
     engine = GaussianRelevance(head, q, attention_k=k)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if k:
         engine.sparse()
     else:
         engine.norms()
-    out["build"] = time.perf_counter() - t0
-    times, rels = [], []
+    out.update(build=time.perf_counter() - t0, build_cpu=time.process_time() - c0)
+    times, cpus, rels = [], [], []
     for qv in qvs:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rels.append(engine(qv))
         times.append(time.perf_counter() - t0)
-    out.update(query=float(np.median(times)), ram_mb=peak_ram_mb() - base)
+        cpus.append(time.process_time() - c0)
+    out.update(query=float(np.median(times)), query_cpu=float(np.median(cpus)), ram_mb=peak_ram_mb() - base)
     if k:
         exact = GaussianRelevance(head, q)(qvs[0])
         out.update(agreement(rels[0], exact))
@@ -128,7 +131,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; t = {args.t}, l = 16, canonical mode")
-    print("| N | d | path | build s | query s | peak RAM MiB | agreement (max abs, r, top-1% Jaccard) |")
+    print("| N | d | path | build s (cpu) | query s (cpu) | peak RAM MiB | agreement (max abs, r, top-1% Jaccard) |")
     print("|---|---|---|---|---|---|---|")
     results = []
     for d in args.dims:
@@ -140,7 +143,8 @@ def main() -> None:
                 name = f"top-{k}" if k else path + (f" (~{r['slots']:.1f} slots)" if "slots" in r else "")
                 agree = f"{r['max_abs']:.3g}, {r['pearson']:.4f}, {r['top1_jaccard']:.3f}" if k else "exact"
                 print(
-                    f"| {n:,} | {d} | {name} | {r['build']:.2f} | {r['query']:.3f} | {r['ram_mb']:.0f} | {agree} |",
+                    f"| {n:,} | {d} | {name} | {r['build']:.2f} ({r['build_cpu']:.2f}) | "
+                    f"{r['query']:.3f} ({r['query_cpu']:.3f}) | {r['ram_mb']:.0f} | {agree} |",
                     flush=True,
                 )
     if args.json:
