@@ -92,9 +92,8 @@ class QueryVector:
         pos = cos[..., 0]
         if self.mode == "cosine":
             return pos
-        neg = cos[..., 1:]
-        pair = torch.stack([pos[..., None].expand_as(neg), neg], dim=-1)  # [..., k, 2]
-        return torch.softmax(self.scale * pair, dim=-1)[..., 0].amin(dim=-1)
+        # min over n of softmax(scale [pos, n])[0] = sigmoid(scale (pos - n)) at the largest n
+        return torch.sigmoid(self.scale * (pos - cos[..., 1:].amax(dim=-1)))
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         """Relevance ``[...]`` of features ``[..., d]`` (see the module docstring)."""

@@ -56,7 +56,7 @@ class GaussianRelevance:
         self.queries = queries.detach().float().to(self.device)
         self.bank_path = isinstance(head, MemoryAttention)
         self._norms: Tensor | None = None
-        self._sparse: tuple[Tensor, Tensor] | None = None
+        self._sparse: tuple[Tensor, Tensor, Tensor] | None = None
         if not self.bank_path:
             return
         with torch.no_grad():
@@ -77,13 +77,17 @@ class GaussianRelevance:
     def __len__(self) -> int:
         return len(self.queries)
 
-    def _attention(self, s: int) -> Tensor:
-        """Unnormalised attention ``exp(logit - 1/tau) [rows, t]`` of Gaussians ``s .. s + chunk``."""
+    def _logits(self, s: int) -> Tensor:
+        """Attention logits ``[rows, t]`` of Gaussians ``s .. s + chunk``, shifted (by 1/tau or the row max)."""
         q = self.queries[s : s + self.chunk] * self.inv_norm[s : s + self.chunk, None]
         if self.row_max:
             z = torch.mm(q, self.logits)
-            return z.sub_(z.amax(-1, keepdim=True)).exp_()
-        return torch.mm(torch.cat([q, torch.ones(len(q), 1, device=self.device)], dim=1), self.logits).exp_()
+            return z.sub_(z.amax(-1, keepdim=True))
+        return torch.mm(torch.cat([q, torch.ones(len(q), 1, device=self.device)], dim=1), self.logits)
+
+    def _attention(self, s: int) -> Tensor:
+        """Unnormalised attention ``[rows, t]`` of Gaussians ``s .. s + chunk``."""
+        return self._logits(s).exp_()
 
     def _sq_norm(self, a: Tensor) -> Tensor:
         """``|a PSC|^2 [rows]`` of normalised attention ``a [rows, t]``."""
@@ -112,8 +116,8 @@ class GaussianRelevance:
             gram = self.bank @ self.bank.T if self.gram is None else self.gram
             with torch.no_grad():
                 for s in range(0, n, self.chunk):
-                    top, ids = torch.topk(self._attention(s), k, dim=-1, sorted=False)
-                    w = top / top.sum(-1, keepdim=True)
+                    top, ids = torch.topk(self._logits(s), k, dim=-1, sorted=False)
+                    w = torch.softmax(top, dim=-1)
                     g = gram[ids[:, :, None], ids[:, None, :]]  # [rows, k, k]
                     sq[s : s + len(w)] = (w[:, :, None] * g * w[:, None, :]).sum((1, 2))
                     idx[s : s + len(w)], wts[s : s + len(w)] = ids, w
