@@ -36,7 +36,7 @@ from pipeline.splat.memory import MemoryAttention
 
 log = logging.getLogger(__name__)
 
-CHUNK = 2048  # Gaussians per step: bounds the [rows, t] attention block (8 MB at t = 1000)
+CHUNK = 8192  # Gaussians per step: bounds the [rows, t] attention block (33 MB at t = 1000)
 EPS = 1e-12  # F.normalize's floor on a norm
 
 
