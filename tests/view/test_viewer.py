@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from pipeline.core.scene import View, load_views
-from pipeline.view.viewer import covariances, up_direction, vertical_fov
+from pipeline.view.viewer import covariances, feature_pca_colors, up_direction, vertical_fov
 from tests.helpers.paths import REPO
 
 W, H = 640, 480  # the browser viewport: the planted scene's 4:3 aspect
@@ -40,6 +40,22 @@ def test_covariances_up_and_fov() -> None:
     views = [View("a.png", Path("a.png"), K, w2c, 128, 96)]
     assert np.dot(up_direction(views), [0, 0, 1]) == pytest.approx(np.cos(tilt))
     assert vertical_fov(views[0]) == pytest.approx(2 * np.arctan(48 / 100))
+
+
+def test_feature_pca_colors_follow_the_features() -> None:
+    """Gaussians whose features differ along the main direction get different colours."""
+    from types import SimpleNamespace
+
+    from pipeline.splat.memory import Decoder
+
+    dec = Decoder(4, 16)
+    q = torch.cat([torch.zeros(50, 4), torch.ones(50, 4)]) + 0.01 * torch.randn(100, 4)
+    memory = SimpleNamespace(params={"q_clip": q}, heads={"clip": dec})
+    colors = feature_pca_colors(memory, "clip", chunk=32)
+    assert colors.shape == (100, 3) and colors.min() >= 0.0 and colors.max() <= 1.0
+    # the first component (red) separates the two groups; the others stretch the small noise
+    assert abs(colors[:50, 0].mean() - colors[50:, 0].mean()) > 0.8
+    assert colors[:50, 0].std() < 0.1 and colors[50:, 0].std() < 0.1
 
 
 def _free_port() -> int:
