@@ -4,6 +4,7 @@ Not a test: run it by hand (about 10 min on 2 idle cores, most of it the direct 
 
     .venv/bin/python -m benchmarks.query                          # N = 100k, 1M; d = 768, 1152; t = 1000
     .venv/bin/python -m benchmarks.query --sizes 100000 --dims 768 --k 8 16 32
+    .venv/bin/python -m benchmarks.query --direct-max 800000000   # no direct path at 1M x 1152 (~15 GB)
 
 Paths (one query in canonical mode: the text plus 4 negatives), each in its own process so
 that its peak memory is its own:
@@ -127,7 +128,9 @@ def main() -> None:
     ap.add_argument("--dims", type=int, nargs="+", default=[768, 1152])
     ap.add_argument("--t", type=int, default=1000, help="bank slots")
     ap.add_argument("--k", type=int, nargs="+", default=[16], help="top-k sizes of the sparse path")
-    ap.add_argument("--no-direct", action="store_true", help="skip the direct path")
+    ap.add_argument(
+        "--direct-max", type=int, default=None, help="run the direct path only up to this many N x d elements"
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; t = {args.t}, l = 16, canonical mode")
@@ -136,7 +139,8 @@ def main() -> None:
     results = []
     for d in args.dims:
         for n in args.sizes:
-            cases = ([] if args.no_direct else [("direct", None)]) + [("bank", None)] + [("top-k", k) for k in args.k]
+            direct = args.direct_max is None or n * d <= args.direct_max
+            cases = ([("direct", None)] if direct else []) + [("bank", None)] + [("top-k", k) for k in args.k]
             for path, k in cases:
                 r = _spawn(path, n, d, args.t, k)
                 results.append(r)

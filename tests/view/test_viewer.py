@@ -48,6 +48,7 @@ def test_feature_pca_colors_follow_the_features() -> None:
 
     from pipeline.splat.memory import Decoder
 
+    torch.manual_seed(0)
     dec = Decoder(4, 16)
     q = torch.cat([torch.zeros(50, 4), torch.ones(50, 4)]) + 0.01 * torch.randn(100, 4)
     memory = SimpleNamespace(params={"q_clip": q}, heads={"clip": dec})
