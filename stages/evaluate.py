@@ -43,7 +43,7 @@ from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene, load_views, resampled_views, split_views
 from pipeline.evaluate.config import EvaluateConfig, LerfConfig
 from pipeline.evaluate.evaluation import evaluate_grounding, evaluate_views, load_grounding, mean_features
-from pipeline.evaluate.lerf import evaluate_lerf, read_labels
+from pipeline.evaluate.lerf import evaluate_lerf, frame_views, read_labels
 from pipeline.evaluate.query import Encoder, build_query, load_vectors, pick_model
 from pipeline.evaluate.session import relevance_engine, scene_path
 from pipeline.features.store import FeatureStore
@@ -176,7 +176,7 @@ def _lerf(
     engine = relevance_engine(memory, model)
     metrics, per, lerf_notes = evaluate_lerf(
         memory,
-        {v.name: v for v in views},
+        frame_views(scene, views),
         read_labels(labels),
         model,
         encoder.text,

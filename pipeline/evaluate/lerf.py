@@ -44,7 +44,8 @@ import torch
 from tqdm import tqdm
 
 from pipeline.core.errors import M3Error
-from pipeline.core.scene import View
+from pipeline.core.io import read_json
+from pipeline.core.scene import Scene, View
 from pipeline.evaluate.query import QueryVector, upsample
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,18 @@ def read_labels(folder: Path) -> list[FrameLabels]:
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise M3Error(f"{path}: not a LERF-OVS/labelme annotation (missing or bad {exc}); fix the file") from None
     return frames
+
+
+def frame_views(scene: Scene, views: Sequence[View]) -> dict[str, View]:
+    """Registered views by image name, and by the input image each came from (``frames.json``: the
+    frames stage renames images to ``00000.png ...``), so annotations of the original images match."""
+    by_name = {v.name: v for v in views}
+    meta = scene.frames_dir / "frames.json"
+    if meta.is_file():
+        for frame in read_json(meta).get("frames", []):
+            if frame.get("source") and frame.get("name") in by_name:
+                by_name.setdefault(Path(str(frame["source"])).name, by_name[frame["name"]])
+    return by_name
 
 
 def mean_filter(rel: np.ndarray, size: int) -> np.ndarray:
@@ -199,7 +212,8 @@ def evaluate_lerf(
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     """The 2D and 3D protocol over ``frames`` (see the module docstring).
 
-    ``views`` maps image names to registered views (a frame matches by name, else by stem),
+    ``views`` maps image names to registered views (:func:`frame_views`; a frame matches by name,
+    else by stem),
     ``encode`` turns a label into a query, ``gaussian_relevance`` a query into ``[N]`` relevance.
     Returns the metrics, one record per query and notes (frames that are not registered views).
     """

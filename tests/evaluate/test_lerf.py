@@ -96,6 +96,20 @@ def test_read_labels_langsplat_and_labelme(tmp_path: Path) -> None:
         L.read_labels(tmp_path / "missing")
 
 
+def test_frames_match_their_input_images(tmp_path: Path) -> None:
+    """Annotations name the input images; the frames stage renamed them (frames.json keeps the source)."""
+    from pipeline.core.io import write_json
+    from pipeline.core.scene import Scene
+
+    scene = Scene(tmp_path / "s")
+    views = [View(f"{i:05d}.png", Path(f"{i:05d}.png"), np.eye(3), np.eye(4), 8, 6) for i in range(2)]
+    assert set(L.frame_views(scene, views)) == {"00000.png", "00001.png"}
+    frames = [{"name": "00000.png", "source": "shots/frame_00007.jpg"}, {"name": "00009.png", "source": "x.jpg"}]
+    write_json(scene.frames_dir / "frames.json", {"frames": frames})
+    by_name = L.frame_views(scene, views)
+    assert by_name["frame_00007.jpg"] is views[0] and "x.jpg" not in by_name  # 00009.png is not registered
+
+
 class PlantedMemory:
     """Known renders and Gaussians: features carry ``q`` inside a square of the image, and the
     Gaussians in front of that square are the object's."""
