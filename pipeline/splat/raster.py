@@ -7,13 +7,17 @@ backend: ``meta["means2d"].retain_grad()`` before ``backward()`` gives the pixel
 of the projected means ([B, N, 2]; the strategy scales it by width/2 * n_cameras),
 ``meta["radii"]`` ([B, N, 2] int32, 0 = culled) selects the visible Gaussians.
 
-Backends: ``"gsplat"`` calls ``gsplat.rasterization`` (needs CUDA tensors); ``"torch"`` runs
-:mod:`pipeline.splat.raster_torch` on any device with an autograd backward (same maths; differences
-are rounding-level, listed there). ``"auto"`` picks gsplat for CUDA tensors, torch otherwise.
+Backends: ``"gsplat"`` calls ``gsplat.rasterization`` (needs CUDA tensors and gsplat's compiled
+CUDA extension); ``"torch"`` runs :mod:`pipeline.splat.raster_torch` on any device with an autograd
+backward (same maths; differences are rounding-level, listed there). ``"auto"`` picks gsplat for
+CUDA tensors when its extension is built and torch otherwise (:func:`resolve_backend`: one warning
+saying how to build gsplat when it falls back).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any, Literal
 
 import torch
@@ -22,9 +26,51 @@ from torch import Tensor
 from pipeline.core.errors import M3Error
 from pipeline.splat import raster_torch
 
+log = logging.getLogger(__name__)
+
 Backend = Literal["auto", "torch", "gsplat"]
 DEFAULT_BUDGET = 1 << 22  # torch backend: pixel x list entries evaluated per step
 DEFAULT_TILE = {"gsplat": 16, "torch": 8}  # measured fastest for each backend
+GSPLAT_BUILD = (
+    "build it once with the CUDA toolkit matching torch (CUDA 13): CUDA_HOME=/usr/local/cuda "
+    "TORCH_CUDA_ARCH_LIST=<your GPU, e.g. 9.0> MAX_JOBS=<cores> python -c 'from gsplat.cuda._backend import _C' "
+    "(minutes on a large machine, about 25 min on 2 cores; README: On a GPU)"
+)
+
+
+@functools.cache
+def gsplat_cuda() -> str | None:
+    """None when gsplat's compiled CUDA extension loads, else why not (importing it may JIT-build it)."""
+    try:
+        from gsplat.cuda import _backend
+    except Exception as exc:  # a failed JIT build raises whatever the compiler step raised
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None if _backend._C is not None else "no compiled module (no CUDA toolkit found, or its build failed)"
+
+
+@functools.cache
+def _warn_fallback(why: str) -> None:
+    log.warning("gsplat's CUDA rasterizer is unavailable (%s): using the torch backend (slower); %s", why, GSPLAT_BUILD)
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The rasterizer that runs for ``backend`` (auto | torch | gsplat) on ``device``: ``auto`` is
+    gsplat on CUDA when its extension is built, else torch (warning once); ``gsplat`` without CUDA
+    or without the built extension is an :class:`M3Error` saying how to fix it."""
+    if backend not in ("auto", *DEFAULT_TILE):
+        raise ValueError(f"rasterize: unknown backend '{backend}'; use 'auto', 'torch' or 'gsplat'")
+    cuda = torch.device(device).type == "cuda"
+    if backend == "torch" or (backend == "auto" and not cuda):
+        return "torch"
+    if not cuda:
+        raise M3Error("train.backend: gsplat needs CUDA (the Gaussians are on the CPU); set backend: auto or torch")
+    why = gsplat_cuda()
+    if why is None:
+        return "gsplat"
+    if backend == "gsplat":
+        raise M3Error(f"train.backend: gsplat's CUDA extension is unavailable ({why}); {GSPLAT_BUILD}; or set auto")
+    _warn_fallback(why)
+    return "torch"
 
 
 def rasterize(
@@ -59,7 +105,7 @@ def rasterize(
         viewmats: [B, 4, 4] world-to-camera (COLMAP / OpenCV axes).
         Ks: [B, 3, 3] intrinsics in pixels of the (width, height) image.
         width, height: output size in pixels.
-        backend: "gsplat" (CUDA), "torch" (CPU or any device) or "auto".
+        backend: "gsplat" (CUDA), "torch" (CPU or any device) or "auto" (:func:`resolve_backend`).
         near_plane, far_plane: depth culling range.
         radius_clip: Gaussians whose 2D radii are both <= this (pixels) are skipped.
         eps2d: blur added to the 2D covariance diagonal (pixels^2).
@@ -77,14 +123,9 @@ def rasterize(
         "tiles_per_gauss", "isect_ids", "flatten_ids", "isect_offsets").
     """
     _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds)
-    if backend == "auto":
-        backend = "gsplat" if means.is_cuda else "torch"
-    if backend not in DEFAULT_TILE:
-        raise ValueError(f"rasterize: unknown backend '{backend}'; use 'auto', 'torch' or 'gsplat'")
+    backend = resolve_backend(backend, means.device)
     tile_size = tile_size or DEFAULT_TILE[backend]
     if backend == "gsplat":
-        if not means.is_cuda:
-            raise M3Error("train.backend: gsplat needs CUDA (the Gaussians are on the CPU); set backend: auto or torch")
         from gsplat import rasterization
 
         return rasterization(

@@ -59,7 +59,7 @@ def write_model(model_dir: Path, trainer: Any, stats: dict[str, Any]) -> None:
         "feature_sizes": {m: list(inp.stores[m].shape[:2]) for m in trainer.models},
         "test_views": [v.name for v in inp.test],
         "provenance": inp.provenance,
-        "max_side": cfg.cpu_max_side if trainer.device == "cpu" else 0,  # training image side (0: full)
+        "max_side": trainer.sched.max_side,  # training image side (0: full size)
     }
     write_json(model_dir / "config.json", config)
     write_json(model_dir / "stats.json", stats)

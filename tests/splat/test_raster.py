@@ -279,32 +279,51 @@ def test_empty_scene_and_errors():
         rasterize(*params, viewmats, Ks, W, H, backend="gsplat")
 
 
-def compare_backends(pairs):
-    """Render one float32 scene with each (backend, device); return max abs differences of the
-    second against the first and both results (forward, radii, means2d and parameter grads)."""
+def backend_scene():
+    """The float32 scene the backends are compared on: params, viewmats, Ks, background."""
     params, viewmats, Ks = random_scene(3000, channels=19, seed=7, dtype=torch.float32, width=160, height=120)
     params[0] = params[0] * torch.tensor([2.0, 2.0, 1.0])
-    bg = torch.rand(1, 19, generator=torch.Generator().manual_seed(0))
-    out = []
-    for backend, device in pairs:
-        ps = [p.to(device).requires_grad_() for p in params]
-        img, alpha, meta = rasterize(
-            *ps, viewmats.to(device), Ks.to(device), 160, 120, backend=backend, backgrounds=bg.to(device)
-        )
-        meta["means2d"].retain_grad()
-        weights = torch.linspace(0.5, 1.5, img.numel(), device=device).reshape(img.shape)
-        ((img * weights).sum() + alpha.sum()).backward()
-        out.append(
-            {
-                "colors": img,
-                "alphas": alpha,
-                "radii": meta["radii"],
-                "means2d.grad": meta["means2d"].grad,
-                **{f"d_{k}": p.grad for k, p in zip(["means", "quats", "scales", "opacities", "colors"], ps)},
-            }
-        )
-    a, b = ({k: v.detach().cpu().double() for k, v in o.items()} for o in out)
+    return params, viewmats, Ks, torch.rand(1, 19, generator=torch.Generator().manual_seed(0))
+
+
+def one_pass(scene, backend: str, device: str) -> dict:
+    """Forward, radii, means2d and parameter gradients of one render on fresh leaf copies of ``scene``."""
+    params, viewmats, Ks, bg = scene
+    ps = [p.detach().clone().to(device).requires_grad_() for p in params]
+    img, alpha, meta = rasterize(
+        *ps, viewmats.to(device), Ks.to(device), 160, 120, backend=backend, backgrounds=bg.to(device)
+    )
+    meta["means2d"].retain_grad()
+    weights = torch.linspace(0.5, 1.5, img.numel(), device=device).reshape(img.shape)
+    ((img * weights).sum() + alpha.sum()).backward()
+    out = {
+        "colors": img,
+        "alphas": alpha,
+        "radii": meta["radii"],
+        "means2d.grad": meta["means2d"].grad,
+        **{f"d_{k}": p.grad for k, p in zip(["means", "quats", "scales", "opacities", "colors"], ps)},
+    }
+    return {k: v.detach().cpu().double() for k, v in out.items()}
+
+
+def compare_backends(pairs):
+    """Render the backend scene with each (backend, device); return max abs differences of the
+    second against the first and both results."""
+    scene = backend_scene()
+    a, b = (one_pass(scene, backend, device) for backend, device in pairs)
     return {k: (a[k] - b[k]).abs().max().item() for k in a}, a, b
+
+
+def test_backend_comparison_builds_fresh_inputs_per_pass():
+    """The comparison harness of the gpu test: each pass differentiates its own leaf tensors (the
+    shared inputs once became non-leaf copies on the second device, whose grads stayed None, and
+    on one device the passes accumulated into the same gradients)."""
+    diff, a, b = compare_backends([("torch", "cpu"), ("torch", "cpu")])
+    assert all(v == 0.0 for v in diff.values()), diff
+    reference = one_pass(backend_scene(), "torch", "cpu")
+    for key in [k for k in a if k.startswith("d_")]:
+        assert a[key].abs().sum() > 0
+        torch.testing.assert_close(a[key], reference[key])
 
 
 @pytest.mark.gpu
