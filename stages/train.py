@@ -18,6 +18,7 @@ import typer
 
 from pipeline.core.config import load_params
 from pipeline.core.errors import M3Error
+from pipeline.core.runtime import peak_gpu_mb
 from pipeline.core.scene import Scene
 from pipeline.splat.config import TrainConfig
 from pipeline.splat.train import train
@@ -51,6 +52,9 @@ def run(config: TrainConfig, scene: Scene, models: list[str], progress: bool = T
         "train_views": len(tr.inp.train),
         "test_views": len(tr.inp.test),
     }
+    gpu = peak_gpu_mb(tr.device)
+    if gpu is not None:
+        stats["peak_gpu_mb"] = round(gpu, 1)
     write_model(scene.model_dir, tr, stats)
     log.info(
         "%s: %d steps in %.0f s, %d Gaussians, losses %s, peak RAM %.0f MB",
