@@ -21,6 +21,9 @@ class Schedule:
     """Training steps."""
     max_side: int
     """Train and evaluate at this longer image side (images and intrinsics downscaled; 0: full size)."""
+    patch: int
+    """Each step renders a random square of this many pixels of the view for the RGB loss (SSIM on
+    the patch; 0: the whole view), so a step's cost does not grow with the image size."""
     init_opacity: float
     """Opacity of the initial Gaussians."""
     lr_means: float
@@ -144,8 +147,9 @@ class TrainConfig:
     """torch threads when training on the CPU (0: torch's default; 1 is fastest on a loaded 2-core machine)."""
     device: str = "auto"
     """auto | cpu | cuda."""
-    backend: Literal["auto", "torch", "gsplat"] = "auto"
-    """Rasterizer: auto (gsplat on CUDA when its extension is built, else torch) | torch | gsplat."""
+    backend: Literal["auto", "cpp", "torch", "gsplat"] = "auto"
+    """Rasterizer: auto (gsplat on CUDA when its extension is built, the compiled CPU kernel on the
+    CPU when it builds, else torch) | cpp | torch | gsplat."""
     seed: int = 0
     """Seed of the initial queries, the view order and the sampled cells."""
 

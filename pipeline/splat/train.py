@@ -179,6 +179,17 @@ class Trainer:
             self.images[view.name] = torch.from_numpy(load_image(view.image_path, view.width, view.height))
         return self.images[view.name].to(self.device).float() / 255.0
 
+    def patch(self, view: View) -> tuple[int, int, int, int]:
+        """``(x0, y0, width, height)`` of this step's RGB window: a random ``patch``-sized square of
+        the view (seeded), or the whole view when the schedule's ``patch`` is 0 or not smaller."""
+        size = self.sched.patch
+        pw, ph = min(size or view.width, view.width), min(size or view.height, view.height)
+        if (pw, ph) == (view.width, view.height):
+            return 0, 0, pw, ph
+        x0 = int(torch.randint(view.width - pw + 1, (), generator=self.gen))
+        y0 = int(torch.randint(view.height - ph + 1, (), generator=self.gen))
+        return x0, y0, pw, ph
+
     def degree(self) -> int:
         return min(self.cfg.sh_degree, self.step // max(self.sched.sh_increase_every, 1))
 
@@ -187,9 +198,13 @@ class Trainer:
         c, dev = self.cfg, self.device
         viewmat = torch.from_numpy(view.w2c).float().to(dev)
         K = torch.from_numpy(view.K).float().to(dev)
-        rgb, _, info = render_rgb(self.params, viewmat, K, view.width, view.height, self.degree(), c.backend)
+        x0, y0, pw, ph = self.patch(view)
+        Kp = K - torch.tensor([[0, 0, x0], [0, 0, y0], [0, 0, 0]], dtype=K.dtype, device=dev)
+        rgb, _, info = render_rgb(self.params, viewmat, Kp, pw, ph, self.degree(), c.backend)
+        info["width"], info["height"] = view.width, view.height  # densification gradients in full-image units
         self.strategy.step_pre_backward(self.params, self.optimizers, self.state, self.step, info)
-        terms = {"rgb": rgb_loss(rgb, self.image(view), c.ssim_weight)}
+        target = self.image(view)[y0 : y0 + ph, x0 : x0 + pw]
+        terms = {"rgb": rgb_loss(rgb, target, c.ssim_weight)}
         for m in self.models:
             terms[m] = self.feature_term(m, view, viewmat, K)
         for name, value in terms.items():
