@@ -46,6 +46,7 @@ def run(config: TrainConfig, scene: Scene, models: list[str], progress: bool = T
     stats = {
         "steps": tr.step,
         "seconds": round(tr.elapsed, 2),
+        "cpu_seconds": round(tr.cpu_elapsed, 2),  # CPU time of all threads: the cost on a loaded machine
         "gaussians": int(len(tr.params["means"])),
         "final_losses": losses,
         "peak_ram_mb": round(tr.peak_ram_mb, 1),

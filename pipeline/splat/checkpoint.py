@@ -26,6 +26,7 @@ def save_checkpoint(tr: Any, path: Path) -> None:
         "provenance": tr.inp.provenance,
         "step": tr.step,
         "elapsed": tr.elapsed,
+        "cpu_elapsed": tr.cpu_elapsed,
         "curves": tr.curves,
         "params": {k: v.detach().cpu() for k, v in tr.params.items()},
         "optimizers": {k: o.state_dict() for k, o in tr.optimizers.items()},
@@ -62,6 +63,7 @@ def load_checkpoint(tr: Any, path: Path) -> bool:
         tr.head_opt.load_state_dict(blob["head_opt"])
     tr.state = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in blob["strategy"].items()}
     tr.step, tr.elapsed, tr.curves = blob["step"], blob["elapsed"], blob["curves"]
+    tr.cpu_elapsed = blob.get("cpu_elapsed", 0.0)
     tr.gen.set_state(blob["generator"])
     torch.set_rng_state(blob["torch_rng"])
     if blob.get("cuda_rng") is not None and torch.cuda.is_available():

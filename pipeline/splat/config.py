@@ -55,6 +55,7 @@ def cpu_schedule() -> Schedule:
     return Schedule(
         iterations=1000,
         max_side=80,
+        patch=0,
         init_opacity=0.5,
         lr_means=4e-4,
         lr_sh0=2.5e-2,
@@ -75,6 +76,7 @@ def reference_schedule() -> Schedule:
     return Schedule(
         iterations=30000,
         max_side=0,
+        patch=0,
         init_opacity=0.1,
         lr_means=1.6e-4,
         lr_sh0=2.5e-3,
@@ -118,7 +120,11 @@ class TrainConfig:
     decoder_hidden: int = 0
     """Distill: 0 = a linear 1x1 conv decoder, else a 2-layer MLP of this width."""
     pixels: int = 2000
-    """Sampled valid feature cells per view and model in each step."""
+    """Sampled valid feature cells (or pixels) per view and model in each step."""
+    feature_render: Literal["cells", "pixels"] = "cells"
+    """Render the queries for the feature loss at the feature-map size (cells, supervised by the
+    stored cells) or at the image size of the step's window (pixels, supervised by the stored
+    features interpolated bilinearly, as the reference)."""
     feature_weight: float = 1.0
     """Weight of every model's feature loss against the RGB loss."""
     feature_grad_geometry: bool = False

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "cpp", "torch", "gsplat"]
 DEFAULT_BUDGET = 1 << 22  # torch backend: pixel x list entries evaluated per step
-DEFAULT_TILE = {"gsplat": 16, "cpp": 16, "torch": 8}  # measured fastest for each backend
+DEFAULT_TILE = {"gsplat": 16, "cpp": 8, "torch": 8}  # measured fastest for each backend
 GSPLAT_BUILD = (
     "build it once with the CUDA toolkit matching torch (CUDA 13): CUDA_HOME=/usr/local/cuda "
     "TORCH_CUDA_ARCH_LIST=<your GPU, e.g. 9.0> MAX_JOBS=<cores> python -c 'from gsplat.cuda._backend import _C' "

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from pipeline.bank.store import FEATURES_IDENTITY, check_bank_matches, load_bank
@@ -42,9 +43,10 @@ from pipeline.core.scene import Scene, View, load_points, load_views, resampled_
 from pipeline.features.store import FeatureStore
 from pipeline.splat.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.splat.config import TrainConfig
-from pipeline.splat.gaussians import init_params, render_query, render_rgb, scaled_K
+from pipeline.splat.gaussians import init_params, render_rgb
 from pipeline.splat.losses import feature_loss, rgb_loss
 from pipeline.splat.memory import build_heads
+from pipeline.splat.queries import Window, supervised_queries, window_K
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +155,7 @@ class Trainer:
         )
         self.strategy.check_sanity(self.params, self.optimizers)
         self.state = self.strategy.initialize_state(scene_scale=self.scale)
-        self.step, self.elapsed, self.curves = 0, 0.0, []
+        self.step, self.elapsed, self.cpu_elapsed, self.curves = 0, 0.0, 0.0, []
         self.images: dict[str, torch.Tensor] = {}
         self.gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -179,7 +181,7 @@ class Trainer:
             self.images[view.name] = torch.from_numpy(load_image(view.image_path, view.width, view.height))
         return self.images[view.name].to(self.device).float() / 255.0
 
-    def patch(self, view: View) -> tuple[int, int, int, int]:
+    def patch(self, view: View) -> Window:
         """``(x0, y0, width, height)`` of this step's RGB window: a random ``patch``-sized square of
         the view (seeded), or the whole view when the schedule's ``patch`` is 0 or not smaller."""
         size = self.sched.patch
@@ -198,15 +200,15 @@ class Trainer:
         c, dev = self.cfg, self.device
         viewmat = torch.from_numpy(view.w2c).float().to(dev)
         K = torch.from_numpy(view.K).float().to(dev)
-        x0, y0, pw, ph = self.patch(view)
-        Kp = K - torch.tensor([[0, 0, x0], [0, 0, y0], [0, 0, 0]], dtype=K.dtype, device=dev)
-        rgb, _, info = render_rgb(self.params, viewmat, Kp, pw, ph, self.degree(), c.backend)
+        window = self.patch(view)
+        x0, y0, pw, ph = window
+        rgb, _, info = render_rgb(self.params, viewmat, window_K(K, window), pw, ph, self.degree(), c.backend)
         info["width"], info["height"] = view.width, view.height  # densification gradients in full-image units
         self.strategy.step_pre_backward(self.params, self.optimizers, self.state, self.step, info)
         target = self.image(view)[y0 : y0 + ph, x0 : x0 + pw]
         terms = {"rgb": rgb_loss(rgb, target, c.ssim_weight)}
         for m in self.models:
-            terms[m] = self.feature_term(m, view, viewmat, K)
+            terms[m] = self.feature_term(m, view, viewmat, K, window)
         for name, value in terms.items():
             if not torch.isfinite(value):
                 kept = self.scene.model_dir / "checkpoint.pt"
@@ -228,19 +230,18 @@ class Trainer:
         self.step += 1
         return {k: float(v.detach()) for k, v in terms.items()}
 
-    def feature_term(self, model: str, view: View, viewmat: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-        store = self.inp.stores[model]
-        feats, valid = store.read(self.inp.index[model][view.name])
-        h, w, _ = store.shape
-        Kf = scaled_K(K, view.width, view.height, w, h)
-        q = render_query(self.params, model, viewmat, Kf, w, h, not self.cfg.feature_grad_geometry, self.cfg.backend)
-        cells = torch.from_numpy(np.flatnonzero(valid.reshape(-1)))
-        if len(cells) == 0:
+    def feature_term(self, model: str, view: View, viewmat: torch.Tensor, K: torch.Tensor, window: Window) -> Tensor:
+        """The feature loss of ``model`` on ``view`` (cells, or pixels of the step's ``window``)."""
+        c = self.cfg
+        feats, valid = self.inp.stores[model].read(self.inp.index[model][view.name])
+        samples = supervised_queries(
+            self.params, model, viewmat, K, (view.width, view.height), feats, valid, c.feature_render, window,
+            c.pixels, self.gen, not c.feature_grad_geometry, c.backend,
+        )  # fmt: skip
+        if samples is None:
             return torch.zeros((), device=self.device)
-        pick = cells[torch.randperm(len(cells), generator=self.gen)[: self.cfg.pixels]]
-        target = torch.from_numpy(feats.reshape(h * w, -1)[pick.numpy()].astype(np.float32)).to(self.device)
-        pred = self.heads[model](q.reshape(h * w, -1)[pick.to(self.device)])
-        return feature_loss(pred, target)
+        queries, target = samples
+        return feature_loss(self.heads[model](queries), target)
 
     def decay_means_lr(self) -> None:
         s = self.sched
@@ -285,11 +286,11 @@ def train(scene: Scene, cfg: TrainConfig, models: list[str], progress: bool = Tr
     ckpt = scene.model_dir / "checkpoint.pt"
     load_checkpoint(tr, ckpt)
     bar = tqdm(total=iterations, initial=tr.step, desc=f"train {scene.name}", unit="step", disable=not progress)
-    start = time.perf_counter() - tr.elapsed
+    start, cpu_start = time.perf_counter() - tr.elapsed, time.process_time() - tr.cpu_elapsed
     while tr.step < iterations:
         view = inputs.train[view_order(len(inputs.train), tr.step, cfg.seed)]
         terms = tr.train_step(view)
-        tr.elapsed = time.perf_counter() - start
+        tr.elapsed, tr.cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
         if tr.step % cfg.log_every == 0 or tr.step == iterations:
             tr.curves.append(
                 {

@@ -215,3 +215,86 @@ def test_consistent_features_are_learnt(tmp_path: Path) -> None:
     assert m["psnr"] >= 23.0, m
     for model in MODELS:
         assert 5 * m[f"cos_{model}"] <= m[f"mean_cos_{model}"], (model, m)
+
+
+def test_pixel_targets_interpolate_the_stored_cells() -> None:
+    """``pixels`` mode: a 4 x 4 view over a 2 x 2 feature map; a pixel gets the bilinear mix of the
+    cells around its centre (clamped at the border), and pixels whose interpolation touches the
+    invalid cell are never sampled."""
+    from pipeline.splat.gaussians import init_params
+    from pipeline.splat.queries import supervised_queries
+
+    feats = np.zeros((2, 2, 3), np.float16)
+    feats[0, 0], feats[0, 1], feats[1, 0], feats[1, 1] = [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]
+    valid = np.array([[True, True], [True, False]])
+    params = init_params(np.array([[0.0, 0.0, 3.0]]), np.array([[128, 128, 128]], np.uint8), {"m": 4}, 0)
+    K = torch.tensor([[4.0, 0, 2], [0, 4.0, 2], [0, 0, 1]])
+    q, target = supervised_queries(
+        params,
+        "m",
+        torch.eye(4),
+        K,
+        (4, 4),
+        feats,
+        valid,
+        "pixels",
+        (0, 0, 4, 4),
+        100,
+        torch.Generator().manual_seed(0),
+        backend="torch",
+    )
+    assert q.shape == (len(target), 4) and 0 < len(target) < 16
+    rows = {tuple(np.round(t.numpy(), 3)) for t in target}
+    assert (1.0, 0.0, 0.0) in rows  # pixel (0.5, 0.5): before the centre of cell (0, 0), clamped
+    assert (0.75, 0.25, 0.0) in rows  # pixel (1.5, 0.5): a quarter of the way to cell (0, 1)
+    assert all(t[0] + t[1] + t[2] <= 1.0 + 1e-6 for t in target)  # nothing from the invalid cell (1, 1)
+
+
+def test_pixels_mode_trains_and_renders_cell_maps(small_scene: Scene, tmp_path: Path) -> None:
+    import shutil
+
+    other = Scene(tmp_path / "pixels")
+    shutil.copytree(small_scene.root, other.root, ignore=shutil.ignore_patterns("model"))
+    tr = train(other, quick_config(iterations=2, feature_render="pixels", patch=24), ["clip"], progress=False)
+    assert np.isfinite(tr.curves[-1]["loss_clip"]) and tr.curves[-1]["loss_clip"] > 0
+    write_model(other.model_dir, tr, {})
+    mem = TrainedMemory.load(other)
+    assert mem.feature_render == "pixels"
+    out = mem.render(load_views(other)[1])
+    assert out.features["clip"].shape == (12, 16, 32) and out.rgb.shape == (48, 64, 3)
+
+
+def test_patch_windows_are_seeded_squares_inside_the_view(small_scene: Scene) -> None:
+    import pipeline.splat.train as T
+
+    cfg = quick_config(patch=24)
+    inputs = T.open_inputs(small_scene, cfg, ["clip"])
+    view = inputs.train[0]
+    windows = [T.Trainer(small_scene, cfg, ["clip"], inputs, "cpu").patch(view) for _ in range(2)]
+    assert windows[0] == windows[1]  # seeded
+    tr = T.Trainer(small_scene, cfg, ["clip"], inputs, "cpu")
+    seen = {tr.patch(view) for _ in range(20)}
+    assert len(seen) > 5 and all(w == 24 and h == 24 and 0 <= x <= 64 - 24 and 0 <= y <= 48 - 24 for x, y, w, h in seen)
+    full = T.Trainer(small_scene, quick_config(patch=0), ["clip"], inputs, "cpu")
+    assert full.patch(view) == (0, 0, 64, 48) and full.patch(view) == (0, 0, 64, 48)
+    assert T.Trainer(small_scene, quick_config(patch=100), ["clip"], inputs, "cpu").patch(view) == (0, 0, 64, 48)
+
+
+def test_patch_steps_render_the_window_and_densify_in_full_image_units(small_scene: Scene, monkeypatch) -> None:
+    """A patch step renders a patch-sized RGB image; the strategy sees the full view's size, so its
+    gradient normalisation is that of a full-image step."""
+    import pipeline.splat.train as T
+
+    seen = {}
+    real = T.render_rgb
+
+    def spy(params, viewmat, K, width, height, degree, backend):
+        rgb, alpha, info = real(params, viewmat, K, width, height, degree, backend)
+        seen["rgb"] = tuple(rgb.shape)
+        seen["info"] = info
+        return rgb, alpha, info
+
+    monkeypatch.setattr(T, "render_rgb", spy)
+    (small_scene.model_dir / "checkpoint.pt").unlink(missing_ok=True)
+    train(small_scene, quick_config(iterations=1, patch=24, checkpoint_every=10), ["clip"], progress=False)
+    assert seen["rgb"] == (24, 24, 3) and (seen["info"]["width"], seen["info"]["height"]) == (64, 48)

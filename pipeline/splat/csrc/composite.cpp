@@ -3,15 +3,20 @@
 // The maths of pipeline/splat/raster_torch.py (gsplat 1.5.3's rasterize_to_pixels): at pixel
 // centres, alpha = min(0.999, opacity * exp(-sigma)), sigma = 0.5 (a dx^2 + c dy^2) + b dx dy with
 // (dx, dy) = mean - pixel centre; entries with alpha < 1/255 are skipped; a pixel stops before the
-// first entry that would bring its transmittance to <= 1e-4. Per pixel the loop runs front to back
-// and stops there, so pixels an entry does not reach cost one exponent each and nothing else.
+// first entry that would bring its transmittance to <= 1e-4.
+//
+// Tile-major, as a GPU block: a tile's list entries are visited once each, front to back, and
+// each entry is evaluated for all of the tile's pixels in a tight loop that the compiler
+// vectorises (sigma first; a pixel beyond the entry's reach, sigma > ln(255 opacity), costs no
+// exponent); the tile stops when all its pixels are done. The backward walks the list back to
+// front and sums an entry's gradient over the tile's pixels before writing it once.
 //
 // forward(means2d [M, 2], conics [M, 3], opacities [M], colors [M, C], tile_offsets [I*T + 1],
 //         flatten_ids [n], width, height, tile_size, tiles_w, tiles_h)
 //   -> (colors [I, H, W, C], transmittance [I, H, W], last [I, H, W] int32: one past the last
 //       list position a pixel composited)
 // backward(..., v_colors [I, H, W, C], v_transmittance [I, H, W]) -> (v_means2d, v_conics,
-//       v_opacities, v_colors), by the usual back-to-front recursion from the final transmittance.
+//       v_opacities, v_colors), the usual back-to-front recursion from the final transmittance.
 // Tiles run in parallel (OpenMP, torch's thread count); gradients go to per-thread buffers
 // [M, 6 + C] that are summed at the end.
 
@@ -51,49 +56,88 @@ inline int thread_id() {
 #endif
 }
 
-// alpha at offset (dx, dy) of entry g; returns false when the entry is skipped (alpha < 1/255)
+// The pixels of one tile: centres, their index into the image, and per-pixel scratch.
 template <typename T>
-inline bool alpha_at(const T* conic, T opacity, T dx, T dy, T& sigma, T& vis, T& alpha) {
-  sigma = T(0.5) * (conic[0] * dx * dx + conic[2] * dy * dy) + conic[1] * dx * dy;
-  vis = std::exp(-sigma);
-  const T a = opacity * vis;
-  if (!(a >= T(kAlphaMin))) return false;
-  alpha = std::min(a, T(kAlphaMax));
-  return true;
+struct Tile {
+  int64_t n = 0;
+  std::vector<T> px, py, sigma;
+  std::vector<int64_t> index;
+  explicit Tile(int64_t size) : px(size), py(size), sigma(size), index(size) {}
+
+  void set(const Grid& g, int64_t t) {
+    const int64_t n_tiles = g.tiles_w * g.tiles_h, image = t / n_tiles, tile = t % n_tiles;
+    const int64_t x0 = (tile % g.tiles_w) * g.tile, y0 = (tile / g.tiles_w) * g.tile;
+    n = 0;
+    for (int64_t y = y0; y < std::min(y0 + g.tile, g.height); ++y)
+      for (int64_t x = x0; x < std::min(x0 + g.tile, g.width); ++x, ++n) {
+        px[n] = T(x) + T(0.5);
+        py[n] = T(y) + T(0.5);
+        index[n] = (image * g.height + y) * g.width + x;
+      }
+  }
+
+  // sigma of entry e at every pixel; returns false when no pixel is within the entry's reach
+  bool sigmas(const T* means2d, const T* conics, int64_t e, T reach) {
+    const T mx = means2d[2 * e], my = means2d[2 * e + 1];
+    const T a = T(0.5) * conics[3 * e], b = conics[3 * e + 1], c = T(0.5) * conics[3 * e + 2];
+    T lowest = reach + T(1);
+    for (int64_t p = 0; p < n; ++p) {
+      const T dx = mx - px[p], dy = my - py[p];
+      sigma[p] = a * dx * dx + c * dy * dy + b * dx * dy;
+      lowest = std::min(lowest, sigma[p]);
+    }
+    return lowest <= reach;
+  }
+};
+
+// ln(255 opacity) + 1e-4 per entry: a larger sigma cannot reach alpha 1/255 (the margin leaves the
+// exact alpha test to decide at the boundary)
+template <typename T>
+std::vector<T> reaches(const T* opac, int64_t M) {
+  std::vector<T> r(M);
+  for (int64_t e = 0; e < M; ++e) r[e] = std::log(std::max(opac[e], T(1e-30)) * T(255)) + T(1e-4);
+  return r;
 }
 
 template <typename T>
-void forward_impl(const T* means2d, const T* conics, const T* opac, const T* colors, int64_t C,
+void forward_impl(const T* means2d, const T* conics, const T* opac, const T* colors, int64_t C, int64_t M,
                   const int64_t* offsets, const int64_t* ids, const Grid& g, T* out, T* trans, int32_t* last) {
-  const int64_t n_tiles = g.tiles_w * g.tiles_h, total = g.n_images * n_tiles;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads())
-  for (int64_t t = 0; t < total; ++t) {
-    const int64_t image = t / n_tiles, tile = t % n_tiles;
-    const int64_t x0 = (tile % g.tiles_w) * g.tile, y0 = (tile / g.tiles_w) * g.tile;
-    const int64_t start = offsets[t], end = offsets[t + 1];
-    for (int64_t y = y0; y < std::min(y0 + g.tile, g.height); ++y) {
-      for (int64_t x = x0; x < std::min(x0 + g.tile, g.width); ++x) {
-        const int64_t p = (image * g.height + y) * g.width + x;
-        T* o = out + p * C;
-        const T px = T(x) + T(0.5), py = T(y) + T(0.5);
-        T tr = T(1);
-        int32_t stop = int32_t(start);
-        for (int64_t k = start; k < end; ++k) {
-          const int64_t e = ids[k];
-          T sigma, vis, alpha;
-          if (!alpha_at(conics + 3 * e, opac[e], means2d[2 * e] - px, means2d[2 * e + 1] - py, sigma, vis, alpha))
+  const int64_t total = g.n_images * g.tiles_w * g.tiles_h;
+  const std::vector<T> reach = reaches(opac, M);
+#pragma omp parallel num_threads(threads())
+  {
+    Tile<T> tile(g.tile * g.tile);
+    std::vector<T> tr(g.tile * g.tile);
+    std::vector<char> done(g.tile * g.tile);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < total; ++t) {
+      tile.set(g, t);
+      std::fill(tr.begin(), tr.begin() + tile.n, T(1));
+      std::fill(done.begin(), done.begin() + tile.n, char(0));
+      int64_t n_done = 0;
+      for (int64_t k = offsets[t]; k < offsets[t + 1] && n_done < tile.n; ++k) {
+        const int64_t e = ids[k];
+        if (!tile.sigmas(means2d, conics, e, reach[e])) continue;
+        const T* c = colors + e * C;
+        for (int64_t p = 0; p < tile.n; ++p) {
+          if (done[p] || tile.sigma[p] > reach[e]) continue;
+          const T a = opac[e] * std::exp(-tile.sigma[p]);
+          if (!(a >= T(kAlphaMin))) continue;
+          const T alpha = std::min(a, T(kAlphaMax));
+          const T next = tr[p] * (T(1) - alpha);
+          if (next <= T(kTMin)) {
+            done[p] = 1;
+            ++n_done;
             continue;
-          const T next = tr * (T(1) - alpha);
-          if (next <= T(kTMin)) break;
-          const T w = alpha * tr;
-          const T* c = colors + e * C;
+          }
+          const T w = alpha * tr[p];
+          T* o = out + tile.index[p] * C;
           for (int64_t ch = 0; ch < C; ++ch) o[ch] += w * c[ch];
-          tr = next;
-          stop = int32_t(k + 1);
+          tr[p] = next;
+          last[tile.index[p]] = int32_t(k + 1);
         }
-        trans[p] = tr;
-        last[p] = stop;
       }
+      for (int64_t p = 0; p < tile.n; ++p) trans[tile.index[p]] = tr[p];
     }
   }
 }
@@ -102,55 +146,63 @@ template <typename T>
 void backward_impl(const T* means2d, const T* conics, const T* opac, const T* colors, int64_t C, int64_t M,
                    const int64_t* offsets, const int64_t* ids, const Grid& g, const T* trans, const int32_t* last,
                    const T* v_out, const T* v_trans, T* v_means2d, T* v_conics, T* v_opac, T* v_colors) {
-  const int64_t n_tiles = g.tiles_w * g.tiles_h, total = g.n_images * n_tiles;
+  const int64_t total = g.n_images * g.tiles_w * g.tiles_h;
   const int n_threads = threads();
   const int64_t stride = 6 + C;  // per entry: means2d 2, conics 3, opacity 1, colours C
+  const std::vector<T> reach = reaches(opac, M);
   std::vector<T> buffers(size_t(n_threads) * M * stride, T(0));
 #pragma omp parallel num_threads(n_threads)
   {
     T* acc = buffers.data() + size_t(thread_id()) * M * stride;
-    std::vector<T> behind(C);
+    Tile<T> tile(g.tile * g.tile);
+    std::vector<T> tr(g.tile * g.tile), behind(g.tile * g.tile * C), grad(stride);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < total; ++t) {
-      const int64_t image = t / n_tiles, tile = t % n_tiles;
-      const int64_t x0 = (tile % g.tiles_w) * g.tile, y0 = (tile / g.tiles_w) * g.tile;
-      const int64_t start = offsets[t];
-      for (int64_t y = y0; y < std::min(y0 + g.tile, g.height); ++y) {
-        for (int64_t x = x0; x < std::min(x0 + g.tile, g.width); ++x) {
-          const int64_t p = (image * g.height + y) * g.width + x;
-          if (last[p] <= start) continue;
-          const T px = T(x) + T(0.5), py = T(y) + T(0.5);
-          const T* vo = v_out + p * C;
-          const T t_final = trans[p], vt = v_trans[p];
-          T tr = t_final;
-          std::fill(behind.begin(), behind.end(), T(0));
-          for (int64_t k = int64_t(last[p]) - 1; k >= start; --k) {
-            const int64_t e = ids[k];
-            const T* cn = conics + 3 * e;
-            const T dx = means2d[2 * e] - px, dy = means2d[2 * e + 1] - py;
-            T sigma, vis, alpha;
-            if (!alpha_at(cn, opac[e], dx, dy, sigma, vis, alpha)) continue;
-            const T ra = T(1) / (T(1) - alpha);
-            tr *= ra;  // transmittance in front of this entry
-            const T w = alpha * tr;
-            const T* c = colors + e * C;
-            T* a = acc + e * stride;
-            T v_alpha = -t_final * ra * vt;
-            for (int64_t ch = 0; ch < C; ++ch) {
-              v_alpha += (c[ch] * tr - behind[ch] * ra) * vo[ch];
-              behind[ch] += c[ch] * w;
-              a[6 + ch] += w * vo[ch];
-            }
-            if (opac[e] * vis > T(kAlphaMax)) continue;  // clamped alpha: no gradient to its inputs
-            const T v_sigma = -alpha * v_alpha;
-            a[0] += (cn[0] * dx + cn[1] * dy) * v_sigma;
-            a[1] += (cn[2] * dy + cn[1] * dx) * v_sigma;
-            a[2] += T(0.5) * dx * dx * v_sigma;
-            a[3] += dx * dy * v_sigma;
-            a[4] += T(0.5) * dy * dy * v_sigma;
-            a[5] += vis * v_alpha;
+      tile.set(g, t);
+      int64_t end = offsets[t];
+      for (int64_t p = 0; p < tile.n; ++p) {
+        tr[p] = trans[tile.index[p]];
+        end = std::max(end, int64_t(last[tile.index[p]]));
+      }
+      std::fill(behind.begin(), behind.begin() + tile.n * C, T(0));
+      for (int64_t k = end - 1; k >= offsets[t]; --k) {
+        const int64_t e = ids[k];
+        if (!tile.sigmas(means2d, conics, e, reach[e])) continue;
+        const T* cn = conics + 3 * e;
+        const T* c = colors + e * C;
+        const bool clamp_possible = opac[e] > T(kAlphaMax);
+        std::fill(grad.begin(), grad.end(), T(0));
+        bool touched = false;
+        for (int64_t p = 0; p < tile.n; ++p) {
+          const int64_t q = tile.index[p];
+          if (k >= last[q] || tile.sigma[p] > reach[e]) continue;
+          const T vis = std::exp(-tile.sigma[p]), a = opac[e] * vis;
+          if (!(a >= T(kAlphaMin))) continue;
+          const T alpha = std::min(a, T(kAlphaMax));
+          const T ra = T(1) / (T(1) - alpha);
+          tr[p] *= ra;  // transmittance in front of this entry
+          const T w = alpha * tr[p];
+          const T* vo = v_out + q * C;
+          T* bh = behind.data() + p * C;
+          T v_alpha = -trans[q] * ra * v_trans[q];
+          for (int64_t ch = 0; ch < C; ++ch) {
+            v_alpha += (c[ch] * tr[p] - bh[ch] * ra) * vo[ch];
+            bh[ch] += c[ch] * w;
+            grad[6 + ch] += w * vo[ch];
           }
+          touched = true;
+          if (clamp_possible && a > T(kAlphaMax)) continue;  // clamped alpha: no gradient to its inputs
+          const T dx = means2d[2 * e] - tile.px[p], dy = means2d[2 * e + 1] - tile.py[p];
+          const T v_sigma = -alpha * v_alpha;
+          grad[0] += (cn[0] * dx + cn[1] * dy) * v_sigma;
+          grad[1] += (cn[2] * dy + cn[1] * dx) * v_sigma;
+          grad[2] += T(0.5) * dx * dx * v_sigma;
+          grad[3] += dx * dy * v_sigma;
+          grad[4] += T(0.5) * dy * dy * v_sigma;
+          grad[5] += vis * v_alpha;
         }
+        if (touched)
+          for (int64_t i = 0; i < stride; ++i) acc[e * stride + i] += grad[i];
       }
     }
   }
@@ -186,13 +238,13 @@ std::vector<at::Tensor> forward(at::Tensor means2d, at::Tensor conics, at::Tenso
                                 int64_t tiles_w, int64_t tiles_h) {
   for (auto* t : {&means2d, &conics, &opac, &colors, &offsets, &ids}) check(*t, "input");
   const Grid g = grid_of(width, height, tile, tiles_w, tiles_h, offsets);
-  const int64_t C = colors.size(1);
+  const int64_t C = colors.size(1), M = colors.size(0);
   auto out = at::zeros({g.n_images, height, width, C}, colors.options());
   auto trans = at::ones({g.n_images, height, width}, colors.options());
   auto last = at::zeros({g.n_images, height, width}, colors.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(colors.scalar_type(), "m3_composite_forward", [&] {
     forward_impl<scalar_t>(means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(), opac.data_ptr<scalar_t>(),
-                           colors.data_ptr<scalar_t>(), C, offsets.data_ptr<int64_t>(), ids.data_ptr<int64_t>(), g,
+                           colors.data_ptr<scalar_t>(), C, M, offsets.data_ptr<int64_t>(), ids.data_ptr<int64_t>(), g,
                            out.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>(), last.data_ptr<int32_t>());
   });
   return {out, trans, last};
