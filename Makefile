@@ -6,7 +6,8 @@
 # experiment outside the workspace (`dvc exp run --temp`: params.yaml and the workspace stay as
 # they are) with random-weight models (meaningless semantics, every stage exercised), at a 224 px
 # model input (the small random CLIP's native 56 px would give 4 x 5 feature maps), then shows its
-# metrics (`dvc exp show`; `dvc exp apply <name>` brings its outputs and params into the workspace).
+# metrics (`dvc exp show --md`, whole at any terminal width; `dvc exp apply <name>` brings its
+# outputs and params into the workspace).
 PY ?= python3
 WEIGHTS ?=
 FAISS ?= cpu
@@ -32,7 +33,7 @@ ifeq ($(WEIGHTS),)
 else
 	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc exp run --temp -S 'features.clip.weights=$(WEIGHTS)' \
 		$(if $(filter random,$(WEIGHTS)),-S 'features.clip.input_size=224')
-	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc exp show --no-pager --drop '.*' \
+	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc exp show --no-pager --md --drop '.*' \
 		--keep 'Experiment|Created|^psnr$$|^ssim$$|features.clip.(cosine|baseline_cosine)|^gaussians$$'
 endif
 

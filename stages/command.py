@@ -34,6 +34,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 SCENE_HELP = "scene name (folder under data/) or a path to a scene folder"
 PARAMS = typer.Option(PARAMS_FILE, help="params file to read this stage's section from")
+SCENE = typer.Argument(..., help=SCENE_HELP)
 
 
 def setup_logging(verbose: bool = False) -> None:

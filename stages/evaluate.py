@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import typer
 from PIL import Image
 
 from pipeline.bank.store import load_bank
@@ -43,7 +42,7 @@ from pipeline.evaluate.evaluation import evaluate_grounding, evaluate_views, loa
 from pipeline.evaluate.query import build_query, pick_model
 from pipeline.features.store import FeatureStore
 from pipeline.splat.trained import TrainedMemory
-from stages.command import PARAMS, SCENE_HELP, Options, command
+from stages.command import PARAMS, SCENE, Options, command
 
 log = logging.getLogger(__name__)
 MODEL_FILES = ("point_cloud.ply", "memory.pt")  # what a trained memory needs at query time
@@ -152,9 +151,7 @@ def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
 
 
 @command(EvaluateConfig)
-def cli(
-    options: Options[EvaluateConfig], scene: str = typer.Argument(..., help=SCENE_HELP), params: Path = PARAMS
-) -> None:
+def cli(options: Options[EvaluateConfig], scene: str = SCENE, params: Path = PARAMS) -> None:
     """Evaluate the trained memory on held-out views: PSNR, SSIM, feature cosine/L2 per model, sizes.
 
     Writes data/<scene>/eval/metrics.json (DVC metrics), per_view.json and renders/; adds grounding

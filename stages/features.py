@@ -35,7 +35,7 @@ from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene, View, load_views
 from pipeline.features.models import FeatureModel, build_model, model_class, resolve_conf
 from pipeline.features.store import FeatureStore, matches, resume_or_create, store_bytes
-from stages.command import PARAMS, SCENE_HELP, reports_errors
+from stages.command import PARAMS, SCENE, reports_errors
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def model_section(model_name: str, params: Path) -> dict[str, Any]:
 
 @reports_errors
 def cli(
-    scene: str = typer.Argument(..., help=SCENE_HELP),
+    scene: str = SCENE,
     model: str | None = typer.Option(
         None, help="model to extract (default: every model listed under models: in params)"
     ),

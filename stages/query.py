@@ -40,7 +40,7 @@ from pipeline.evaluate.query import (
 )
 from pipeline.features.store import FeatureStore
 from pipeline.splat.trained import TrainedMemory
-from stages.command import PARAMS, SCENE_HELP, Options, command
+from stages.command import PARAMS, SCENE, Options, command
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def run(
 @command(QueryConfig)
 def cli(
     options: Options[QueryConfig],
-    scene: str = typer.Argument(..., help=SCENE_HELP),
+    scene: str = SCENE,
     text: str | None = typer.Argument(None, help='what to look for, e.g. "a yellow duck" (omit with --vector)'),
     vector: Path | None = typer.Option(
         None, help="query with a raw vector instead of text (.npy or JSON list, the model's dims)"

@@ -23,7 +23,7 @@ from pipeline.core.scene import Scene
 from pipeline.splat.config import TrainConfig
 from pipeline.splat.train import train
 from pipeline.splat.trained import write_model
-from stages.command import PARAMS, SCENE_HELP, Options, command
+from stages.command import PARAMS, SCENE, Options, command
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +58,16 @@ def run(config: TrainConfig, scene: Scene, models: list[str], progress: bool = T
         stats["peak_gpu_mb"] = round(gpu, 1)
     write_model(scene.model_dir, tr, stats)
     log.info(
-        "%s: %d steps in %.0f s, %d Gaussians, losses %s, peak RAM %.0f MB",
-        scene.name,
-        tr.step,
-        tr.elapsed,
-        stats["gaussians"],
-        losses,
-        stats["peak_ram_mb"],
-    )
+        "%s: %d steps in %.0f s, %d Gaussians, losses %s, peak RAM %.0f MB", scene.name, tr.step, tr.elapsed,
+        stats["gaussians"], losses, stats["peak_ram_mb"],
+    )  # fmt: skip
     return stats
 
 
 @command(TrainConfig)
 def cli(
     options: Options[TrainConfig],
-    scene: str = typer.Argument(..., help=SCENE_HELP),
+    scene: str = SCENE,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
     params: Path = PARAMS,
 ) -> None:

@@ -14,82 +14,50 @@ def _default_dims() -> dict[str, int]:
 @dataclass(frozen=True)
 class Schedule:
     """The schedule-dependent part of training: how long, at what image size, with which learning
-    rates and densification. Two named schedules exist (``train.cpu``, ``train.reference``); the
-    resolved device picks one unless ``train.schedule`` names it."""
+    rates and densification. The defaults are the M3 / 3DGS reference (a GPU: 30k steps at full
+    size); :func:`cpu_schedule` is the short CPU one. ``train.reference`` and ``train.cpu`` hold one
+    each; the resolved device picks one unless ``train.schedule`` names it."""
 
-    iterations: int
+    iterations: int = 30000
     """Training steps."""
-    max_side: int
+    max_side: int = 0
     """Train and evaluate at this longer image side (images and intrinsics downscaled; 0: full size)."""
-    patch: int
+    patch: int = 0
     """Each step renders a random square of this many pixels of the view for the RGB loss (SSIM on
     the patch; 0: the whole view), so a step's cost does not grow with the image size."""
-    init_opacity: float
+    init_opacity: float = 0.1
     """Opacity of the initial Gaussians."""
-    lr_means: float
+    lr_means: float = 1.6e-4
     """Learning rate of the means, x the scene scale, decaying exponentially to lr_means_final."""
-    lr_sh0: float
+    lr_sh0: float = 2.5e-3
     """Learning rate of the SH DC colour."""
-    lr_opacities: float
+    lr_opacities: float = 0.05
     """Learning rate of the opacity logits."""
-    lr_scales: float
+    lr_scales: float = 5e-3
     """Learning rate of the log-scales."""
-    lr_query: float
+    lr_query: float = 5e-4
     """Learning rate of the principal queries."""
-    query_init: float
+    query_init: float = 1.0
     """Standard deviation of the initial random principal queries."""
-    sh_increase_every: int
+    sh_increase_every: int = 1000
     """One more SH band every this many steps."""
-    densify_start: int
+    densify_start: int = 500
     """First densification step (>= iterations: none)."""
-    densify_stop: int
+    densify_stop: int = 15000
     """Densification, pruning and opacity resets stop at this step."""
-    grad_threshold: float
+    grad_threshold: float = 2e-4
     """Mean 2D gradient above which a Gaussian is cloned or split."""
-    reset_every: int
+    reset_every: int = 3000
     """Opacity reset period (reset while step < densify_stop; >= densify_stop: never)."""
 
 
 def cpu_schedule() -> Schedule:
     """The short CPU schedule (tuned on the demo scene: raised learning rates, small images)."""
     return Schedule(
-        iterations=1000,
-        max_side=80,
-        patch=0,
-        init_opacity=0.5,
-        lr_means=4e-4,
-        lr_sh0=2.5e-2,
-        lr_opacities=0.1,
-        lr_scales=1e-2,
-        lr_query=5e-3,
-        query_init=0.1,
-        sh_increase_every=400,
-        densify_start=100,
-        densify_stop=700,
+        iterations=1000, max_side=80, patch=0, init_opacity=0.5, lr_means=4e-4, lr_sh0=2.5e-2, lr_opacities=0.1,
+        lr_scales=1e-2, lr_query=5e-3, query_init=0.1, sh_increase_every=400, densify_start=100, densify_stop=700,
         grad_threshold=6e-4,
-        reset_every=3000,
-    )
-
-
-def reference_schedule() -> Schedule:
-    """The M3 / 3DGS reference schedule (a GPU: 30k steps at full size)."""
-    return Schedule(
-        iterations=30000,
-        max_side=0,
-        patch=0,
-        init_opacity=0.1,
-        lr_means=1.6e-4,
-        lr_sh0=2.5e-3,
-        lr_opacities=0.05,
-        lr_scales=5e-3,
-        lr_query=5e-4,
-        query_init=1.0,
-        sh_increase_every=1000,
-        densify_start=500,
-        densify_stop=15000,
-        grad_threshold=2e-4,
-        reset_every=3000,
-    )
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -107,7 +75,7 @@ class TrainConfig:
     """Which schedule runs: auto (cpu on the CPU, reference on CUDA) | cpu | reference."""
     cpu: Schedule = field(default_factory=cpu_schedule)
     """The short CPU schedule (options --cpu.<key>)."""
-    reference: Schedule = field(default_factory=reference_schedule)
+    reference: Schedule = field(default_factory=Schedule)
     """The M3 reference schedule for a GPU (options --reference.<key>)."""
     query_dims: dict[str, int] = field(default_factory=_default_dims)
     """Principal query dims per model (used for the models listed in ``models`` only)."""

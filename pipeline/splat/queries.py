@@ -11,7 +11,7 @@ rendering the queries at the image size and averaging them over each cell.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +24,15 @@ FeatureRender = Literal["cells", "pixels"]
 Window = tuple[int, int, int, int]  # x0, y0, width, height in pixels of the view
 
 
+class Camera(NamedTuple):
+    """A view's camera: world-to-camera ``viewmat [4, 4]``, intrinsics ``K [3, 3]``, image size."""
+
+    viewmat: Tensor
+    K: Tensor
+    width: int
+    height: int
+
+
 def window_K(K: Tensor, window: Window) -> Tensor:
     """Intrinsics ``[3, 3]`` of the crop ``window`` of an image with intrinsics ``K``."""
     x0, y0, _, _ = window
@@ -31,25 +40,16 @@ def window_K(K: Tensor, window: Window) -> Tensor:
 
 
 def supervised_queries(
-    params: dict[str, Tensor],
-    model: str,
-    viewmat: Tensor,
-    K: Tensor,
-    view_size: tuple[int, int],
-    feats: np.ndarray,
-    valid: np.ndarray,
-    mode: FeatureRender,
-    window: Window,
-    n: int,
-    generator: torch.Generator,
-    detach_geometry: bool = True,
+    params: dict[str, Tensor], model: str, camera: Camera, stored: tuple[np.ndarray, np.ndarray],
+    mode: FeatureRender, window: Window, n: int, generator: torch.Generator, detach_geometry: bool = True,
     backend: str = "auto",
-) -> tuple[Tensor, Tensor] | None:
+) -> tuple[Tensor, Tensor] | None:  # fmt: skip
     """Up to ``n`` random supervised samples of one view: ``(queries [P, l], targets [P, d])``, or
-    None when nothing is valid. ``feats [h, w, d]``, ``valid [h, w]`` are the stored map of the
-    view (``view_size`` = (W, H)); ``window`` is the step's pixel window (``pixels`` mode)."""
+    None when nothing is valid. ``stored`` = (features [h, w, d], valid [h, w]) of the view;
+    ``window`` is the step's pixel window (``pixels`` mode)."""
+    feats, valid = stored
+    viewmat, K, width, height = camera
     h, w, d = feats.shape
-    width, height = view_size
     dev = params["means"].device
     if mode == "cells":
         q = render_query(params, model, viewmat, scaled_K(K, width, height, w, h), w, h, detach_geometry, backend)
@@ -78,16 +78,14 @@ def supervised_queries(
 def feature_grid_queries(
     params: dict[str, Tensor],
     model: str,
-    viewmat: Tensor,
-    K: Tensor,
-    view_size: tuple[int, int],
+    camera: Camera,
     grid_size: tuple[int, int],
     mode: FeatureRender,
     backend: str = "auto",
 ) -> Tensor:
     """The queries of a feature map ``[h, w, l]`` at ``grid_size`` (h, w): rendered at that size
     (``cells``) or at the view's size and averaged over each cell (``pixels``)."""
-    width, height = view_size
+    viewmat, K, width, height = camera
     h, w = grid_size
     if mode == "cells":
         return render_query(params, model, viewmat, scaled_K(K, width, height, w, h), w, h, True, backend)

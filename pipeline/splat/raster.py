@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from pipeline.core.errors import M3Error
 from pipeline.splat import raster_torch
-from pipeline.splat.tiles import isect_tiles, tile_index
+from pipeline.splat.tiles import TileLists, isect_tiles, tile_index
 
 log = logging.getLogger(__name__)
 
@@ -141,63 +142,31 @@ def rasterize(
         "width", "height", "tile_size", "tile_width", "tile_height", "n_cameras", "n_batches",
         "tiles_per_gauss", "isect_ids", "flatten_ids", "isect_offsets").
     """
-    _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds)
+    gaussians = (means, quats, scales, opacities, colors, viewmats, Ks)
+    _check_shapes(gaussians, backgrounds)
     backend = resolve_backend(backend, means.device)
     tile_size = tile_size or DEFAULT_TILE[backend]
+    projection = {"near_plane": near_plane, "far_plane": far_plane, "radius_clip": radius_clip, "eps2d": eps2d}
     if backend == "gsplat":
         from gsplat import rasterization
 
         return rasterization(
-            means,
-            quats,
-            scales,
-            opacities,
-            colors,
-            viewmats,
-            Ks,
-            width,
-            height,
-            near_plane=near_plane,
-            far_plane=far_plane,
-            radius_clip=radius_clip,
-            eps2d=eps2d,
-            packed=packed,
-            tile_size=tile_size,
-            backgrounds=backgrounds,
+            *gaussians, width, height, **projection, packed=packed, tile_size=tile_size, backgrounds=backgrounds
         )
+    compositor = _compiled if backend == "cpp" else functools.partial(raster_torch.rasterize_tiles, budget=budget)
     return _rasterize_cpu(
-        means,
-        quats,
-        scales,
-        opacities,
-        colors,
-        viewmats,
-        Ks,
-        width,
-        height,
-        near_plane,
-        far_plane,
-        radius_clip,
-        eps2d,
-        tile_size,
-        backgrounds,
-        packed,
-        budget,
-        backend == "cpp",
-        tiles == "ellipse",
+        gaussians, width, height, projection, tile_size, backgrounds, packed, compositor, tiles == "ellipse"
     )
 
 
-def _check_shapes(
-    means: Tensor,
-    quats: Tensor,
-    scales: Tensor,
-    opacities: Tensor,
-    colors: Tensor,
-    viewmats: Tensor,
-    Ks: Tensor,
-    backgrounds: Tensor | None,
-) -> None:
+def _compiled(*args: Any) -> tuple[Tensor, Tensor]:
+    from pipeline.splat import raster_cpp
+
+    return raster_cpp.rasterize_tiles(*args)
+
+
+def _check_shapes(gaussians: tuple[Tensor, ...], backgrounds: Tensor | None) -> None:
+    means, quats, scales, opacities, colors, viewmats, Ks = gaussians
     n, b = means.shape[0], viewmats.shape[0]
     expected = {
         "means": (means, (n, 3)),
@@ -223,42 +192,22 @@ def _check_shapes(
 
 
 def _rasterize_cpu(
-    means: Tensor,
-    quats: Tensor,
-    scales: Tensor,
-    opacities: Tensor,
-    colors: Tensor,
-    viewmats: Tensor,
-    Ks: Tensor,
+    gaussians: tuple[Tensor, ...],
     width: int,
     height: int,
-    near_plane: float,
-    far_plane: float,
-    radius_clip: float,
-    eps2d: float,
+    projection: dict[str, float],
     tile_size: int,
     backgrounds: Tensor | None,
     packed: bool,
-    budget: int,
-    compiled: bool,
+    compositor: Callable[..., tuple[Tensor, Tensor]],
     exact_tiles: bool,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """The torch and cpp backends of :func:`rasterize` (same arguments and results): projection
-    and tile lists in torch, compositing in torch or in the compiled kernel."""
+    and tile lists in torch, compositing by ``compositor`` (torch or the compiled kernel)."""
+    means, quats, scales, opacities, colors, viewmats, Ks = gaussians
     n, b = means.shape[0], viewmats.shape[0]
     radii, means2d, depths, conics = raster_torch.project(
-        means,
-        quats,
-        scales,
-        opacities,
-        viewmats,
-        Ks,
-        width,
-        height,
-        near_plane,
-        far_plane,
-        radius_clip,
-        eps2d,
+        means, quats, scales, opacities, viewmats, Ks, width, height, **projection
     )
     opac = opacities[None].expand(b, n)
     cols = colors if colors.dim() == 3 else colors[None].expand(b, n, colors.shape[-1])
@@ -277,16 +226,8 @@ def _rasterize_cpu(
     tw, th = -(-width // tile_size), -(-height // tile_size)
     ellipse = (con, opa, width, height) if exact_tiles else None
     tiles_per_gauss, isect_ids, flatten_ids = isect_tiles(m2d, rad, dep, img, tile_size, tw, th, ellipse)
-    if compiled:
-        from pipeline.splat import raster_cpp
-
-        render_colors, transmittance = raster_cpp.rasterize_tiles(
-            m2d, con, opa, col, isect_ids, flatten_ids, b, width, height, tile_size
-        )
-    else:
-        render_colors, transmittance = raster_torch.rasterize_tiles(
-            m2d, con, opa, col, isect_ids, flatten_ids, b, width, height, tile_size, budget
-        )
+    lists = TileLists(isect_ids, flatten_ids, b, width, height, tile_size)
+    render_colors, transmittance = compositor(m2d, con, opa, col, lists)
     if backgrounds is not None:
         render_colors = render_colors + transmittance * backgrounds[:, None, None, :]
     counts = torch.bincount(tile_index(isect_ids, tw * th), minlength=b * tw * th)

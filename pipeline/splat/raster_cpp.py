@@ -8,7 +8,8 @@ pixel's cut-off or below alpha 1/255 costs one exponent. Same maths, same inputs
 recursion from the final transmittance.
 
 :func:`kernel` builds the extension on first use with torch's C++ toolchain (``g++`` and
-``ninja``; about a minute, cached in ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``;
+``ninja``; about a minute of CPU, cached in ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``
+under a name hashing the source and torch, so every checkout of the same code shares one build;
 ``make install`` builds it) and returns None, after one warning, when that is impossible: the
 rasterizer then uses the torch backend.
 """
@@ -16,29 +17,47 @@ rasterizer then uses the torch backend.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
-import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from pipeline.splat.tiles import tile_index
+from pipeline.splat.tiles import TileLists
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "composite.cpp"
 
 
+def build_directory() -> Path:
+    """Where the kernel is built: named by the source's and torch's hashes, so that every checkout,
+    clone or worktree of the same code shares one build and a changed source or torch gets its own."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    key = hashlib.sha256(SOURCE.read_bytes() + torch.__file__.encode() + torch.__version__.encode())
+    return Path(root) / f"m3_composite_{key.hexdigest()[:12]}"
+
+
 @functools.cache
 def kernel() -> Any | None:
     """The compiled extension module, or None (with one warning) when it cannot be built."""
+    # importing it looks for a CUDA toolkit and warns when it finds one without a GPU: not ours to say
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
     try:
+        folder = build_directory()
+        folder.mkdir(parents=True, exist_ok=True)
+        source = folder / SOURCE.name  # a copy: the build records the source path, which differs by checkout
+        if not source.is_file() or source.read_bytes() != SOURCE.read_bytes():
+            shutil.copyfile(SOURCE, source)
         return cpp_extension.load(
-            name="m3_composite",
-            sources=[str(SOURCE)],
+            name=folder.name,
+            sources=[str(source)],
+            build_directory=str(folder),
             extra_cflags=["-O3", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
@@ -75,25 +94,12 @@ class _Composite(torch.autograd.Function):
 
 
 def rasterize_tiles(
-    means2d: Tensor,
-    conics: Tensor,
-    opacities: Tensor,
-    colors: Tensor,
-    isect_ids: Tensor,
-    flatten_ids: Tensor,
-    n_images: int,
-    width: int,
-    height: int,
-    tile_size: int,
+    means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, lists: TileLists
 ) -> tuple[Tensor, Tensor]:
     """:func:`pipeline.splat.raster_torch.rasterize_tiles` on the compiled kernel (no ``budget``:
     memory is the outputs). Returns colours [I, H, W, C] without background and transmittance
     [I, H, W, 1]."""
-    tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    n_tiles = tw * th
-    counts = torch.bincount(tile_index(isect_ids, n_tiles), minlength=n_images * n_tiles)
-    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-    out, trans, _ = _Composite.apply(
-        means2d, conics, opacities, colors, offsets, flatten_ids.contiguous(), width, height, tile_size, tw, th
-    )
+    width, height, tile = lists.width, lists.height, lists.tile_size
+    grid = (lists.offsets(), lists.flatten_ids.contiguous(), width, height, tile, -(-width // tile), -(-height // tile))
+    out, trans, _ = _Composite.apply(means2d, conics, opacities, colors, *grid)
     return out, trans[..., None]

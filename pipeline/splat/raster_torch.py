@@ -35,7 +35,7 @@ import torch
 from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _world_to_cam
 from torch import Tensor
 
-from pipeline.splat.tiles import tile_index
+from pipeline.splat.tiles import TileLists, tile_index
 
 ALPHA_MIN = 1.0 / 255.0  # gsplat ALPHA_THRESHOLD
 ALPHA_MAX = 0.999  # gsplat 1.5.3 clamp
@@ -46,19 +46,9 @@ LOG_T_MIN = math.log(T_MIN)
 
 
 def project(
-    means: Tensor,
-    quats: Tensor,
-    scales: Tensor,
-    opacities: Tensor,
-    viewmats: Tensor,
-    Ks: Tensor,
-    width: int,
-    height: int,
-    near_plane: float,
-    far_plane: float,
-    radius_clip: float,
-    eps2d: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor, width: int,
+    height: int, near_plane: float, far_plane: float, radius_clip: float, eps2d: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Project N Gaussians into I cameras like gsplat's fused EWA projection (``packed=False``).
 
     Args: means [N, 3], quats [N, 4] (wxyz), scales [N, 3], opacities [N], viewmats [I, 4, 4]
@@ -213,25 +203,16 @@ def _composite(
 
 
 def rasterize_tiles(
-    means2d: Tensor,
-    conics: Tensor,
-    opacities: Tensor,
-    colors: Tensor,
-    isect_ids: Tensor,
-    flatten_ids: Tensor,
-    n_images: int,
-    width: int,
-    height: int,
-    tile_size: int,
-    budget: int,
+    means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, lists: TileLists, budget: int
 ) -> tuple[Tensor, Tensor]:
     """Composite sorted tile lists into images (differentiable w.r.t. the attribute rows).
 
-    Args: means2d [M, 2], conics [M, 3], opacities [M], colors [M, C]; isect_ids / flatten_ids
-    from :func:`isect_tiles`; budget: max pixel x list entries per step.
+    Args: means2d [M, 2], conics [M, 3], opacities [M], colors [M, C]; ``lists`` from
+    :func:`pipeline.splat.tiles.isect_tiles`; budget: max pixel x list entries per step.
 
     Returns: colours [I, H, W, C] without background, transmittance [I, H, W, 1].
     """
+    isect_ids, flatten_ids, n_images, width, height, tile_size = lists
     dev, dtype = means2d.device, means2d.dtype
     tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
     n_tiles, n_px = tw * th, tile_size * tile_size

@@ -10,8 +10,27 @@ drop most of their box).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
+
+
+class TileLists(NamedTuple):
+    """Sorted tile lists of :func:`isect_tiles` and the images they tile."""
+
+    isect_ids: Tensor  # [n_isects] int64: image | tile | depth bits
+    flatten_ids: Tensor  # [n_isects] int64: the projected entry of each list position
+    n_images: int
+    width: int
+    height: int
+    tile_size: int
+
+    def offsets(self) -> Tensor:
+        """``[I * tiles + 1]`` int64: list position where each (image, tile) starts, then the end."""
+        n_tiles = -(-self.width // self.tile_size) * -(-self.height // self.tile_size)
+        counts = torch.bincount(tile_index(self.isect_ids, n_tiles), minlength=self.n_images * n_tiles)
+        return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
 
 
 @torch.no_grad()

@@ -46,7 +46,7 @@ from pipeline.splat.config import TrainConfig
 from pipeline.splat.gaussians import init_params, render_rgb
 from pipeline.splat.losses import feature_loss, rgb_loss
 from pipeline.splat.memory import build_heads
-from pipeline.splat.queries import Window, supervised_queries, window_K
+from pipeline.splat.queries import Camera, Window, supervised_queries, window_K
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,8 @@ class Trainer:
         c = self.cfg
         feats, valid = self.inp.stores[model].read(self.inp.index[model][view.name])
         samples = supervised_queries(
-            self.params, model, viewmat, K, (view.width, view.height), feats, valid, c.feature_render, window,
-            c.pixels, self.gen, not c.feature_grad_geometry, c.backend,
+            self.params, model, Camera(viewmat, K, view.width, view.height), (feats, valid), c.feature_render,
+            window, c.pixels, self.gen, not c.feature_grad_geometry, c.backend,
         )  # fmt: skip
         if samples is None:
             return torch.zeros((), device=self.device)

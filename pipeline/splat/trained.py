@@ -26,7 +26,7 @@ from pipeline.core.io import atomic_write, read_json, write_json
 from pipeline.core.scene import Scene, View
 from pipeline.splat.gaussians import QUERY_PREFIX, load_ply, render_rgb, save_ply, sh_degree_of
 from pipeline.splat.memory import load_heads, save_heads
-from pipeline.splat.queries import feature_grid_queries
+from pipeline.splat.queries import Camera, feature_grid_queries
 
 
 @dataclass
@@ -124,10 +124,8 @@ class TrainedMemory:
         rgb, alpha, _ = render_rgb(self.params, viewmat, K, view.width, view.height, self.sh_degree, self.backend)
         feats = {}
         for m in self.models:
-            q = feature_grid_queries(
-                self.params, m, viewmat, K, (view.width, view.height), self.feature_size(m), self.feature_render,
-                self.backend,
-            )  # fmt: skip
+            camera = Camera(viewmat, K, view.width, view.height)
+            q = feature_grid_queries(self.params, m, camera, self.feature_size(m), self.feature_render, self.backend)
             feats[m] = self.heads[m](q)
         return RenderOut(rgb.clamp(0, 1), alpha, feats)
 

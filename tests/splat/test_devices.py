@@ -21,7 +21,7 @@ from pipeline.core.errors import M3Error
 from pipeline.core.scene import Scene
 from pipeline.splat import raster
 from pipeline.splat.checkpoint import load_checkpoint
-from pipeline.splat.config import TrainConfig, cpu_schedule, reference_schedule
+from pipeline.splat.config import Schedule, TrainConfig, cpu_schedule
 from pipeline.splat.gaussians import colors_from_sh, init_params
 from tests.helpers.paths import REPO
 from tests.helpers.training import build_scene, quick_config
@@ -74,7 +74,7 @@ def test_gsplat_unbuilt_falls_back_to_torch_with_one_warning(monkeypatch) -> Non
         raster.resolve_backend("gsplat", "cuda")
     with pytest.raises(M3Error, match="gsplat needs CUDA"):
         raster.resolve_backend("gsplat", "cpu")
-    assert raster.resolve_backend("auto", "cpu") == raster.resolve_backend("torch", "cuda") == "torch"
+    assert raster.resolve_backend("torch", "cuda") == "torch"
     raster.gsplat_cuda.cache_clear()
     raster._warn_fallback.cache_clear()
 
@@ -114,7 +114,7 @@ def test_opacity_reset_fires_every_reset_every_steps(scene: Scene, monkeypatch) 
 
 def test_schedules_follow_the_device_and_params_show_both() -> None:
     cfg = load_config(TrainConfig, "train", REPO / "params.yaml")
-    assert cfg.cpu == cpu_schedule() and cfg.reference == reference_schedule()  # params.yaml shows both
+    assert cfg.cpu == cpu_schedule() and cfg.reference == Schedule()  # params.yaml shows both
     assert cfg.resolved("cpu") == cfg.cpu and cfg.resolved("cuda") == cfg.reference
     ref = cfg.reference
     assert (ref.iterations, ref.densify_start, ref.densify_stop, ref.reset_every) == (30000, 500, 15000, 3000)

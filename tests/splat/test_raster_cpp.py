@@ -13,15 +13,7 @@ import torch
 
 from pipeline.splat import raster, raster_cpp
 from pipeline.splat.raster import rasterize
-from tests.splat.test_raster import random_scene
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.helpers.raster import one_thread, random_scene  # noqa: F401 (one_thread: an autouse fixture)
 
 
 def run(params, viewmats, Ks, width, height, backend, tiles, **kw):

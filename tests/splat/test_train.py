@@ -222,26 +222,16 @@ def test_pixel_targets_interpolate_the_stored_cells() -> None:
     cells around its centre (clamped at the border), and pixels whose interpolation touches the
     invalid cell are never sampled."""
     from pipeline.splat.gaussians import init_params
-    from pipeline.splat.queries import supervised_queries
+    from pipeline.splat.queries import Camera, supervised_queries
 
     feats = np.zeros((2, 2, 3), np.float16)
     feats[0, 0], feats[0, 1], feats[1, 0], feats[1, 1] = [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]
     valid = np.array([[True, True], [True, False]])
     params = init_params(np.array([[0.0, 0.0, 3.0]]), np.array([[128, 128, 128]], np.uint8), {"m": 4}, 0)
     K = torch.tensor([[4.0, 0, 2], [0, 4.0, 2], [0, 0, 1]])
+    camera, gen = Camera(torch.eye(4), K, 4, 4), torch.Generator().manual_seed(0)
     q, target = supervised_queries(
-        params,
-        "m",
-        torch.eye(4),
-        K,
-        (4, 4),
-        feats,
-        valid,
-        "pixels",
-        (0, 0, 4, 4),
-        100,
-        torch.Generator().manual_seed(0),
-        backend="torch",
+        params, "m", camera, (feats, valid), "pixels", (0, 0, 4, 4), 100, gen, backend="torch"
     )
     assert q.shape == (len(target), 4) and 0 < len(target) < 16
     rows = {tuple(np.round(t.numpy(), 3)) for t in target}

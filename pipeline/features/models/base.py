@@ -83,3 +83,20 @@ def grid_for(height: int, width: int, short: int, patch: int) -> tuple[int, int]
     """Grid ``(h, w)``: short side ``short / patch`` cells, long side by aspect ratio."""
     scale = float(short) / min(height, width)
     return max(1, round(height * scale / patch)), max(1, round(width * scale / patch))
+
+
+def hf_tower_configs(arch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Hugging Face vision and text tower configs of a small random architecture ``arch`` (keys
+    image_size, patch_size, width, layers, heads, text_width, text_layers, text_heads,
+    context_length; open_clip's BPE vocabulary of 49408)."""
+    vision = {
+        "image_size": arch["image_size"], "patch_size": arch["patch_size"], "hidden_size": arch["width"],
+        "intermediate_size": 4 * arch["width"], "num_hidden_layers": arch["layers"],
+        "num_attention_heads": arch["heads"],
+    }  # fmt: skip
+    text = {
+        "hidden_size": arch["text_width"], "intermediate_size": 4 * arch["text_width"],
+        "num_hidden_layers": arch["text_layers"], "num_attention_heads": arch["text_heads"],
+        "max_position_embeddings": arch["context_length"], "vocab_size": 49408,
+    }  # fmt: skip
+    return vision, text
