@@ -25,7 +25,8 @@ def load_image(path: Path, width: int, height: int, data: bytes | None = None) -
         with Image.open(path if data is None else io.BytesIO(data)) as im:
             img = im.convert("RGB")
     except UnidentifiedImageError as exc:  # its text names the file object, not the file
-        raise M3Error(f"{path}: cannot read the view's image (not a known image format); rerun the poses stage") from exc
+        reason = "not a known image format"
+        raise M3Error(f"{path}: cannot read the view's image ({reason}); rerun the poses stage") from exc
     except (OSError, ValueError) as exc:
         raise M3Error(f"{path}: cannot read the view's image ({exc}); rerun the poses stage") from exc
     if img.size != (width, height):
