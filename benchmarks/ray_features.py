@@ -1,18 +1,21 @@
 """Features of a scene with the local executor vs a pool of Ray actors: seconds and RAM.
 
 Each run is a fresh Python process extracting every view of the scene into a fresh copy of it
-(``stages.features.run``), so nothing is cached between runs. The Ray runs start a private Ray on
-this machine (``cluster.local_cpus`` CPUs, 100 MiB object store, no dashboard) and use ``--actors``
-actors of 1 CPU each. Reported per executor, median over ``--repeats`` runs (min-max in brackets):
+(``stages.features.run``), so nothing is cached between runs. Three executors, interleaved: local
+(torch's default threads, one per core), local with one torch thread (as each actor runs), and Ray:
+a private Ray on this machine (``--cpus`` CPUs, 100 MiB object store, no dashboard) with
+``--actors`` actors of 1 CPU each. Reported per executor, median over ``--repeats`` runs (min-max in brackets):
 
 - ``ray start s``: ``ray.init`` of the private Ray (0 for local);
-- ``stage s``: the stage's own seconds (for Ray: loading the model on every actor + extraction);
-- ``views/s``: views / stage seconds;
+- ``stage s``: the stage's own seconds, of which ``ready s`` until the first view is stored (local:
+  building the model; Ray: starting the actors and loading the model in each);
+- ``views/s``: extraction rate after that (views 2..n over the time from the first to the last);
 - ``driver MiB``: peak RSS of the stage's process (``ru_maxrss``);
 - ``actor MiB``: peak RSS of each actor process (``VmHWM``, read every 0.2 s until it exits);
 - ``ray other MiB``: summed peak RSS of Ray's other processes (raylet, GCS, idle workers, ...).
 
     python benchmarks/ray_features.py data/demo --repeats 3     # a posed scene (after `dvc repro poses@demo`)
+    python benchmarks/ray_features.py data/demo --input-size 672   # heavier views: 48 x 64 maps
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import time
 from pathlib import Path
 
 CONF = {"weights": "random", "input_size": 224}  # make demo WEIGHTS=random: 16 x 21 x 32 maps
+LABELS = {"local": "local", "local-1t": "local, 1 torch thread", "ray": "ray, {actors} actors (1 CPU each)"}
 
 
 def _peak_mb(pid: int) -> float | None:
@@ -67,8 +71,24 @@ class RaySampler(threading.Thread):
             time.sleep(0.2)
 
 
-def child(executor: str, scene: Path, actors: int, cpus: int) -> dict:
+class Clock:
+    """``on_view`` of the stage: when the first and the last view were stored."""
+
+    def __init__(self) -> None:
+        self.start, self.times = time.perf_counter(), []
+
+    def __call__(self, i: int) -> None:
+        self.times.append(time.perf_counter())
+
+    def figures(self) -> dict:
+        first, last = self.times[0], self.times[-1]
+        return {"ready_s": first - self.start, "rate": (len(self.times) - 1) / max(last - first, 1e-9)}
+
+
+def child(executor: str, scene: Path, actors: int, cpus: int, conf: dict) -> dict:
     """One measured run in this process (see the module docstring)."""
+    import torch
+
     from pipeline.cluster.config import ClusterConfig
     from pipeline.cluster.session import ray_session
     from pipeline.core.scene import Scene
@@ -77,9 +97,12 @@ def child(executor: str, scene: Path, actors: int, cpus: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "scene"
         shutil.copytree(scene, copy, ignore=shutil.ignore_patterns("features"))
-        if executor == "local":
-            stats = run(CONF, Scene(copy), "clip", device="cpu")
-            return {
+        if executor.startswith("local"):
+            if executor == "local-1t":  # as each actor runs (Ray sets 1 thread per CPU reserved)
+                torch.set_num_threads(1)
+            clock = Clock()
+            stats = run(conf, Scene(copy), "clip", device="cpu", on_view=clock)
+            return clock.figures() | {
                 "ray_start_s": 0.0,
                 "stage_s": stats["seconds"],
                 "views": stats["views"],
@@ -93,13 +116,14 @@ def child(executor: str, scene: Path, actors: int, cpus: int) -> dict:
             started = time.perf_counter() - t0
             sampler.start()
             cluster = ClusterConfig(executor="ray", actors=actors, actor_cpus=1.0)
-            stats = run(CONF, Scene(copy), "clip", device="cpu", cluster=cluster)
+            clock = Clock()
+            stats = run(conf, Scene(copy), "clip", device="cpu", cluster=cluster, on_view=clock)
             time.sleep(0.5)  # a last sample of the actors before Ray stops
         sampler.stop.set()
         sampler.join()
         actors_mb = [mb for name, mb in sampler.peaks.values() if name.startswith("ray::FeatureWorker")]
         other = sum(mb for name, mb in sampler.peaks.values() if not name.startswith("ray::FeatureWorker"))
-        return {
+        return clock.figures() | {
             "ray_start_s": started,
             "stage_s": stats["seconds"],
             "views": stats["views"],
@@ -109,8 +133,9 @@ def child(executor: str, scene: Path, actors: int, cpus: int) -> dict:
         }
 
 
-def _measure(executor: str, scene: Path, actors: int, cpus: int) -> dict:
+def _measure(executor: str, scene: Path, actors: int, cpus: int, input_size: int) -> dict:
     cmd = [sys.executable, __file__, str(scene), "--child", executor, "--actors", str(actors), "--cpus", str(cpus)]
+    cmd += ["--input-size", str(input_size)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -132,23 +157,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per executor (the median is shown)")
     parser.add_argument("--actors", type=int, default=2, help="Ray actors (1 CPU each)")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the private Ray")
+    parser.add_argument("--input-size", type=int, default=224, help="features.clip.input_size (short side)")
     parser.add_argument("--json", type=Path, help="also save every run's figures here")
-    parser.add_argument("--child", choices=["local", "ray"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=list(LABELS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.scene, args.actors, args.cpus)))
+        conf = CONF | {"input_size": args.input_size}
+        print(json.dumps(child(args.child, args.scene, args.actors, args.cpus, conf)))
         return
-    runs: dict[str, list[dict]] = {"local": [], "ray": []}
+    runs: dict[str, list[dict]] = {executor: [] for executor in LABELS}
     for _ in range(args.repeats):  # interleaved, so a drift of the machine's speed hits both alike
         for executor in runs:
-            runs[executor].append(_measure(executor, args.scene, args.actors, args.cpus))
-    print("| executor | ray start s | stage s | views/s | driver MiB | actor MiB (each) | ray other MiB |")
-    print("|---|---|---|---|---|---|---|")
+            runs[executor].append(_measure(executor, args.scene, args.actors, args.cpus, args.input_size))
+    print(f"clip, weights random, input_size {args.input_size}; median (min-max) of {args.repeats} runs")
+    print("| executor | ray start s | stage s | ready s | views/s | driver MiB | actor MiB (each) | ray other MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for executor, rs in runs.items():
-        name = "local" if executor == "local" else f"ray, {args.actors} actors"
+        name = LABELS[executor].format(actors=args.actors)
         print(
             f"| {name} | {_cell([r['ray_start_s'] for r in rs])} | {_cell([r['stage_s'] for r in rs])} "
-            f"| {_cell([r['views'] / r['stage_s'] for r in rs], 2)} | {_cell([r['driver_mb'] for r in rs], 0)} "
+            f"| {_cell([r['ready_s'] for r in rs])} | {_cell([r['rate'] for r in rs], 2)} "
+            f"| {_cell([r['driver_mb'] for r in rs], 0)} "
             f"| {_cell([mb for r in rs for mb in r['actors_mb']], 0)} | {_cell([r['ray_other_mb'] for r in rs], 0)} |"
         )
     if args.json:

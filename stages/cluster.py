@@ -167,21 +167,26 @@ def _run_scenes(
 ) -> dict[str, dict[str, Any]]:
     """Submit one task per scene, show one bar per scene, record each scene as it finishes."""
     board = ray.remote(num_cpus=0)(Board).remote()
-    task = ray.remote(num_cpus=config.scene_cpus, num_gpus=config.scene_gpus, max_retries=config.retries)(run_scene)
+    task = ray.remote(
+        num_cpus=config.scene_cpus,
+        num_gpus=config.scene_gpus,
+        max_retries=config.retries,
+        scheduling_strategy="SPREAD",  # scenes over all nodes before two on one
+    )(run_scene)
     address = ray.get_runtime_context().gcs_address
     pending = {}
     for scene, (stages, inputs) in todo.items():
         job = SceneJob(
-            scene,
-            stages,
-            inputs,
-            config.source or str(root),
-            commit,
-            changes,
-            remote,
-            remote_conf,
-            config.workdir,
-            address,
+            scene=scene,
+            stages=stages,
+            inputs=inputs,
+            source=config.source or str(root),
+            commit=commit,
+            changes=changes,
+            remote=remote,
+            remote_conf=remote_conf,
+            workdir=config.workdir,
+            ray_address=address,
         )
         pending[task.remote(job, board)] = scene
     bars = {

@@ -103,11 +103,15 @@ def run(
         todo = [(i, Path(views[i].image_path)) for i, done in enumerate(store.done_mask()) if not done]
         compute = 0.0
         bar = tqdm(total=len(names), initial=len(names) - len(todo), desc=f"features {model_name}", unit="view")
+
+        def show_workers(refresh: bool = True) -> None:  # live workers, also while waiting for one
+            bar.set_postfix(workers=extractor.live_workers(), refresh=refresh)
+
         with bar:
-            for i, features, valid, seconds in extractor.extract(todo, width, height):
+            for i, features, valid, seconds in extractor.extract(todo, width, height, show_workers):
                 store.write(i, features, valid)
                 compute += seconds
-                bar.set_postfix(workers=extractor.live_workers(), refresh=False)
+                show_workers(refresh=False)
                 bar.update(1)
                 if on_view is not None:
                     on_view(i)

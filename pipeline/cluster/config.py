@@ -33,8 +33,8 @@ class ClusterConfig:
     scene_gpus: float = 0.0
     """m3 cluster repro: GPUs per scene task (1 on GPU nodes: training wants one)."""
     retries: int = 3
-    """How often Ray reruns a view (features on Ray) or a scene task (m3 cluster repro) whose worker
-    process or node died."""
+    """How often Ray restarts a features actor (its views in flight then rerun) or reruns a scene
+    task (m3 cluster repro) whose worker process or node died."""
     source: str | None = None
     """m3 cluster repro: where scene tasks clone the project from (a path on every node or a git URL);
     null: the driver's project folder, which must then exist at the same path on every node."""

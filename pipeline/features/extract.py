@@ -10,7 +10,7 @@ whichever executor made it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -43,8 +43,11 @@ class Extractor(Protocol):
         """``(h, w, d, has_mask)`` of the feature map of a ``height x width`` view."""
         ...
 
-    def extract(self, jobs: list[Job], width: int, height: int) -> Iterator[Result]:
-        """Extract ``jobs`` and yield their results in the order of ``jobs``."""
+    def extract(
+        self, jobs: list[Job], width: int, height: int, waiting: Callable[[], None] | None = None
+    ) -> Iterator[Result]:
+        """Extract ``jobs`` and yield their results in the order of ``jobs``; ``waiting()`` is called
+        every second spent waiting for a result (remote executors)."""
         ...
 
     def live_workers(self) -> int:
@@ -62,7 +65,9 @@ class LocalExtractor:
         h, w = self.model.grid_size(height, width)
         return h, w, self.model.dim, bool(self.model.has_mask)
 
-    def extract(self, jobs: list[Job], width: int, height: int) -> Iterator[Result]:
+    def extract(
+        self, jobs: list[Job], width: int, height: int, waiting: Callable[[], None] | None = None
+    ) -> Iterator[Result]:
         for i, path in jobs:
             t0 = time.perf_counter()
             features, valid = extract_view(self.model, path, width, height)

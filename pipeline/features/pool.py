@@ -6,8 +6,8 @@ local executor); results come back to the driver and are yielded in view order, 
 writes the store exactly as a local run does. Workers need the project installed but no scene
 files (nodes share no disk).
 
-Failures: an actor whose worker process dies is restarted by Ray (its model reloaded) and its
-views in flight are retried, up to ``retries`` times per view; an error raised while extracting
+Failures: an actor whose worker process or node dies is restarted by Ray (its model reloaded; up
+to ``retries`` times per actor) and its views in flight are retried; an error raised while extracting
 a view (an unreadable image, a missing checkpoint) is re-raised on the driver as the same
 exception the local executor raises.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,9 @@ class RayExtractor:
         actor = self.ray.remote(
             num_cpus=cluster.actor_cpus,
             num_gpus=cluster.actor_gpus,
-            max_restarts=-1,  # a dead worker's actor always comes back (on another node if need be)
-            max_task_retries=cluster.retries,
+            max_restarts=cluster.retries,  # a dead worker's actor comes back (on another node if need be)
+            max_task_retries=-1,  # its views wait for it: unavailable while it restarts is no failure
+            scheduling_strategy="SPREAD",  # one actor per node before two on one
         )(FeatureWorker)
         threads = max(1, int(cluster.actor_cpus))
         self.actors = [actor.remote(model_name, config, device, threads) for _ in range(cluster.actors)]
@@ -131,9 +132,12 @@ class RayExtractor:
                 "cluster.executor: local"
             ) from exc
 
-    def extract(self, jobs: list[Job], width: int, height: int) -> Iterator[Result]:
+    def extract(
+        self, jobs: list[Job], width: int, height: int, waiting: Callable[[], None] | None = None
+    ) -> Iterator[Result]:
         """Send ``jobs`` to the actors, at most 2 in flight per actor and ``4 x actors`` results held
-        (out-of-order ones wait for the earlier), and yield the results in the order of ``jobs``."""
+        (out-of-order ones wait for the earlier), and yield the results in the order of ``jobs``;
+        ``waiting()`` is called every second spent waiting (e.g. for a restarting actor)."""
         limit = 4 * len(self.actors)
         pending: dict[Any, tuple[int, int, Path]] = {}  # ref -> (i, actor, path)
         done: dict[int, Result] = {}
@@ -147,7 +151,12 @@ class RayExtractor:
                     i, path = queue.pop(0)
                     ref = self.actors[k].extract.remote(str(path), Path(path).read_bytes(), width, height)
                     pending[ref], load[k] = (i, k, Path(path)), load[k] + 1
-                (ref,), _ = self.ray.wait(list(pending), num_returns=1)
+                ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=1.0)
+                if not ready:
+                    if waiting is not None:
+                        waiting()
+                    continue
+                (ref,) = ready
                 i, k, path = pending.pop(ref)
                 load[k] -= 1
                 features, valid, seconds = self._get(ref, view=str(path))

@@ -42,6 +42,7 @@ def _gone(class_name: str, timeout: float = 20.0) -> bool:
     return not actor_processes(class_name)
 
 
+@pytest.mark.slow
 def test_two_actors_write_the_local_store_byte_for_byte(local_ray, local_digest, demo_input, tmp_path, capsys):
     scene = posed_scene(tmp_path / "ray", demo_input, VIEWS)
     stats = run(CONF, scene, "clip", cluster=TWO)
@@ -52,19 +53,24 @@ def test_two_actors_write_the_local_store_byte_for_byte(local_ray, local_digest,
     assert _gone("FeatureWorker")  # the actors end with the stage
 
 
+@pytest.mark.slow
 def test_killed_worker_is_retried_and_the_store_is_identical(local_ray, local_digest, demo_input, tmp_path):
     scene = posed_scene(tmp_path / "killed", demo_input, VIEWS)
-    killed: list[int] = []
+    pids: dict[str, set[int]] = {}
 
     def kill_a_worker(i: int) -> None:
-        if not killed:  # after the first view is stored: both actors hold views in flight
+        if i == 0:  # the first view is stored: both actors hold views in flight
             workers = actor_processes("FeatureWorker")
             assert len(workers) == 2
             workers[0].kill()
-            killed.append(workers[0].pid)
+            pids["before"], pids["killed"] = {w.pid for w in workers}, {workers[0].pid}
+        if i == VIEWS - 1:  # the last view is stored: the pool is whole again
+            pids["after"] = {w.pid for w in actor_processes("FeatureWorker")}
 
     stats = run(CONF, scene, "clip", cluster=TWO, on_view=kill_a_worker)
-    assert killed and not psutil.pid_exists(killed[0])
+    assert not any(psutil.pid_exists(pid) for pid in pids["killed"])
+    restarted = pids["after"] - pids["before"]
+    assert len(pids["after"]) == 2 and len(restarted) == 1  # Ray restarted the killed actor in a new process
     assert stats["computed_views"] == VIEWS
     assert tree_digest(scene.features_path("clip")) == local_digest
     assert _gone("FeatureWorker")
