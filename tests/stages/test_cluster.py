@@ -21,7 +21,7 @@ SMALL = {
     "models": ["clip"],
     "demo": {"n_views": 16},  # the fewest views SfM registers on the demo room
     "features": {"clip": {"weights": "random"}},
-    "train": {"iterations": 30, "densify_start": 1000, "checkpoint_every": 1000},
+    "train": {"cpu": {"iterations": 30, "densify_start": 1000}, "checkpoint_every": 1000},
     "evaluate": {"lpips": False, "n_renders": 1},
 }
 
@@ -55,7 +55,7 @@ def test_scene_plan_and_what_travels_to_the_nodes(tmp_path: Path) -> None:
         assert inputs == ["data/kitchen/input.dvc"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     assert git_state(root) == (head, {})
-    set_params(root, train={"iterations": 10})
+    set_params(root, train={"seed": 1})
     (root / "notes.txt").write_text("new")
     (root / "Makefile").unlink()
     commit, changes = git_state(root)
