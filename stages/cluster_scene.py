@@ -90,8 +90,11 @@ def _environment(clone: Path, ray_address: str) -> dict[str, str]:
 
 def _checkout(job: SceneJob, clone: Path, node: str) -> None:
     """``clone``: the project at the driver's commit with its uncommitted changes and remote."""
+    from dvc.repo import Repo
+
     env = dict(os.environ)
-    _run(["git", "clone", "-q", "--no-checkout", job.source, str(clone)], clone.parent, env, f"{node}: git clone")
+    what = f"{job.scene}: git clone of {job.source} on node {node}"
+    _run(["git", "clone", "-q", "--no-checkout", job.source, str(clone)], clone.parent, env, what)
     try:
         _run(["git", "checkout", "-q", job.commit], clone, env, "git checkout")
     except M3Error as exc:
@@ -106,8 +109,6 @@ def _checkout(job: SceneJob, clone: Path, node: str) -> None:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-    from dvc.repo import Repo
-
     with Repo(str(clone)) as repo, repo.config.edit("local") as conf:
         conf["remote"][job.remote] = dict(job.remote_conf)
         conf["core"]["remote"] = job.remote

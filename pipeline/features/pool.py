@@ -27,7 +27,7 @@ import torch
 from pipeline.cluster.config import ClusterConfig
 from pipeline.cluster.session import alive_actors, import_ray
 from pipeline.core.errors import M3Error
-from pipeline.core.runtime import peak_ram_mb, resolve_device
+from pipeline.core.runtime import resolve_device
 from pipeline.features.extract import Job, Result, extract_view
 from pipeline.features.models import FeatureModel, build_model, model_class
 
@@ -49,14 +49,13 @@ class FeatureWorker:
         return self._model
 
     def ident(self) -> dict[str, Any]:
-        """Who this actor is: Ray actor id (hex), node IP, pid, peak RAM (MiB)."""
+        """Who this actor is: Ray actor id (hex), node IP, pid."""
         import ray
 
         return {
             "actor_id": ray.get_runtime_context().get_actor_id(),
             "node": ray.util.get_node_ip_address(),
             "pid": os.getpid(),
-            "peak_ram_mb": round(peak_ram_mb(), 1),
         }
 
     def layout(self, height: int, width: int) -> tuple[int, int, int]:
@@ -91,8 +90,10 @@ class RayExtractor:
         )(FeatureWorker)
         threads = max(1, int(cluster.actor_cpus))
         self.actors = [actor.remote(model_name, config, device, threads) for _ in range(cluster.actors)]
-        self._ids = [info["actor_id"] for info in self.workers()]
+        workers = self.workers()
+        self._ids = [info["actor_id"] for info in workers]
         self._live, self._live_at = len(self.actors), 0.0
+        log.info("features.%s: %d Ray actors on %s", model_name, len(workers), sorted({w["node"] for w in workers}))
 
     def _check_resources(self) -> None:
         total = self.ray.cluster_resources()
@@ -104,7 +105,7 @@ class RayExtractor:
                 )
 
     def workers(self) -> list[dict[str, Any]]:
-        """Per actor: actor id, node, pid and peak RAM so far."""
+        """Per actor: actor id, node, pid."""
         return self.ray.get([a.ident.remote() for a in self.actors])
 
     def layout(self, height: int, width: int) -> tuple[int, int, int, bool]:
