@@ -79,12 +79,16 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], what: str) -> None:
 
 
 def _environment(clone: Path, ray_address: str) -> dict[str, str]:
-    """Environment of the commands in ``clone``: this venv's tools, the clone's code, the cluster."""
+    """Environment of the commands in ``clone``: this venv's tools, the clone's code, the cluster, its
+    own build folder for compiled extensions."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(clone)
     env["RAY_ADDRESS"] = ray_address
     env["DVC_NO_ANALYTICS"] = "1"
+    # the compiled CPU rasterizer is rebuilt whenever its source path changes: a build per clone,
+    # not one that concurrent clones (and the node's own checkout) rebuild in turn
+    env["TORCH_EXTENSIONS_DIR"] = str(clone / ".dvc" / "tmp" / "torch_extensions")
     return env
 
 

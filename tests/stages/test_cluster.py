@@ -21,7 +21,8 @@ SMALL = {
     "models": ["clip"],
     "demo": {"n_views": 16},  # the fewest views SfM registers on the demo room
     "features": {"clip": {"weights": "random"}},
-    "train": {"cpu": {"iterations": 30, "densify_start": 1000}, "checkpoint_every": 1000},
+    # the torch rasterizer: the compiled one would be built in each scene's clone (minutes on 2 busy cores)
+    "train": {"cpu": {"iterations": 30, "densify_start": 1000}, "checkpoint_every": 1000, "backend": "torch"},
     "evaluate": {"lpips": False, "n_renders": 1},
 }
 
