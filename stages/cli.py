@@ -27,6 +27,7 @@ COMMANDS = {
     "render": "stages.render",
     "query": "stages.query",
     "share": "stages.share",
+    "cluster": "stages.cluster",
     "params": "stages.params",
 }
 """Command name -> the module defining it (``cli``: a function or a typer app with sub-commands)."""

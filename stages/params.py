@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from pipeline.bank.config import BankConfig
+from pipeline.cluster.config import ClusterConfig
 from pipeline.core.config import field_help, load_params, section_of
 from pipeline.demo.config import DemoConfig
 from pipeline.evaluate.config import EvaluateConfig, QueryConfig
@@ -29,6 +30,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
     "query": QueryConfig,
+    "cluster": ClusterConfig,
 }
 """Section -> config class (``bank`` is per model: ``bank.<model>``)."""
 
@@ -64,7 +66,7 @@ def describe(cls: type, values: dict[str, Any], prefix: str, defaults: dict[str,
 @reports_errors
 def cli(
     section: str = typer.Argument(
-        None, help="a section (demo, frames, poses, bank, train, evaluate, query); default: all"
+        None, help="a section (demo, frames, poses, bank, train, evaluate, query, cluster); default: all"
     ),
     params: Path = PARAMS,
 ) -> None:

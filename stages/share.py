@@ -68,7 +68,7 @@ def stage_targets(repo: Any, scene: str, stages: list[str]) -> list[str]:
         raise M3Error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(SHAREABLE)}")
     selected = []
     for stage in repo.index.stages:
-        kind, _, item = stage.name.partition("@")
+        kind, _, item = getattr(stage, "name", "").partition("@")  # `dvc add`ed inputs (.dvc files) have no name
         if kind in stages and (item == scene or item.startswith(f"{scene}-") or (kind == "demo" and scene == "demo")):
             selected.append(stage)
     if not selected:
