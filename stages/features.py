@@ -4,7 +4,8 @@ Reads ``params.yaml: features.<model>`` (merged over the adapter's ``default_con
 registered view of ``data/<scene>/colmap`` the adapter's dense map is written, one view at a time,
 into ``data/<scene>/features/<model>.zarr`` (layout: :mod:`pipeline.features.store`)::
 
-    data/<scene>/features/<model>.zarr          [V, h, w, d] float16 (+ valid [V, h, w]), attrs
+    data/<scene>/features/<model>.zarr          [V, h, w, d] float16 (+ valid [V, h, w]), attrs,
+                                                the model's records (<name>.json, e.g. llama3 captions)
     data/<scene>/features/<model>.stats.json    views, map size, seconds per view, bytes on disk
 
 The store is built as ``.<model>.zarr.partial`` and renamed when complete: a killed run resumes
@@ -95,6 +96,7 @@ def run(
         "config_hash": prov["config_hash"],
         "inputs_hash": prov["inputs_hash"],
         "provenance": prov,
+        "records": list(model.record_names),
     }
     store = resume_or_create(final, names, h, w, model.dim, attrs, bool(model.has_mask))
     todo = [i for i, done in enumerate(store.done_mask()) if not done]
@@ -104,7 +106,7 @@ def run(
             t0 = time.perf_counter()
             pixels = to_float(load_image(views[i].image_path, width, height))
             fm = model.extract(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())
-            store.write(i, fm.features.detach().cpu().numpy(), fm.valid.detach().cpu().numpy())
+            store.write(i, fm.features.detach().cpu().numpy(), fm.valid.detach().cpu().numpy(), fm.records)
             compute += time.perf_counter() - t0
             bar.update(1)
             if on_view is not None:
