@@ -26,6 +26,7 @@ COMMANDS = {
     "evaluate": "stages.evaluate",
     "render": "stages.render",
     "query": "stages.query",
+    "ask": "stages.ask",
     "share": "stages.share",
     "params": "stages.params",
 }

@@ -16,7 +16,7 @@ import typer
 from pipeline.bank.config import BankConfig
 from pipeline.core.config import field_help, load_params, section_of
 from pipeline.demo.config import DemoConfig
-from pipeline.evaluate.config import EvaluateConfig, QueryConfig
+from pipeline.evaluate.config import AskConfig, EvaluateConfig, QueryConfig
 from pipeline.poses.config import FramesConfig, PosesConfig
 from pipeline.splat.config import TrainConfig
 from stages.command import PARAMS, reports_errors
@@ -29,6 +29,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
     "query": QueryConfig,
+    "ask": AskConfig,
 }
 """Section -> config class (``bank`` is per model: ``bank.<model>``)."""
 
@@ -55,7 +56,7 @@ def describe(cls: type, values: dict[str, Any], prefix: str) -> list[str]:
 @reports_errors
 def cli(
     section: str = typer.Argument(
-        None, help="a section (demo, frames, poses, bank, train, evaluate, query); default: all"
+        None, help="a section (demo, frames, poses, bank, train, evaluate, query, ask); default: all"
     ),
     params: Path = PARAMS,
 ) -> None:
