@@ -338,14 +338,13 @@ def _random_model(conf: dict[str, Any]) -> tuple[Any, Tokenizer]:
         )
         cls: Any = LlavaForConditionalGeneration
     elif family == "mllama":
-        rows, cols = (int(t) for t in conf["tiles"])
         layers = int(a["vision_layers"])
         config = MllamaConfig(
             vision_config={
                 **vision,
                 "attention_heads": int(a["vision_heads"]),
                 "num_global_layers": 1,
-                "max_num_tiles": rows * cols,
+                "max_num_tiles": 4,  # as Llama-3.2-Vision
                 "intermediate_layers_indices": [layers - 1],
                 "vision_output_dim": 2 * int(a["vision_width"]),
             },
