@@ -8,6 +8,7 @@ import torch
 from pipeline.core.errors import M3Error
 from pipeline.features.models import build_model
 from pipeline.features.regions import mask_boxes
+from tests.helpers.checkpoints import word_tokenizer
 from tests.helpers.data import smooth_image
 
 # random SAM: the generator's filters opened up; a high coverage leaves cells without a mask
@@ -100,3 +101,25 @@ def test_llama3_offline_errors_name_the_checkpoints(monkeypatch, tmp_path):
     absent = {**CAPTIONER_CONF, "checkpoint": "m3-tests/absent"}
     with pytest.raises(M3Error, match=r"features\.llama3\.captioner.*m3-tests/absent.*hf download m3-tests/absent"):
         Captioner(absent, "pretrained", 0, torch.device("cpu"), "features.llama3.captioner")
+
+
+def test_llama3_language_model_from_a_local_checkpoint_folder(tmp_path):
+    """A causal LM folder as on the hub (weights + tokenizer): text embeddings are the mean of its
+    last hidden states over the text's tokens, its start token left out."""
+    from transformers import AutoModel, LlamaConfig, LlamaForCausalLM
+
+    tok = word_tokenizer("a red chair wooden table with four legs".split())
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+    )
+    ckpt = tmp_path / "llama"
+    LlamaForCausalLM(config).save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    model = build_model("llama3", {"embedder": {"checkpoint": str(ckpt), "dtype": "float32"}})  # SAM, captioner: lazy
+    got = model.encode_text(["a red chair", "a wooden table with four legs"])
+    ids = tok("a red chair", return_tensors="pt")["input_ids"]
+    assert ids[0, 0] == tok.bos_token_id and model.dim == 32
+    with torch.no_grad():
+        hidden = AutoModel.from_pretrained(ckpt)(input_ids=ids).last_hidden_state[0]
+    assert torch.allclose(got[0], torch.nn.functional.normalize(hidden[1:].mean(0), dim=0), atol=1e-5)
+    assert float(got[0] @ got[1]) < 0.999

@@ -10,6 +10,7 @@ from pipeline.core.errors import M3Error
 from pipeline.features.models import build_model
 from pipeline.features.models.llamav import tokens_from_records
 from pipeline.features.vlm import ImageTokens
+from tests.helpers.checkpoints import word_tokenizer
 from tests.helpers.data import smooth_image
 
 FAMILIES = {
@@ -92,18 +93,9 @@ def test_llava_local_checkpoint_uses_its_processor(tmp_path):
     """A LLaVA folder as on the hub (model, tokenizer, image processor, chat template): the adapter
     prompts with the checkpoint's chat template and expands <image> exactly as LlavaProcessor does,
     and the stored tokens still give the model's own logits."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
+    from transformers import CLIPImageProcessor, LlavaProcessor
 
-    words = "USER ASSISTANT : what is on the table ? a red box".split()
-    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "[UNK]", "<image>", *words])}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="[UNK]"
-    )
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tok = word_tokenizer("USER ASSISTANT : what is on the table ? a red box".split(), ["<image>"])
     template = (
         "{% for m in messages %}{{ m['role'].upper() + ': ' }}{% for c in m['content'] %}"
         "{% if c['type'] == 'image' %}{{ '<image>\n' }}{% else %}{{ c['text'] + ' ' }}{% endif %}"

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from pipeline.core.errors import M3Error
 from pipeline.features.models import build_model
 from pipeline.features.models.seem import mask_box_iou
+from tests.helpers.checkpoints import word_tokenizer
 from tests.helpers.data import smooth_image
 
 SEEM = {
@@ -100,3 +101,25 @@ def test_seem_missing_checkpoint_offline_is_a_clear_error(monkeypatch):
         build_model("seem", {})
     with pytest.raises(M3Error, match="features.seem.weights: 'none'"):
         build_model("seem", {"weights": "none"})
+
+
+def test_seem_local_checkpoint_folder_uses_its_tokenizer(tmp_path):
+    """An OWLv2 folder as on the hub (detector weights + processor): the adapter loads it, and text
+    queries go through the checkpoint's own tokenizer and text tower (16 positions)."""
+    from transformers import Owlv2ImageProcessor, Owlv2Processor
+
+    model = build_model("seem", SEEM)
+    tok = word_tokenizer("a red chair the floor".split(), add_eos=True)
+    config = model.owl.config
+    config.text_config.vocab_size = len(tok)
+    config.text_config.eos_token_id = tok.eos_token_id
+    owl = type(model.owl)(config)
+    ckpt = tmp_path / "owlv2"
+    owl.save_pretrained(ckpt)
+    Owlv2Processor(Owlv2ImageProcessor(size={"height": 128, "width": 128}), tok).save_pretrained(ckpt)
+    loaded = build_model("seem", {"checkpoint": str(ckpt)})  # SAM: loaded on first use
+    text = loaded.encode_text(["a red chair", "the floor"])
+    ids = tok(["a red chair", "the floor"], padding="max_length", max_length=16, return_tensors="pt")
+    with torch.no_grad():
+        own = loaded.owl.owlv2.get_text_features(**ids).pooler_output
+    assert loaded.text_length == 16 and torch.allclose(text, F.normalize(own, dim=-1), atol=1e-6)
