@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   install, then run the whole pipeline on the built-in demo scene (dvc repro)
 #   make test   install, then run the test suite
+# On a CUDA machine install the GPU build of FAISS instead: make install FAISS=gpu
 # Offline (no checkpoint downloads): make demo WEIGHTS=random runs the same pipeline as a DVC
 # experiment outside the workspace (`dvc exp run --temp`: params.yaml and the workspace stay as
 # they are) with random-weight models (meaningless semantics, every stage exercised), at a 224 px
@@ -8,6 +9,7 @@
 # metrics (`dvc exp show`; `dvc exp apply <name>` brings its outputs and params into the workspace).
 PY ?= python3
 WEIGHTS ?=
+FAISS ?= cpu
 VENV ?= .venv
 BIN = $(VENV)/bin
 
@@ -17,8 +19,9 @@ $(BIN)/m3: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.15.0 torchvision==0.29.2
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,$(FAISS)]"
 	$(BIN)/python -c "import torch, torchvision, gsplat, pycolmap, faiss, zarr, open_clip, transformers, segment_anything; print('m3 environment ok: torch', torch.__version__)"
+	$(BIN)/python -c "from pipeline.splat.raster_cpp import kernel; print('compiled CPU rasterizer:', 'ok' if kernel() else 'unavailable (torch backend)')"
 	touch $(BIN)/m3
 
 install: $(BIN)/m3

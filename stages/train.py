@@ -18,6 +18,7 @@ import typer
 
 from pipeline.core.config import load_params
 from pipeline.core.errors import M3Error
+from pipeline.core.runtime import peak_gpu_mb
 from pipeline.core.scene import Scene
 from pipeline.splat.config import TrainConfig
 from pipeline.splat.train import train
@@ -45,12 +46,16 @@ def run(config: TrainConfig, scene: Scene, models: list[str], progress: bool = T
     stats = {
         "steps": tr.step,
         "seconds": round(tr.elapsed, 2),
+        "cpu_seconds": round(tr.cpu_elapsed, 2),  # CPU time of all threads: the cost on a loaded machine
         "gaussians": int(len(tr.params["means"])),
         "final_losses": losses,
         "peak_ram_mb": round(tr.peak_ram_mb, 1),
         "train_views": len(tr.inp.train),
         "test_views": len(tr.inp.test),
     }
+    gpu = peak_gpu_mb(tr.device)
+    if gpu is not None:
+        stats["peak_gpu_mb"] = round(gpu, 1)
     write_model(scene.model_dir, tr, stats)
     log.info(
         "%s: %d steps in %.0f s, %d Gaussians, losses %s, peak RAM %.0f MB",

@@ -41,6 +41,9 @@ class EvaluateConfig:
     """Save render | ground-truth images of this many held-out views."""
     lpips: bool = True
     """Compute LPIPS when the lpips package and its weights are already on this machine."""
+    max_side: int | None = None
+    """Render the held-out views at this longer image side (0: full size; null: the size the memory
+    was trained at)."""
     device: str = "auto"
     """auto | cpu | cuda."""
     grounding: GroundingConfig = field(default_factory=GroundingConfig)

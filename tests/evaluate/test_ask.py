@@ -135,14 +135,8 @@ def test_m3_ask_renders_the_memory_and_answers(small_scene, tmp_path) -> None:
     bank_run(BankConfig(threshold=0.6), scene, "llamav")
     bank_run(BankConfig(threshold=0.8), scene, "clip")
     cfg = TrainConfig(
-        iterations=60,
-        query_dims={"llamav": 8, "clip": 8},
-        densify_start=1000,
-        pixels=300,
-        device="cpu",
-        backend="torch",
-        checkpoint_every=1000,
-    )
+        query_dims={"llamav": 8, "clip": 8}, pixels=300, device="cpu", backend="torch", checkpoint_every=1000
+    ).with_schedule("cpu", iterations=60, densify_start=1000)
     train_run(cfg, scene, ["llamav", "clip"], progress=False)
     view = load_views(scene)[3]
     pose = tmp_path / "novel.json"

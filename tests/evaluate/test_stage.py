@@ -171,15 +171,8 @@ def trained_planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Scene, np
     from pipeline.splat.trained import write_model
 
     scene, planted, box = planted_scene(tmp_path_factory.mktemp("planted") / "demo")
-    cfg = TrainConfig(
-        iterations=150,
-        query_dims={"clip": 8},
-        densify_start=1000,
-        pixels=500,
-        device="cpu",
-        backend="torch",
-        checkpoint_every=1000,
-    )
+    cfg = TrainConfig(query_dims={"clip": 8}, pixels=500, device="cpu", backend="torch", checkpoint_every=1000)
+    cfg = cfg.with_schedule("cpu", iterations=150, densify_start=1000)
     tr = train(scene, cfg, ["clip"], progress=False)
     write_model(scene.model_dir, tr, {"steps": tr.step})
     return scene, planted, box
@@ -244,15 +237,8 @@ def test_memory_and_distill_side_by_side(trained_planted, tmp_path: Path) -> Non
     for part in ("colmap", "features", "bank"):
         shutil.copytree(scene.root / part, other.root / part)
     cfg = TrainConfig(
-        method="distill",
-        iterations=150,
-        query_dims={"clip": 8},
-        densify_start=1000,
-        pixels=500,
-        device="cpu",
-        backend="torch",
-        checkpoint_every=1000,
-    )
+        method="distill", query_dims={"clip": 8}, pixels=500, device="cpu", backend="torch", checkpoint_every=1000
+    ).with_schedule("cpu", iterations=150, densify_start=1000)
     write_model(other.model_dir, train(other, cfg, ["clip"], progress=False), {"steps": 150})
     ev = EvaluateConfig(device="cpu", lpips=False, n_renders=0)
     rows = {name: evaluate_run(ev, s) for name, s in (("memory", scene), ("distill", other))}

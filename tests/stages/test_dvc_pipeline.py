@@ -91,7 +91,7 @@ def test_make_demo_random_weights_leaves_the_workspace_clean(tmp_path: Path) -> 
 
     root = tmp_path / "proj"
     project_copy(root)
-    set_params(root, scenes=["demo"], demo={"n_views": 16}, train={"iterations": 100, "densify_start": 1000})
+    set_params(root, scenes=["demo"], demo={"n_views": 16}, train={"cpu": {"iterations": 100, "densify_start": 1000}})
     git(root, "add", "-A")
     git(root, "commit", "-qm", "small demo")
     venv = Path(sys.executable).parent.parent
