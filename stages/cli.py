@@ -26,6 +26,7 @@ COMMANDS = {
     "evaluate": "stages.evaluate",
     "render": "stages.render",
     "query": "stages.query",
+    "ask": "stages.ask",
     "share": "stages.share",
     "cluster": "stages.cluster",
     "params": "stages.params",

@@ -4,7 +4,8 @@ Reads ``params.yaml: features.<model>`` (merged over the adapter's ``default_con
 registered view of ``data/<scene>/colmap`` the adapter's dense map is written, one view at a time,
 into ``data/<scene>/features/<model>.zarr`` (layout: :mod:`pipeline.features.store`)::
 
-    data/<scene>/features/<model>.zarr          [V, h, w, d] float16 (+ valid [V, h, w]), attrs
+    data/<scene>/features/<model>.zarr          [V, h, w, d] float16 (+ valid [V, h, w]), attrs,
+                                                the model's records (<name>.json, e.g. llama3 captions)
     data/<scene>/features/<model>.stats.json    views, map size, seconds per view, bytes on disk
 
 The store is built as ``.<model>.zarr.partial`` and renamed when complete: a killed run resumes
@@ -98,6 +99,7 @@ def run(
             "config_hash": prov["config_hash"],
             "inputs_hash": prov["inputs_hash"],
             "provenance": prov,
+            "records": list(model_class(model_name).record_names),
         }
         store = resume_or_create(final, names, h, w, dim, attrs, has_mask)
         todo = [(i, Path(views[i].image_path)) for i, done in enumerate(store.done_mask()) if not done]
@@ -108,8 +110,8 @@ def run(
             bar.set_postfix(workers=extractor.live_workers(), refresh=refresh)
 
         with bar:
-            for i, features, valid, seconds in extractor.extract(todo, width, height, show_workers):
-                store.write(i, features, valid)
+            for i, features, valid, records, seconds in extractor.extract(todo, width, height, show_workers):
+                store.write(i, features, valid, records)
                 compute += seconds
                 show_workers(refresh=False)
                 bar.update(1)

@@ -17,7 +17,7 @@ from pipeline.bank.config import BankConfig
 from pipeline.cluster.config import ClusterConfig
 from pipeline.core.config import field_help, load_params, section_of
 from pipeline.demo.config import DemoConfig
-from pipeline.evaluate.config import EvaluateConfig, QueryConfig
+from pipeline.evaluate.config import AskConfig, EvaluateConfig, QueryConfig
 from pipeline.poses.config import FramesConfig, PosesConfig
 from pipeline.splat.config import TrainConfig
 from stages.command import PARAMS, reports_errors
@@ -30,6 +30,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
     "query": QueryConfig,
+    "ask": AskConfig,
     "cluster": ClusterConfig,
 }
 """Section -> config class (``bank`` is per model: ``bank.<model>``)."""
@@ -66,7 +67,7 @@ def describe(cls: type, values: dict[str, Any], prefix: str, defaults: dict[str,
 @reports_errors
 def cli(
     section: str = typer.Argument(
-        None, help="a section (demo, frames, poses, bank, train, evaluate, query, cluster); default: all"
+        None, help="a section (demo, frames, poses, bank, train, evaluate, query, ask, cluster); default: all"
     ),
     params: Path = PARAMS,
 ) -> None:

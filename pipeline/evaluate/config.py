@@ -78,3 +78,19 @@ class QueryConfig:
     """Heatmap opacity at full relevance."""
     device: str = "auto"
     """auto | cpu | cuda."""
+
+
+@dataclass(frozen=True)
+class AskConfig:
+    """``params.yaml: ask``: the ``m3 ask`` command (not a DVC stage)."""
+
+    model: str = "llamav"
+    """The memory's VLM-token model (an adapter whose extract stores a VLM's image tokens)."""
+    max_new_tokens: int = 64
+    """Longest answer, in tokens (greedy decoding; it stops earlier at the end token)."""
+    region_model: str | None = None
+    """Model whose text tower finds a --region text (null: the first with a text encoder)."""
+    region_threshold: float = 0.5
+    """A --region text keeps the cells whose min-max normalised relevance is at least this."""
+    device: str = "auto"
+    """auto | cpu | cuda."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -22,18 +22,21 @@ from pipeline.features.models import FeatureModel
 
 Job = tuple[int, Path]
 """A view to extract: its index in the store and its image file."""
-Result = tuple[int, np.ndarray, np.ndarray, float]
-"""``(i, features [h, w, d] float16, valid [h, w] bool, seconds of compute)``."""
+Records = dict[str, list[dict[str, Any]]]
+"""A view's records by name (:attr:`pipeline.features.models.base.FeatureMap.records`)."""
+Result = tuple[int, np.ndarray, np.ndarray, Records, float]
+"""``(i, features [h, w, d] float16, valid [h, w] bool, records, seconds of compute)``."""
 
 
 def extract_view(
     model: FeatureModel, path: Path, width: int, height: int, data: bytes | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, Records]:
     """Features of the image at ``path`` (or its bytes ``data``) at ``width x height``:
-    ``(features [h, w, d] float16, valid [h, w] bool)``."""
+    ``(features [h, w, d] float16, valid [h, w] bool, records)``."""
     pixels = to_float(load_image(path, width, height, data))
     fm = model.extract(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())
-    return fm.features.detach().cpu().numpy().astype(np.float16), fm.valid.detach().cpu().numpy().astype(bool)
+    features = fm.features.detach().cpu().numpy().astype(np.float16)
+    return features, fm.valid.detach().cpu().numpy().astype(bool), fm.records
 
 
 class Extractor(Protocol):
@@ -70,8 +73,8 @@ class LocalExtractor:
     ) -> Iterator[Result]:
         for i, path in jobs:
             t0 = time.perf_counter()
-            features, valid = extract_view(self.model, path, width, height)
-            yield i, features, valid, time.perf_counter() - t0
+            features, valid, records = extract_view(self.model, path, width, height)
+            yield i, features, valid, records, time.perf_counter() - t0
 
     def live_workers(self) -> int:
         return 1

@@ -28,7 +28,7 @@ from pipeline.cluster.config import ClusterConfig
 from pipeline.cluster.session import alive_actors, import_ray
 from pipeline.core.errors import M3Error
 from pipeline.core.runtime import resolve_device
-from pipeline.features.extract import Job, Result, extract_view
+from pipeline.features.extract import Job, Records, Result, extract_view
 from pipeline.features.models import FeatureModel, build_model, model_class
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,10 @@ class FeatureWorker:
         h, w = model.grid_size(height, width)
         return h, w, model.dim
 
-    def extract(self, path: str, data: bytes, width: int, height: int) -> tuple[np.ndarray, np.ndarray, float]:
+    def extract(self, path: str, data: bytes, width: int, height: int) -> tuple[np.ndarray, np.ndarray, Records, float]:
         t0 = time.perf_counter()
-        features, valid = extract_view(self._loaded(), Path(path), width, height, data)
-        return features, valid, time.perf_counter() - t0
+        features, valid, records = extract_view(self._loaded(), Path(path), width, height, data)
+        return features, valid, records, time.perf_counter() - t0
 
 
 class RayExtractor:
@@ -160,8 +160,8 @@ class RayExtractor:
                 (ref,) = ready
                 i, k, path = pending.pop(ref)
                 load[k] -= 1
-                features, valid, seconds = self._get(ref, view=str(path))
-                done[i] = (i, features, valid, seconds)
+                features, valid, records, seconds = self._get(ref, view=str(path))
+                done[i] = (i, features, valid, records, seconds)
             yield done.pop(next_i)
 
     def live_workers(self) -> int:

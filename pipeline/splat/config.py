@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 
 def _default_dims() -> dict[str, int]:
-    return {"clip": 16, "siglip": 32, "dinov2": 32, "sam_clip": 16}
+    return {"clip": 16, "siglip": 32, "dinov2": 32, "sam_clip": 16, "seem": 16, "llama3": 32, "llamav": 32}
 
 
 @dataclass(frozen=True)

@@ -117,14 +117,17 @@ class TrainedMemory:
         return int(h), int(w)
 
     @torch.no_grad()
-    def render(self, view: View) -> RenderOut:
-        """RGB at the view's size and each model's features at its feature-map size."""
+    def render(self, view: View, models: list[str] | None = None) -> RenderOut:
+        """RGB at the view's size and each model's (or each of ``models``') features at its feature-map size."""
+        unknown = [m for m in models or [] if m not in self.models]
+        if unknown:
+            raise M3Error(f"model '{unknown[0]}' is not in this memory ({', '.join(self.models)}); pick one of those")
         viewmat = torch.as_tensor(np.asarray(view.w2c), dtype=torch.float32, device=self.device)
         K = torch.as_tensor(np.asarray(view.K), dtype=torch.float32, device=self.device)
         rgb, alpha, _ = render_rgb(self.params, viewmat, K, view.width, view.height, self.sh_degree, self.backend)
         feats = {}
-        for m in self.models:
-            camera = Camera(viewmat, K, view.width, view.height)
+        camera = Camera(viewmat, K, view.width, view.height)
+        for m in self.models if models is None else models:
             q = feature_grid_queries(self.params, m, camera, self.feature_size(m), self.feature_render, self.backend)
             feats[m] = self.heads[m](q)
         return RenderOut(rgb.clamp(0, 1), alpha, feats)

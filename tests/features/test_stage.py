@@ -140,6 +140,16 @@ SMALL = {
         "stability_score_thresh": 0.0,
         "clip": {"weights": "random"},
     },
+    "llamav": {"weights": "random", "family": "mllama"},
+    "llama3": {
+        "weights": "random",
+        "sam": {"points_per_side": 3, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+        "captioner": {"num_beams": 1, "max_new_tokens": 6},
+    },
+    "seem": {
+        "weights": "random",
+        "sam": {"points_per_side": 3, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+    },
 }
 
 
@@ -163,7 +173,7 @@ def scene4(demo_input, tmp_path_factory):
     return posed_scene(tmp_path_factory.mktemp("feat") / "four", demo_input, 4)
 
 
-SLOW_ADAPTERS = {"sam_clip"}  # SAM's automatic mask generator takes ~10 s per view on a contended CPU
+SLOW_ADAPTERS = {"sam_clip", "llama3", "seem"}  # SAM's automatic mask generator: ~10 s per view on a busy CPU
 
 
 @pytest.mark.parametrize(
@@ -195,6 +205,11 @@ def test_stage_store_equals_direct_forward_pass(name, scene4):
         expect = direct.features.numpy().astype(np.float16)
         np.testing.assert_allclose(feats.astype(np.float32), expect.astype(np.float32), rtol=1e-3, atol=1e-3)
         np.testing.assert_array_equal(valid, direct.valid.numpy())
+    for record in model.record_names:  # every view's records, gathered in view order
+        rows = store.records(record)
+        assert {r["view"] for r in rows} <= set(store.names) and (
+            scene4.features_path(name) / f"{record}.json"
+        ).is_file()
 
 
 def test_kill_and_resume_recomputes_only_missing_views(demo_input, tmp_path):

@@ -8,13 +8,22 @@ An adapter turns one RGB view into a dense feature map covering the **whole** im
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from pipeline.core.errors import M3Error
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+"""torch dtypes by the names adapters' ``dtype`` keys take."""
+
+
+def check_weights(conf: dict[str, Any], where: str) -> None:
+    """``conf["weights"]`` must be ``pretrained`` or ``random``, else :class:`M3Error` naming ``where``."""
+    if conf["weights"] not in ("pretrained", "random"):
+        raise M3Error(f"{where}.weights: {conf['weights']!r} is not 'pretrained' or 'random'; fix it")
 
 
 def hub_load_error(model: str, checkpoint: str, what: str, exc: Exception, local: str) -> M3Error:
@@ -31,10 +40,17 @@ def hub_load_error(model: str, checkpoint: str, what: str, exc: Exception, local
 
 @dataclass
 class FeatureMap:
-    """``features [h, w, d] float32`` and ``valid [h, w] bool`` (all True when the model has no mask)."""
+    """``features [h, w, d] float32`` and ``valid [h, w] bool`` (all True when the model has no mask).
+
+    ``records`` holds what else a model knows about the view, as JSON-serialisable lists by name
+    (e.g. ``{"captions": [{"region": 0, "box": [...], "caption": "..."}]}``); the features stage
+    stores them beside the maps, one ``<name>.json`` per store listing every view's records
+    (:meth:`pipeline.features.store.FeatureStore.records`).
+    """
 
     features: torch.Tensor
     valid: torch.Tensor
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 class FeatureModel(ABC):
@@ -49,6 +65,8 @@ class FeatureModel(ABC):
     name: ClassVar[str]
     default_conf: ClassVar[dict[str, Any]]
     has_mask: ClassVar[bool] = False
+    record_names: ClassVar[tuple[str, ...]] = ()
+    """Names of the per-view records ``extract`` returns (:attr:`FeatureMap.records`)."""
 
     def __init__(self, conf: dict[str, Any], device: torch.device | str = "cpu") -> None:
         self.conf = conf
