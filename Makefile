@@ -1,13 +1,16 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   install, then run the whole pipeline on the built-in demo scene (dvc repro)
 #   make test   install, then run the test suite
+# On a CUDA machine install the GPU build of FAISS instead: make install FAISS=gpu
 # Offline (no checkpoint downloads): make demo WEIGHTS=random runs the same pipeline as a DVC
 # experiment outside the workspace (`dvc exp run --temp`: params.yaml and the workspace stay as
 # they are) with random-weight models (meaningless semantics, every stage exercised), at a 224 px
 # model input (the small random CLIP's native 56 px would give 4 x 5 feature maps), then shows its
-# metrics (`dvc exp show`; `dvc exp apply <name>` brings its outputs and params into the workspace).
+# metrics (`dvc exp show --md`, whole at any terminal width; `dvc exp apply <name>` brings its
+# outputs and params into the workspace).
 PY ?= python3
 WEIGHTS ?=
+FAISS ?= cpu
 VENV ?= .venv
 BIN = $(VENV)/bin
 
@@ -17,8 +20,9 @@ $(BIN)/m3: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.15.0 torchvision==0.29.2
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
-	$(BIN)/python -c "import torch, torchvision, gsplat, pycolmap, faiss, zarr, open_clip, transformers, segment_anything; print('m3 environment ok: torch', torch.__version__)"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,$(FAISS),ray]"
+	$(BIN)/python -c "import torch, torchvision, gsplat, pycolmap, faiss, zarr, open_clip, transformers, segment_anything, ray; print('m3 environment ok: torch', torch.__version__)"
+	$(BIN)/python -c "from pipeline.splat.raster_cpp import kernel; print('compiled CPU rasterizer:', 'ok' if kernel() else 'unavailable (torch backend)')"
 	touch $(BIN)/m3
 
 install: $(BIN)/m3
@@ -29,7 +33,7 @@ ifeq ($(WEIGHTS),)
 else
 	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc exp run --temp -S 'features.clip.weights=$(WEIGHTS)' \
 		$(if $(filter random,$(WEIGHTS)),-S 'features.clip.input_size=224')
-	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc exp show --no-pager --drop '.*' \
+	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc exp show --no-pager --md --drop '.*' \
 		--keep 'Experiment|Created|^psnr$$|^ssim$$|features.clip.(cosine|baseline_cosine)|^gaussians$$'
 endif
 

@@ -38,20 +38,10 @@ SIZES = (25_000, 50_000, 100_000, 200_000)
 
 
 def scene_views(
-    n_views: int,
-    d: int = 768,
-    n_objects: int = 60,
-    rank: int = 16,
-    hw: int = 64,
-    objects_per_view: int = 20,
-    shared: float = 0.7,
-    spread: float = 1.5,
-    noise: float = 0.3,
-    freq: float = 0.5,
-    n_freq: int = 32,
-    jitter: float = 0.02,
-    seed: int = 0,
-) -> Iterator[np.ndarray]:
+    n_views: int, d: int = 768, n_objects: int = 60, rank: int = 16, hw: int = 64, objects_per_view: int = 20,
+    shared: float = 0.7, spread: float = 1.5, noise: float = 0.3, freq: float = 0.5, n_freq: int = 32,
+    jitter: float = 0.02, seed: int = 0,
+) -> Iterator[np.ndarray]:  # fmt: skip
     """Yield ``n_views`` synthetic views of one scene, each ``[hw*hw, d] float32`` (see module doc)."""
     rng = np.random.default_rng(seed)
     mean = rng.standard_normal(d)

@@ -32,7 +32,7 @@ from pipeline.core.config import load_params, to_dict
 from pipeline.core.errors import M3Error
 from pipeline.core.io import config_hash, provenance, write_json
 from pipeline.core.scene import Scene
-from stages.command import PARAMS, SCENE_HELP, Options, command
+from stages.command import PARAMS, SCENE, Options, command
 
 log = logging.getLogger(__name__)
 
@@ -96,24 +96,17 @@ def run(config: BankConfig, scene: Scene, model: str) -> dict[str, Any]:
     save_bank(scene.bank_path(model), result.bank, {"provenance": prov, "stats": content}, config.chunk_rows)
     write_json(stats_path(scene, model), {k: stats[k] for k in METRICS})
     log.info(
-        "%s/%s: %d rows -> t=%d (x%.1f), coverage %.4f, min/mean best cosine %.3f/%.3f, %.1f s",
-        scene.name,
-        model,
-        stats["N"],
-        stats["t"],
-        stats["compression"],
-        stats["coverage"],
-        stats["min_best_cosine"],
-        stats["mean_best_cosine"],
-        stats["seconds"],
-    )
+        "%s/%s: %d rows -> t=%d (x%.1f), coverage %.4f, min/mean best cosine %.3f/%.3f, %.1f s", scene.name,
+        model, stats["N"], stats["t"], stats["compression"], stats["coverage"], stats["min_best_cosine"],
+        stats["mean_best_cosine"], stats["seconds"],
+    )  # fmt: skip
     return stats
 
 
 @command(BankConfig)
 def cli(
     options: Options[BankConfig],
-    scene: str = typer.Argument(..., help=SCENE_HELP),
+    scene: str = SCENE,
     model: list[str] | None = typer.Option(
         None, "--model", "-m", help="model(s) to bank (default: every model in params.yaml `models`)"
     ),

@@ -28,7 +28,9 @@ COMMANDS = {
     "query": "stages.query",
     "export": "stages.export",
     "view": "stages.view",
+    "ask": "stages.ask",
     "share": "stages.share",
+    "cluster": "stages.cluster",
     "params": "stages.params",
 }
 """Command name -> the module defining it (``cli``: a function or a typer app with sub-commands)."""

@@ -3,8 +3,8 @@
 Every option is written once, as a field of the stage's frozen config dataclass with its help as
 a field docstring (``pipeline/<subpackage>/config.py``). :func:`command` turns a function into a
 typer command with one ``--option`` per scalar or list field of that dataclass (same name, the
-field docstring as help; an option not given keeps the params.yaml value), plus the function's
-own arguments.
+field docstring as help; an option not given keeps the params.yaml value; fields of nested
+sections are ``--<section>.<field>``), plus the function's own arguments.
 The function receives :class:`Options`, whose :meth:`Options.load` reads the params section,
 applies the given options and checks every key and type, in one place for all commands.
 
@@ -34,6 +34,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 SCENE_HELP = "scene name (folder under data/) or a path to a scene folder"
 PARAMS = typer.Option(PARAMS_FILE, help="params file to read this stage's section from")
+SCENE = typer.Argument(..., help=SCENE_HELP)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -66,7 +67,7 @@ def reports_errors(fn: F) -> F:
 
 @dataclasses.dataclass(frozen=True)
 class Options(Generic[T]):
-    """The config options given on the command line (``None``: not given, params.yaml decides)."""
+    """The config options given on the command line (nested sections as dicts; absent: params.yaml decides)."""
 
     cls: type[T]
     given: dict[str, Any]
@@ -89,21 +90,40 @@ def _option_type(tp: Any) -> Any | None:
     return None  # mappings and nested sections: params.yaml only
 
 
-def config_parameters(cls: type) -> list[inspect.Parameter]:
-    """One keyword-only option per field of dataclass ``cls`` that the command line can hold."""
+def config_parameters(cls: type, prefix: str = "") -> list[inspect.Parameter]:
+    """One keyword-only option per field of dataclass ``cls`` that the command line can hold;
+    fields of a nested section become ``--<section>.<field>`` (parameter ``<section>__<field>``)."""
     hints = typing.get_type_hints(cls, include_extras=False)
     docs = field_help(cls)
     params = []
     for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            params += config_parameters(hints[f.name], f"{prefix}{f.name}.")
+            continue
         tp = _option_type(hints[f.name])
         if tp is None:
             continue
-        flag = f.name.replace("_", "-")
-        decls = [f"--{flag}/--{f.metadata.get('off', 'no-' + flag)}"] if hints[f.name] is bool else []
+        flag = prefix + f.name.replace("_", "-")
+        decls = [f"--{flag}/--{f.metadata.get('off', 'no-' + flag)}"] if hints[f.name] is bool else [f"--{flag}"]
         text = " ".join(docs[f.name].split())
         option = typer.Option(None, *decls, help=text or None, show_default=False)
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=tp))
+        name = (prefix + f.name).replace(".", "__")
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=tp))
     return params
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"cpu__iterations": 5, "seed": 1}`` -> ``{"cpu": {"iterations": 5}, "seed": 1}`` (None dropped)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if value is None or (isinstance(value, list) and not value):
+            continue
+        *path, last = key.split("__")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
 
 
 def command(cls: type[T]) -> Callable[[F], F]:
@@ -121,9 +141,7 @@ def command(cls: type[T]) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
-            given = {k: kwargs.pop(k) for k in names}
-            if any(isinstance(v, list) for v in given.values()):
-                given = {k: (v or None) if isinstance(v, list) else v for k, v in given.items()}
+            given = _nest({k: kwargs.pop(k) for k in names})
             return fn(options=Options(cls, given), **kwargs)
 
         params = own + fields

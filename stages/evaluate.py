@@ -2,7 +2,7 @@
 
 Reads ``params.yaml: evaluate``. Every ``test_every``-th registered view (0, 8, 16, ... — keep it
 equal to the views the train stage held out) is rendered once, at the image size the memory was
-trained at (``train.cpu_max_side`` on CPU, recorded in the model; full size on CUDA); outputs::
+trained at (the schedule's ``max_side``, recorded in the model) unless ``max_side`` names another; outputs::
 
     data/<scene>/eval/metrics.json     DVC metrics: test_views, psnr, ssim (lpips when available),
                                        features.<model>.{cosine, l2, cells} (Table 1 protocol) and
@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import typer
 from PIL import Image
 
 from pipeline.bank.store import load_bank
@@ -48,7 +47,7 @@ from pipeline.evaluate.query import Encoder, build_query, load_vectors, pick_mod
 from pipeline.evaluate.session import relevance_engine, scene_path
 from pipeline.features.store import FeatureStore
 from pipeline.splat.trained import TrainedMemory
-from stages.command import PARAMS, SCENE_HELP, Options, command
+from stages.command import PARAMS, SCENE, Options, command
 
 log = logging.getLogger(__name__)
 MODEL_FILES = ("point_cloud.ply", "memory.pt")  # what a trained memory needs at query time
@@ -92,7 +91,8 @@ def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
     start = time.perf_counter()
     device = resolve_device(config.device, "evaluate")
     memory = TrainedMemory.load(scene, device=device)
-    views = resampled_views(load_views(scene), int(memory.config.get("max_side", 0)))
+    side = int(memory.config.get("max_side", 0)) if config.max_side is None else config.max_side
+    views = resampled_views(load_views(scene), side)
     train, test = split_views(views, config.test_every)
     if not test:
         raise M3Error(f"evaluate.test_every={config.test_every}: no held-out views; set it to a positive number")
@@ -198,9 +198,7 @@ def _lerf(
 
 
 @command(EvaluateConfig)
-def cli(
-    options: Options[EvaluateConfig], scene: str = typer.Argument(..., help=SCENE_HELP), params: Path = PARAMS
-) -> None:
+def cli(options: Options[EvaluateConfig], scene: str = SCENE, params: Path = PARAMS) -> None:
     """Evaluate the trained memory on held-out views: PSNR, SSIM, feature cosine/L2 per model, sizes.
 
     Writes data/<scene>/eval/metrics.json (DVC metrics), per_view.json and renders/; adds grounding

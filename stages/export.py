@@ -29,7 +29,7 @@ from pipeline.evaluate.export import base_colors, recolored, relevance_colors, s
 from pipeline.evaluate.query import check_query
 from pipeline.evaluate.session import QuerySession
 from pipeline.splat.gaussians import save_ply
-from stages.command import PARAMS, SCENE_HELP, Options, command
+from stages.command import PARAMS, SCENE, Options, command
 from stages.query import read_vector, slug
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def run(
 @command(ExportConfig)
 def cli(
     options: Options[ExportConfig],
-    scene: str = typer.Argument(..., help=SCENE_HELP),
+    scene: str = SCENE,
     query: str | None = typer.Option(None, "--query", help='what to extract, e.g. "a yellow duck"'),
     vector: Path | None = typer.Option(
         None, help="query with a raw vector instead of text (.npy or JSON list, the model's dims)"

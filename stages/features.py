@@ -4,7 +4,8 @@ Reads ``params.yaml: features.<model>`` (merged over the adapter's ``default_con
 registered view of ``data/<scene>/colmap`` the adapter's dense map is written, one view at a time,
 into ``data/<scene>/features/<model>.zarr`` (layout: :mod:`pipeline.features.store`)::
 
-    data/<scene>/features/<model>.zarr          [V, h, w, d] float16 (+ valid [V, h, w]), attrs
+    data/<scene>/features/<model>.zarr          [V, h, w, d] float16 (+ valid [V, h, w]), attrs,
+                                                the model's records (<name>.json, e.g. llama3 captions)
     data/<scene>/features/<model>.stats.json    views, map size, seconds per view, bytes on disk
 
 The store is built as ``.<model>.zarr.partial`` and renamed when complete: a killed run resumes
@@ -14,28 +15,29 @@ kept as it is, and any config or input change recomputes every view.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import typer
 from tqdm import tqdm
 
+from pipeline.cluster.config import ClusterConfig
 from pipeline.core.code import code_hash
 from pipeline.core.config import load_params
 from pipeline.core.errors import M3Error
-from pipeline.core.images import load_image, to_float
 from pipeline.core.io import canonical_json, hash_files, provenance, write_json
 from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene, View, load_views
+from pipeline.features.extract import Extractor, LocalExtractor
 from pipeline.features.models import FeatureModel, build_model, model_class, resolve_conf
 from pipeline.features.store import FeatureStore, matches, resume_or_create, store_bytes
-from stages.command import PARAMS, SCENE_HELP, reports_errors
+from stages.command import PARAMS, SCENE, Options, command
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +60,15 @@ def run(
     device: str = "auto",
     views: list[View] | None = None,
     model: FeatureModel | None = None,
+    cluster: ClusterConfig | None = None,
     on_view: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Features of every view of ``scene`` for ``model_name``; returns the stats.
 
     ``config`` is the user's ``features.<model>`` section (merged over the adapter defaults).
-    ``views`` (default: :func:`load_views`) and ``model`` (default: built from ``config``) can be
-    injected; ``on_view(i)`` is called after view ``i`` is stored.
+    ``views`` (default: :func:`load_views`) and ``model`` (default: built from ``config``; local
+    executor only) can be injected. ``cluster.executor`` picks where views are extracted (default
+    local); the store is the same either way. ``on_view(i)`` is called after view ``i`` is stored.
     """
     start = time.perf_counter()
     conf = resolve_conf(model_name, config)
@@ -80,37 +84,56 @@ def run(
         log.info("%s: up to date (same config and inputs), kept", final)
         return _stats(final, model_name, names, 0, 0.0, time.perf_counter() - start, stats_path)
 
-    model = model or build_model(model_name, config, resolve_device(device, "features"))
-    h, w = model.grid_size(height, width)
-    attrs = {
-        "model": model_name,
-        "checkpoint": conf.get("checkpoint"),
-        "weights": conf.get("weights"),
-        "input_size": conf.get("input_size"),
-        "feature_stride": [height / h, width / w],  # pixels of the view per feature cell (y, x)
-        "grid": [h, w],
-        "image_size": [height, width],
-        "dim": model.dim,
-        "config": prov["config"],
-        "config_hash": prov["config_hash"],
-        "inputs_hash": prov["inputs_hash"],
-        "provenance": prov,
-    }
-    store = resume_or_create(final, names, h, w, model.dim, attrs, bool(model.has_mask))
-    todo = [i for i, done in enumerate(store.done_mask()) if not done]
-    compute = 0.0
-    with tqdm(total=len(names), initial=len(names) - len(todo), desc=f"features {model_name}", unit="view") as bar:
-        for i in todo:
-            t0 = time.perf_counter()
-            pixels = to_float(load_image(views[i].image_path, width, height))
-            fm = model.extract(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())
-            store.write(i, fm.features.detach().cpu().numpy(), fm.valid.detach().cpu().numpy())
-            compute += time.perf_counter() - t0
-            bar.update(1)
-            if on_view is not None:
-                on_view(i)
+    with _extractor(model_name, config, device, model, cluster or ClusterConfig()) as extractor:
+        h, w, dim, has_mask = extractor.layout(height, width)
+        attrs = {
+            "model": model_name,
+            "checkpoint": conf.get("checkpoint"),
+            "weights": conf.get("weights"),
+            "input_size": conf.get("input_size"),
+            "feature_stride": [height / h, width / w],  # pixels of the view per feature cell (y, x)
+            "grid": [h, w],
+            "image_size": [height, width],
+            "dim": dim,
+            "config": prov["config"],
+            "config_hash": prov["config_hash"],
+            "inputs_hash": prov["inputs_hash"],
+            "provenance": prov,
+            "records": list(model_class(model_name).record_names),
+        }
+        store = resume_or_create(final, names, h, w, dim, attrs, has_mask)
+        todo = [(i, Path(views[i].image_path)) for i, done in enumerate(store.done_mask()) if not done]
+        compute = 0.0
+        bar = tqdm(total=len(names), initial=len(names) - len(todo), desc=f"features {model_name}", unit="view")
+
+        def show_workers(refresh: bool = True) -> None:  # live workers, also while waiting for one
+            bar.set_postfix(workers=extractor.live_workers(), refresh=refresh)
+
+        with bar:
+            for i, features, valid, records, seconds in extractor.extract(todo, width, height, show_workers):
+                store.write(i, features, valid, records)
+                compute += seconds
+                show_workers(refresh=False)
+                bar.update(1)
+                if on_view is not None:
+                    on_view(i)
     store.finalize(final)
     return _stats(final, model_name, names, len(todo), compute, time.perf_counter() - start, stats_path)
+
+
+@contextlib.contextmanager
+def _extractor(
+    model_name: str, config: dict[str, Any], device: str, model: FeatureModel | None, cluster: ClusterConfig
+) -> Iterator[Extractor]:
+    """The executor ``cluster.executor`` names: this process's model, or a pool of Ray actors."""
+    if cluster.executor == "local":
+        yield LocalExtractor(model or build_model(model_name, config, resolve_device(device, "features")))
+        return
+    from pipeline.cluster.session import ray_session
+    from pipeline.features.pool import RayExtractor
+
+    with ray_session(cluster), RayExtractor(model_name, config, device, cluster) as pool:
+        yield pool
 
 
 def _stats(
@@ -149,9 +172,10 @@ def model_section(model_name: str, params: Path) -> dict[str, Any]:
     return section.get(model_name) or {}
 
 
-@reports_errors
+@command(ClusterConfig)
 def cli(
-    scene: str = typer.Argument(..., help=SCENE_HELP),
+    options: Options[ClusterConfig],
+    scene: str = SCENE,
     model: str | None = typer.Option(
         None, help="model to extract (default: every model listed under models: in params)"
     ),
@@ -160,10 +184,12 @@ def cli(
 ) -> None:
     """Extract dense foundation-model features of every registered view into data/<scene>/features/<model>.zarr.
 
-    Resumes an interrupted run; keeps a finished store made by the same config and inputs.
+    Resumes an interrupted run; keeps a finished store made by the same config and inputs. The
+    cluster options choose the executor (local, or a pool of Ray actors); they never change the store.
     """
     names = [model] if model else list(load_params(params).get("models") or [])
     if not names:
         raise M3Error(f"{params}: no models listed under models:; add one (e.g. clip) or pass --model")
+    cluster = options.load("cluster", params)
     for name in names:
-        run(model_section(name, params), Scene.resolve(scene), name, device=device)
+        run(model_section(name, params), Scene.resolve(scene), name, device=device, cluster=cluster)

@@ -12,14 +12,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import typer
-
 from pipeline.core.code import code_hash
 from pipeline.core.io import atomic_dir, hash_files, provenance, write_json
 from pipeline.core.scene import Scene
 from pipeline.poses.config import FramesConfig
 from pipeline.poses.frames import extract_frames, find_input
-from stages.command import PARAMS, SCENE_HELP, Options, command
+from stages.command import PARAMS, SCENE, Options, command
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +33,15 @@ def run(config: FramesConfig, scene: Scene) -> dict[str, Any]:
         write_json(out / "frames.json", meta)
     st = meta["stats"]
     log.info(
-        "%s: %d frames from %d candidates (%s; dropped: %d blurred, %d duplicates, %d over target, "
-        "%d unreadable) in %.1f s",
-        scene.name,
-        st["kept"],
-        st["candidates"],
-        kind,
-        st["dropped_blur"],
-        st["dropped_duplicate"],
-        st["dropped_target"],
-        st["unreadable"],
-        st["seconds"],
-    )
+        "%s: %d frames from %d candidates (%s; dropped: %d blurred, %d duplicates, %d over target, %d unreadable) "
+        "in %.1f s", scene.name, st["kept"], st["candidates"], kind, st["dropped_blur"], st["dropped_duplicate"],
+        st["dropped_target"], st["unreadable"], st["seconds"],
+    )  # fmt: skip
     return meta
 
 
 @command(FramesConfig)
-def cli(
-    options: Options[FramesConfig], scene: str = typer.Argument(..., help=SCENE_HELP), params: Path = PARAMS
-) -> None:
+def cli(options: Options[FramesConfig], scene: str = SCENE, params: Path = PARAMS) -> None:
     """Extract frames from a scene's input video or photos (downscaled, blur/duplicate-filtered).
 
     Writes data/<scene>/frames/00000.png ... and data/<scene>/frames/frames.json.

@@ -14,9 +14,10 @@ from typing import Any
 import typer
 
 from pipeline.bank.config import BankConfig
+from pipeline.cluster.config import ClusterConfig
 from pipeline.core.config import field_help, load_params, section_of
 from pipeline.demo.config import DemoConfig
-from pipeline.evaluate.config import EvaluateConfig, ExportConfig, QueryConfig, ViewConfig
+from pipeline.evaluate.config import AskConfig, EvaluateConfig, ExportConfig, QueryConfig, ViewConfig
 from pipeline.poses.config import FramesConfig, PosesConfig
 from pipeline.splat.config import TrainConfig
 from stages.command import PARAMS, reports_errors
@@ -31,20 +32,31 @@ SECTIONS: dict[str, type] = {
     "query": QueryConfig,
     "export": ExportConfig,
     "view": ViewConfig,
+    "ask": AskConfig,
+    "cluster": ClusterConfig,
 }
 """Section -> config class (``bank`` is per model: ``bank.<model>``)."""
 
 
-def describe(cls: type, values: dict[str, Any], prefix: str) -> list[str]:
-    """Lines ``<prefix>.<field> = <value> (default <d>)  <help>`` for every field of ``cls``."""
-    lines = []
-    docs = field_help(cls)
-    hints = typing.get_type_hints(cls)
+def defaults_of(cls: type) -> dict[str, Any]:
+    """Field name -> default value (nested sections as dicts; ``MISSING`` for required fields)."""
+    out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def describe(cls: type, values: dict[str, Any], prefix: str, defaults: dict[str, Any] | None = None) -> list[str]:
+    """Lines ``<prefix>.<field> = <value>  (default <d>)`` plus the field's help, for every field of
+    ``cls``; ``values`` are the params.yaml settings, ``defaults`` those of the enclosing section."""
+    defaults = defaults_of(cls) if defaults is None else defaults
+    docs, hints, lines = field_help(cls), typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        default = defaults.get(f.name, dataclasses.MISSING)
         if dataclasses.is_dataclass(hints[f.name]):
-            lines += describe(hints[f.name], values.get(f.name) or {}, f"{prefix}.{f.name}")
+            lines += describe(hints[f.name], values.get(f.name) or {}, f"{prefix}.{f.name}", default)
             continue
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if f.name in values:
             differs = default is not dataclasses.MISSING and values[f.name] != default
             shown = f"{values[f.name]!r}" + (f"  (default {default!r})" if differs else "")
@@ -56,9 +68,7 @@ def describe(cls: type, values: dict[str, Any], prefix: str) -> list[str]:
 
 @reports_errors
 def cli(
-    section: str = typer.Argument(
-        None, help="a section (demo, frames, poses, bank, train, evaluate, query, export, view); default: all"
-    ),
+    section: str = typer.Argument(None, help=f"a section ({', '.join(SECTIONS)}); default: all"),
     params: Path = PARAMS,
 ) -> None:
     """List every option of the stage sections: value in params.yaml, default and help."""

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import typer
-
 from pipeline.core.code import code_hash
 from pipeline.core.errors import M3Error
 from pipeline.core.io import atomic_dir, hash_files, provenance, read_json, write_json
@@ -27,7 +25,7 @@ from pipeline.core.scene import Scene
 from pipeline.poses.colmap_import import Imported, load_colmap, load_transforms
 from pipeline.poses.config import PosesConfig
 from pipeline.poses.sfm import choose_matcher, model_stats, run_sfm, triangulate_known, undistort
-from stages.command import PARAMS, SCENE_HELP, Options, command
+from stages.command import PARAMS, SCENE, Options, command
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +102,7 @@ def run(config: PosesConfig, scene: Scene) -> dict[str, Any]:
 
 
 @command(PosesConfig)
-def cli(
-    options: Options[PosesConfig], scene: str = typer.Argument(..., help=SCENE_HELP), params: Path = PARAMS
-) -> None:
+def cli(options: Options[PosesConfig], scene: str = SCENE, params: Path = PARAMS) -> None:
     """Estimate camera poses (pycolmap SfM) or import them (COLMAP model / transforms.json).
 
     Writes data/<scene>/colmap/ (PINHOLE model + undistorted images) and data/<scene>/poses/stats.json.

@@ -29,7 +29,7 @@ from pipeline.core.scene import Scene, load_views
 from pipeline.evaluate.config import QueryConfig
 from pipeline.evaluate.query import check_query, heatmap_overlay, normalize_relevance, relevance_maps
 from pipeline.evaluate.session import QuerySession
-from stages.command import PARAMS, SCENE_HELP, Options, command
+from stages.command import PARAMS, SCENE, Options, command
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def run(
 @command(QueryConfig)
 def cli(
     options: Options[QueryConfig],
-    scene: str = typer.Argument(..., help=SCENE_HELP),
+    scene: str = SCENE,
     text: str | None = typer.Argument(None, help='what to look for, e.g. "a yellow duck" (omit with --vector)'),
     vector: Path | None = typer.Option(
         None, help="query with a raw vector instead of text (.npy or JSON list, the model's dims)"

@@ -23,7 +23,7 @@ from pipeline.core.images import PCA3
 from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene, View, load_views
 from pipeline.splat.trained import TrainedMemory
-from stages.command import SCENE_HELP, reports_errors
+from stages.command import SCENE, reports_errors
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def run(scene: Scene, views: list[str] | None = None, out: Path | None = None, d
 
 @reports_errors
 def cli(
-    scene: str = typer.Argument(..., help=SCENE_HELP),
+    scene: str = SCENE,
     view: list[str] | None = typer.Option(None, "--view", help="image name of a registered view (repeatable)"),
     all_views: bool = typer.Option(False, "--all", help="render every registered view"),
     out: Path | None = typer.Option(None, help="output folder (default: data/<scene>/renders)"),

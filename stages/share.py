@@ -25,7 +25,7 @@ import yaml
 
 from pipeline.core.errors import M3Error
 from pipeline.core.scene import Scene
-from stages.command import SCENE_HELP, reports_errors
+from stages.command import SCENE, reports_errors
 
 log = logging.getLogger(__name__)
 SHAREABLE = ("demo", "frames", "poses", "features", "bank", "train", "evaluate")
@@ -68,7 +68,7 @@ def stage_targets(repo: Any, scene: str, stages: list[str]) -> list[str]:
         raise M3Error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(SHAREABLE)}")
     selected = []
     for stage in repo.index.stages:
-        kind, _, item = stage.name.partition("@")
+        kind, _, item = getattr(stage, "name", "").partition("@")  # `dvc add`ed inputs (.dvc files) have no name
         if kind in stages and (item == scene or item.startswith(f"{scene}-") or (kind == "demo" and scene == "demo")):
             selected.append(stage)
     if not selected:
@@ -212,9 +212,12 @@ cli = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-STAGES_HELP = f"comma-separated stages to share (upstream stages come along): {', '.join(SHAREABLE)}"
-REMOTE_HELP = "DVC remote name (default: the default remote)"
-ROOT_HELP = "project root (the folder holding dvc.yaml)"
+STAGES = typer.Option(
+    ",".join(DEFAULT_STAGES), "--stages", help=f"comma-separated stages to share (upstream stages come along): "
+    f"{', '.join(SHAREABLE)}"
+)  # fmt: skip
+REMOTE = typer.Option(None, "--remote", "-r", help="DVC remote name (default: the default remote)")
+ROOT = typer.Option(Path("."), "--root", help="project root (the folder holding dvc.yaml)")
 
 
 def _split(stages: str) -> list[str]:
@@ -223,24 +226,14 @@ def _split(stages: str) -> list[str]:
 
 @cli.command("push")
 @reports_errors
-def push_cli(
-    scene: str = typer.Argument(..., help=SCENE_HELP),
-    stages: str = typer.Option(",".join(DEFAULT_STAGES), "--stages", help=STAGES_HELP),
-    remote: str | None = typer.Option(None, "--remote", "-r", help=REMOTE_HELP),
-    root: Path = typer.Option(Path("."), "--root", help=ROOT_HELP),
-) -> None:
+def push_cli(scene: str = SCENE, stages: str = STAGES, remote: str | None = REMOTE, root: Path = ROOT) -> None:
     """Push a scene's stage outputs and their run-cache entries to a DVC remote."""
     push(root, Scene.resolve(scene).name, _split(stages), remote)
 
 
 @cli.command("pull")
 @reports_errors
-def pull_cli(
-    scene: str = typer.Argument(..., help=SCENE_HELP),
-    stages: str = typer.Option(",".join(DEFAULT_STAGES), "--stages", help=STAGES_HELP),
-    remote: str | None = typer.Option(None, "--remote", "-r", help=REMOTE_HELP),
-    root: Path = typer.Option(Path("."), "--root", help=ROOT_HELP),
-) -> None:
+def pull_cli(scene: str = SCENE, stages: str = STAGES, remote: str | None = REMOTE, root: Path = ROOT) -> None:
     """Pull run-cache entries and outputs so that `dvc repro` skips matching stages."""
     pull(root, Scene.resolve(scene).name, _split(stages), remote)
 
@@ -252,7 +245,7 @@ def remote_cli(
     url: str = typer.Argument(..., help="a local folder, or ssh://user@host[:port]/path"),
     keyfile: str | None = typer.Option(None, "--keyfile", help="SSH private key for ssh:// remotes"),
     default: bool = typer.Option(True, "--default/--no-default", help="make it the default remote"),
-    root: Path = typer.Option(Path("."), "--root", help=ROOT_HELP),
+    root: Path = ROOT,
 ) -> None:
     """Add a remote to .dvc/config.local (machine-specific; checksums verified on pull)."""
     add_remote(root, name, url, keyfile, default)

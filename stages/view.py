@@ -12,14 +12,12 @@ import logging
 import threading
 from pathlib import Path
 
-import typer
-
 from pipeline.core.errors import M3Error
 from pipeline.core.scene import Scene, load_views
 from pipeline.evaluate.config import ViewConfig
 from pipeline.evaluate.session import QuerySession
 from pipeline.view.viewer import Viewer
-from stages.command import PARAMS, SCENE_HELP, Options, command
+from stages.command import PARAMS, SCENE, Options, command
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ def run(config: ViewConfig, scene: Scene, stop: threading.Event | None = None) -
 
 
 @command(ViewConfig)
-def cli(options: Options[ViewConfig], scene: str = typer.Argument(..., help=SCENE_HELP), params: Path = PARAMS) -> None:
+def cli(options: Options[ViewConfig], scene: str = SCENE, params: Path = PARAMS) -> None:
     """Open the trained memory in the browser: Gaussian splats, a query box that recolours them by
     relevance and draws the answer's 3D box, RGB / feature PCA colours, the scene's cameras.
 

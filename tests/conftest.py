@@ -40,6 +40,23 @@ def trained_planted(tmp_path_factory: pytest.TempPathFactory):
     return train_planted(tmp_path_factory.mktemp("planted") / "demo")
 
 
+@pytest.fixture(scope="session")
+def local_ray():
+    """A local Ray for the Ray tests (2 CPUs, no dashboard, 100 MiB object store), started once and
+    shut down (every Ray process with it) at the end of the session. Skipped without the ray extra."""
+    ray = pytest.importorskip("ray", reason='the ray extra is not installed (pip install -e ".[ray]")')
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=100 * 2**20,
+        log_to_driver=False,
+        logging_level="warning",
+    )
+    yield ray
+    ray.shutdown()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 

@@ -21,16 +21,40 @@ def unit_rows(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, nonzero
 
 
+def _faiss() -> Any:
+    """The faiss module, or :class:`M3Error` saying which extra installs it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    builds = []
+    for dist in ("faiss-cpu", "faiss-gpu"):
+        try:
+            builds.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            pass
+    if len(builds) > 1:
+        raise M3Error(
+            f"faiss: both {' and '.join(builds)} are installed and overwrite each other's `faiss` package; "
+            "keep one: pip uninstall -y faiss-cpu faiss-gpu, then pip install -e '.[cpu]' (or '.[gpu]' on CUDA)"
+        )
+    try:
+        import faiss
+    except ImportError as exc:
+        raise M3Error(
+            f"faiss: not importable ({exc}); install one build: pip install -c constraints.txt -e '.[cpu]' "
+            "(or '.[gpu]' on a CUDA machine)"
+        ) from exc
+    return faiss
+
+
 def make_index(d: int, device: str) -> tuple[Any, str]:
     """A FAISS inner-product index (GPU when asked/available) and the device it lives on."""
-    import faiss
-
+    faiss = _faiss()
     index = faiss.IndexFlatIP(d)
     gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
     if device == "cuda" and not gpu:
         raise M3Error(
-            "bank.device: cuda asked for but faiss has no usable GPU; install faiss-gpu "
-            "(pip install -e '.[gpu]') on a CUDA machine or set device: auto"
+            "bank.device: cuda asked for but faiss has no usable GPU; on a CUDA machine install the GPU build "
+            "(pip uninstall -y faiss-cpu; pip install -c constraints.txt -e '.[gpu]') or set device: auto"
         )
     if gpu and device != "cpu":
         res = faiss.StandardGpuResources()
@@ -65,7 +89,7 @@ def greedy_cover(y: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray, np.
     from a FAISS range search of the rows against themselves (CPU), so memory is the number of
     neighbour pairs (12 bytes each; at most ``u^2``).
     """
-    import faiss
+    faiss = _faiss()
 
     u = len(y)
     index = faiss.IndexFlatIP(y.shape[1])

@@ -4,7 +4,8 @@ A cached artifact is only as fresh as the code that made it. :func:`import_closu
 ``import`` statement (at any depth of the file, so imports inside functions count) from the given
 modules through the project's own packages (``pipeline``, ``stages``), adding each package's
 ``__init__.py`` on the way. A package that imports its own modules dynamically
-(``pkgutil.iter_modules`` in its ``__init__``, as the model registry does) brings all of them.
+(``pkgutil.iter_modules`` in its ``__init__``, as the model registry does) brings all of them,
+and native sources compiled at run time (``csrc/`` beside a module) come along.
 :func:`code_hash` hashes the closure's bytes; provenance records it, so a change to any file the
 stage runs invalidates the artifact, and the DVC dependency test uses the same closure.
 """
@@ -65,8 +66,13 @@ def _imports(path: Path, name: str) -> tuple[str, ...]:
     return tuple(m for m in dict.fromkeys(found) if m.split(".")[0] in PACKAGES)
 
 
+NATIVE = ("*.cpp", "*.h", "*.cu")
+"""Native sources in a ``csrc/`` folder beside a module (compiled at run time) belong to its closure."""
+
+
 def import_closure(*modules: str, root: Path = ROOT) -> list[Path]:
-    """Sorted source files of ``modules`` and of every project module they import, transitively."""
+    """Sorted source files of ``modules`` and of every project module they import, transitively,
+    plus the native sources (``csrc/``) beside them."""
     seen: dict[str, Path] = {}
     todo = list(modules)
     while todo:
@@ -80,7 +86,10 @@ def import_closure(*modules: str, root: Path = ROOT) -> list[Path]:
             continue
         seen[name] = path
         todo += _parents(name) + list(_imports(path, name))
-    return sorted(set(seen.values()))
+    files = set(seen.values())
+    for folder in {p.parent / "csrc" for p in files}:
+        files.update(f for pattern in NATIVE for f in folder.rglob(pattern))
+    return sorted(files)
 
 
 def code_hash(*modules: str, root: Path = ROOT) -> str:

@@ -103,6 +103,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     for key, value in data.items():
         if key not in fields:
             raise _unknown_key(str(key), list(fields), where)
+        factory = fields[key].default_factory
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and factory is not dataclasses.MISSING:
+            value = _merged(dataclasses.asdict(factory()), value)  # a partial section keeps the other defaults
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     required = [
         name
@@ -131,10 +134,26 @@ def load_config(cls: type[T], section: str, path: Path = PARAMS_FILE, overrides:
     data = section_of(load_params(path), section, where)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if given:
-        data.update(given)
-        options = ", ".join("--" + k.replace("_", "-") for k in given)
-        where = f"{where} (with options {options})"
+        data = _merged(data, given)
+        where = f"{where} (with options {', '.join(_option_names(given))})"
     return from_dict(cls, data, where)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` applied; nested mappings merge key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if nested else value
+    return out
+
+
+def _option_names(given: dict[str, Any], prefix: str = "") -> list[str]:
+    names = []
+    for key, value in given.items():
+        flag = prefix + key.replace("_", "-")
+        names += _option_names(value, flag + ".") if isinstance(value, dict) else ["--" + flag]
+    return names
 
 
 @functools.cache

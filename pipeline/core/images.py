@@ -3,6 +3,7 @@ says) and feature maps as colours (a 3-component PCA)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +13,23 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.core.errors import M3Error
 
 
-def load_image(path: Path, width: int, height: int) -> np.ndarray:
+def load_image(path: Path, width: int, height: int, data: bytes | None = None) -> np.ndarray:
     """The RGB image at ``path`` as ``[height, width, 3] uint8``, resized (bicubic) if its size differs.
 
-    A missing or unreadable file is an :class:`M3Error` naming it (the fix: rerun the poses stage,
-    which writes the undistorted images of the registered views).
+    ``data``: the file's bytes, read elsewhere (a Ray worker decodes a view the driver read); ``path``
+    then only names it. A missing or unreadable file is an :class:`M3Error` naming it (the fix: rerun
+    the poses stage, which writes the undistorted images of the registered views).
     """
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise M3Error(f"{path}: image of a registered view is missing; rerun the poses stage")
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             img = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except UnidentifiedImageError as exc:  # its text names the file object, not the file
+        reason = "not a known image format"
+        raise M3Error(f"{path}: cannot read the view's image ({reason}); rerun the poses stage") from exc
+    except (OSError, ValueError) as exc:
         raise M3Error(f"{path}: cannot read the view's image ({exc}); rerun the poses stage") from exc
     if img.size != (width, height):
         img = img.resize((width, height), Image.BICUBIC)

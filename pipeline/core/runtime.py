@@ -1,4 +1,4 @@
-"""Where code runs: the device a config section asks for, and the process's peak memory."""
+"""Where code runs: the device a config section asks for, and the process's peak (GPU) memory."""
 
 from __future__ import annotations
 
@@ -26,3 +26,10 @@ def resolve_device(device: str, section: str) -> str:
 def peak_ram_mb() -> float:
     """Peak resident memory of this process so far (MiB, ``ru_maxrss``)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_gpu_mb(device: str) -> float | None:
+    """Peak CUDA memory allocated by torch on ``device`` so far (MiB), None off CUDA."""
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20

@@ -67,6 +67,9 @@ class EvaluateConfig:
     """Save render | ground-truth images of this many held-out views."""
     lpips: bool = True
     """Compute LPIPS when the lpips package and its weights are already on this machine."""
+    max_side: int | None = None
+    """Render the held-out views at this longer image side (0: full size; null: the size the memory
+    was trained at)."""
     device: str = "auto"
     """auto | cpu | cuda."""
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
@@ -132,3 +135,19 @@ class ViewConfig(SelectConfig):
     """Address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)."""
     port: int = 8080
     """Port of the web page (http://host:port)."""
+
+
+@dataclass(frozen=True)
+class AskConfig:
+    """``params.yaml: ask``: the ``m3 ask`` command (not a DVC stage)."""
+
+    model: str = "llamav"
+    """The memory's VLM-token model (an adapter whose extract stores a VLM's image tokens)."""
+    max_new_tokens: int = 64
+    """Longest answer, in tokens (greedy decoding; it stops earlier at the end token)."""
+    region_model: str | None = None
+    """Model whose text tower finds a --region text (null: the first with a text encoder)."""
+    region_threshold: float = 0.5
+    """A --region text keeps the cells whose min-max normalised relevance is at least this."""
+    device: str = "auto"
+    """auto | cpu | cuda."""

@@ -6,7 +6,10 @@ Layout of the group::
     valid      [V, h, w] bool, one chunk per view (only for models with a validity mask)
     done       [V] bool, one chunk per view: view i is written completely
     attrs      names (view names in order), has_mask, + the writer's attrs (model, checkpoint,
-               input size, stride, grid, image size, provenance {config, config_hash, inputs_hash})
+               input size, stride, grid, image size, provenance {config, config_hash, inputs_hash},
+               records: the names of the model's per-view records)
+    <name>.json  for each record name: every view's records, ``[{"view": name, ...}, ...]``
+               (e.g. ``captions.json`` of ``llama3``: view, region, box, caption)
 
 Features cover the whole image on a regular grid: cell (i, j) covers pixels
 ``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``.
@@ -15,6 +18,9 @@ Writers build the store at :func:`partial_path` (``.<model>.zarr.partial``), res
 its provenance, names and shape match (:func:`resume_or_create`), and :meth:`FeatureStore.finalize`
 renames it to the final path once every view is done, so the final path only ever holds a
 complete store. Readers stream one view at a time (:meth:`FeatureStore.read`, :meth:`iter_views`).
+While a store is built, each view's records wait in ``records/<i>.json`` (written before the
+view's done flag, so a resumed run keeps them); :meth:`FeatureStore.finalize` gathers them into
+the ``<name>.json`` files.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from pipeline.core.errors import M3Error
-from pipeline.core.io import canonical_json, same_provenance
+from pipeline.core.io import canonical_json, read_json, same_provenance, write_json
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +129,11 @@ class FeatureStore:
     def has_mask(self) -> bool:
         return self._valid is not None
 
+    @property
+    def record_names(self) -> list[str]:
+        """Names of the model's per-view records (``<name>.json`` in the store)."""
+        return list(self.attrs.get("records") or [])
+
     def done(self, i: int) -> bool:
         """True when view ``i`` was written completely."""
         return bool(self._done[i])
@@ -135,11 +146,21 @@ class FeatureStore:
     def complete(self) -> bool:
         return bool(self.done_mask().all())
 
-    def write(self, i: int, features: np.ndarray, valid: np.ndarray | None = None) -> None:
-        """Store view ``i``: ``features [h, w, d]`` (cast to float16), ``valid [h, w] bool``.
+    def write(
+        self,
+        i: int,
+        features: np.ndarray,
+        valid: np.ndarray | None = None,
+        records: dict[str, list[dict[str, Any]]] | None = None,
+    ) -> None:
+        """Store view ``i``: ``features [h, w, d]`` (cast to float16), ``valid [h, w] bool`` and its
+        ``records`` (JSON-serialisable lists under the names in :attr:`record_names`).
 
         The done flag is set last, so an interrupted write is redone on resume.
         """
+        unknown = sorted(set(records or {}) - set(self.record_names))
+        if unknown:
+            raise ValueError(f"view {i}: records {unknown} not declared by the store ({self.record_names})")
         h, w, d = self.shape
         features = np.asarray(features)
         if features.shape != (h, w, d):
@@ -150,7 +171,21 @@ class FeatureStore:
             if valid.shape != (h, w):
                 raise ValueError(f"view {i}: valid {valid.shape} != grid {(h, w)}")
             self._valid[i] = valid
+        if self.record_names:
+            write_json(self._record_file(i), records or {})
         self._done[i] = True
+
+    def _record_file(self, i: int) -> Path:
+        return self.path / "records" / f"{i:05d}.json"
+
+    def records(self, name: str) -> list[dict[str, Any]]:
+        """Every view's records called ``name``: ``[{"view": view name, ...}, ...]`` in view order."""
+        if name not in self.record_names:
+            raise M3Error(f"{self.path}: no '{name}' records (this model stores: {self.record_names or 'none'})")
+        path = self.path / f"{name}.json"
+        if not path.is_file():
+            raise M3Error(f"{path}: missing; rerun the features stage for this model")
+        return list(read_json(path))
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """View ``i``: ``(features np.float16 [h, w, d], valid np.bool_ [h, w])`` (all True without mask)."""
@@ -177,6 +212,13 @@ class FeatureStore:
         missing = np.flatnonzero(~self.done_mask())
         if missing.size:
             raise M3Error(f"{self.path}: {missing.size} views not written yet; rerun the features stage")
+        for name in self.record_names:  # gathered before the rename: the per-view files stay until then
+            rows = [
+                {"view": view, **row}
+                for i, view in enumerate(self.names)
+                for row in read_json(self._record_file(i)).get(name, [])
+            ]
+            write_json(self.path / f"{name}.json", rows)
         final = Path(final)
         old = final.with_name(f".{final.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -184,6 +226,7 @@ class FeatureStore:
             os.replace(final, old)
         os.replace(self.path, final)
         shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(final / "records", ignore_errors=True)
         return FeatureStore.open(final)
 
 

@@ -55,12 +55,14 @@ def init_params(
     sh_degree: int,
     init_opacity: float = 0.1,
     init_scale: float = 1.0,
+    query_init: float = 0.1,
     seed: int = 0,
 ) -> torch.nn.ParameterDict:
     """Gaussians at the sparse points ``xyz [P, 3]`` with colours ``rgb [P, 3] uint8``.
 
     Scales are the mean distance to the 3 nearest points (times ``init_scale``), rotations the
-    identity, opacity ``init_opacity``, higher SH bands zero, queries small random values.
+    identity, opacity ``init_opacity``, higher SH bands zero, queries random with standard
+    deviation ``query_init``.
     """
     if len(xyz) == 0:
         raise M3Error("sparse points: the COLMAP model has no 3D points; rerun poses (more overlap or features)")
@@ -79,7 +81,7 @@ def init_params(
         "shN": torch.zeros(n, (sh_degree + 1) ** 2 - 1, 3),
     }
     for model, dim in query_dims.items():
-        params[QUERY_PREFIX + model] = 0.1 * torch.randn(n, dim, generator=gen)
+        params[QUERY_PREFIX + model] = query_init * torch.randn(n, dim, generator=gen)
     return torch.nn.ParameterDict({k: torch.nn.Parameter(v.contiguous()) for k, v in params.items()})
 
 
@@ -88,14 +90,20 @@ def sh_degree_of(params: dict[str, Tensor]) -> int:
     return int(round(math.sqrt(params["shN"].shape[1] + 1))) - 1
 
 
-def colors_from_sh(params: dict[str, Tensor], viewmat: Tensor, degree: int) -> Tensor:
-    """View-dependent RGB ``[N, 3]`` (>= 0) seen from camera ``viewmat [4, 4]`` using ``degree`` bands."""
+def colors_from_sh(params: dict[str, Tensor], viewmat: Tensor, degree: int, backend: str = "auto") -> Tensor:
+    """View-dependent RGB ``[N, 3]`` (>= 0) seen from camera ``viewmat [4, 4]`` using ``degree`` bands.
+
+    gsplat's CUDA kernel evaluates the SH when ``backend`` resolves to gsplat (CUDA, extension
+    built); otherwise gsplat's torch reference does, on any device.
+    """
+    from pipeline.splat.raster import resolve_backend
+
     coeffs = torch.cat([params["sh0"], params["shN"]], dim=1)
     if degree == 0:
         return (coeffs[:, 0] * SH_C0 + 0.5).clamp_min(0.0)
     center = -viewmat[:3, :3].T @ viewmat[:3, 3]
     dirs = params["means"] - center[None]
-    if coeffs.is_cuda:
+    if resolve_backend(backend, coeffs.device) == "gsplat":
         from gsplat import spherical_harmonics
     else:
         from gsplat.cuda._torch_impl import _spherical_harmonics as spherical_harmonics
@@ -191,7 +199,7 @@ def render_rgb(
     from pipeline.splat.raster import rasterize
 
     means, quats, scales, opac = activated(params)
-    colors = colors_from_sh(params, viewmat, degree)
+    colors = colors_from_sh(params, viewmat, degree, backend)
     img, alpha, meta = rasterize(
         means, quats, scales, opac, colors, viewmat[None], K[None], width, height, backend=backend
     )

@@ -7,13 +7,18 @@ backend: ``meta["means2d"].retain_grad()`` before ``backward()`` gives the pixel
 of the projected means ([B, N, 2]; the strategy scales it by width/2 * n_cameras),
 ``meta["radii"]`` ([B, N, 2] int32, 0 = culled) selects the visible Gaussians.
 
-Backends: ``"gsplat"`` calls ``gsplat.rasterization`` (needs CUDA tensors); ``"torch"`` runs
-:mod:`pipeline.splat.raster_torch` on any device with an autograd backward (same maths; differences
-are rounding-level, listed there). ``"auto"`` picks gsplat for CUDA tensors, torch otherwise.
+Backends: ``"gsplat"`` calls ``gsplat.rasterization`` (needs CUDA tensors and gsplat's compiled
+CUDA extension); ``"torch"`` runs :mod:`pipeline.splat.raster_torch` on any device with an autograd
+backward (same maths; differences are rounding-level, listed there). ``"auto"`` picks gsplat for
+CUDA tensors when its extension is built and torch otherwise (:func:`resolve_backend`: one warning
+saying how to build gsplat when it falls back).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -21,10 +26,67 @@ from torch import Tensor
 
 from pipeline.core.errors import M3Error
 from pipeline.splat import raster_torch
+from pipeline.splat.tiles import TileLists, isect_tiles, tile_index
 
-Backend = Literal["auto", "torch", "gsplat"]
+log = logging.getLogger(__name__)
+
+Backend = Literal["auto", "cpp", "torch", "gsplat"]
 DEFAULT_BUDGET = 1 << 22  # torch backend: pixel x list entries evaluated per step
-DEFAULT_TILE = {"gsplat": 16, "torch": 8}  # measured fastest for each backend
+DEFAULT_TILE = {"gsplat": 16, "cpp": 8, "torch": 8}  # measured fastest for each backend
+GSPLAT_BUILD = (
+    "build it once with the CUDA toolkit matching torch (CUDA 13): CUDA_HOME=/usr/local/cuda "
+    "TORCH_CUDA_ARCH_LIST=<your GPU, e.g. 9.0> MAX_JOBS=<cores> python -c 'from gsplat.cuda._backend import _C' "
+    "(minutes on a large machine, about 25 min on 2 cores; README: On a GPU)"
+)
+
+
+@functools.cache
+def gsplat_cuda() -> str | None:
+    """None when gsplat's compiled CUDA extension loads, else why not (importing it may JIT-build it)."""
+    try:
+        from gsplat.cuda import _backend
+    except Exception as exc:  # a failed JIT build raises whatever the compiler step raised
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None if _backend._C is not None else "no compiled module (no CUDA toolkit found, or its build failed)"
+
+
+@functools.cache
+def _warn_fallback(why: str) -> None:
+    log.warning("gsplat's CUDA rasterizer is unavailable (%s): using the torch backend (slower); %s", why, GSPLAT_BUILD)
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The rasterizer that runs for ``backend`` (auto | cpp | torch | gsplat) on ``device``.
+
+    ``auto`` is gsplat on CUDA when its extension is built, else torch (warning once), and on the
+    CPU the compiled kernel (:mod:`pipeline.splat.raster_cpp`) when it builds, else torch (warning
+    once). ``gsplat`` without CUDA or without its built extension, and ``cpp`` off the CPU, are
+    :class:`M3Error` saying how to fix it.
+    """
+    if backend not in ("auto", *DEFAULT_TILE):
+        raise ValueError(f"rasterize: unknown backend '{backend}'; use 'auto', 'cpp', 'torch' or 'gsplat'")
+    cuda = torch.device(device).type == "cuda"
+    if backend == "torch":
+        return "torch"
+    if not cuda and backend in ("auto", "cpp"):
+        from pipeline.splat.raster_cpp import kernel
+
+        if kernel() is not None:
+            return "cpp"
+        if backend == "cpp":
+            raise M3Error("train.backend: the compiled CPU rasterizer does not build here (see the warning); set auto")
+        return "torch"
+    if backend == "cpp":
+        raise M3Error("train.backend: cpp is the CPU rasterizer; on CUDA set backend: auto or gsplat")
+    if not cuda:
+        raise M3Error("train.backend: gsplat needs CUDA (the Gaussians are on the CPU); set backend: auto or torch")
+    why = gsplat_cuda()
+    if why is None:
+        return "gsplat"
+    if backend == "gsplat":
+        raise M3Error(f"train.backend: gsplat's CUDA extension is unavailable ({why}); {GSPLAT_BUILD}; or set auto")
+    _warn_fallback(why)
+    return "torch"
 
 
 def rasterize(
@@ -47,6 +109,7 @@ def rasterize(
     backgrounds: Tensor | None = None,
     packed: bool = False,
     budget: int = DEFAULT_BUDGET,
+    tiles: Literal["box", "ellipse"] = "ellipse",
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Render N Gaussians into B cameras (pinhole, classic 3DGS compositing).
 
@@ -59,7 +122,7 @@ def rasterize(
         viewmats: [B, 4, 4] world-to-camera (COLMAP / OpenCV axes).
         Ks: [B, 3, 3] intrinsics in pixels of the (width, height) image.
         width, height: output size in pixels.
-        backend: "gsplat" (CUDA), "torch" (CPU or any device) or "auto".
+        backend: "gsplat" (CUDA), "torch" (CPU or any device) or "auto" (:func:`resolve_backend`).
         near_plane, far_plane: depth culling range.
         radius_clip: Gaussians whose 2D radii are both <= this (pixels) are skipped.
         eps2d: blur added to the 2D covariance diagonal (pixels^2).
@@ -69,6 +132,9 @@ def rasterize(
         packed: gsplat's packed layout of the per-Gaussian meta ([nnz, ...] plus
             "camera_ids"/"gaussian_ids") instead of [B, N, ...].
         budget: torch backend only, pixel x list entries per step (bounds memory).
+        tiles: CPU backends, which tiles list a Gaussian: every tile of its bounding box
+            ("box", gsplat) or only those holding a pixel centre inside its alpha >= 1/255
+            ellipse ("ellipse": the same image, shorter lists; :mod:`pipeline.splat.tiles`).
 
     Returns:
         render_colors [B, H, W, C], render_alphas [B, H, W, 1], meta (gsplat's keys: "means2d",
@@ -76,66 +142,31 @@ def rasterize(
         "width", "height", "tile_size", "tile_width", "tile_height", "n_cameras", "n_batches",
         "tiles_per_gauss", "isect_ids", "flatten_ids", "isect_offsets").
     """
-    _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, backgrounds)
-    if backend == "auto":
-        backend = "gsplat" if means.is_cuda else "torch"
-    if backend not in DEFAULT_TILE:
-        raise ValueError(f"rasterize: unknown backend '{backend}'; use 'auto', 'torch' or 'gsplat'")
+    gaussians = (means, quats, scales, opacities, colors, viewmats, Ks)
+    _check_shapes(gaussians, backgrounds)
+    backend = resolve_backend(backend, means.device)
     tile_size = tile_size or DEFAULT_TILE[backend]
+    projection = {"near_plane": near_plane, "far_plane": far_plane, "radius_clip": radius_clip, "eps2d": eps2d}
     if backend == "gsplat":
-        if not means.is_cuda:
-            raise M3Error("train.backend: gsplat needs CUDA (the Gaussians are on the CPU); set backend: auto or torch")
         from gsplat import rasterization
 
         return rasterization(
-            means,
-            quats,
-            scales,
-            opacities,
-            colors,
-            viewmats,
-            Ks,
-            width,
-            height,
-            near_plane=near_plane,
-            far_plane=far_plane,
-            radius_clip=radius_clip,
-            eps2d=eps2d,
-            packed=packed,
-            tile_size=tile_size,
-            backgrounds=backgrounds,
+            *gaussians, width, height, **projection, packed=packed, tile_size=tile_size, backgrounds=backgrounds
         )
-    return _rasterize_torch(
-        means,
-        quats,
-        scales,
-        opacities,
-        colors,
-        viewmats,
-        Ks,
-        width,
-        height,
-        near_plane,
-        far_plane,
-        radius_clip,
-        eps2d,
-        tile_size,
-        backgrounds,
-        packed,
-        budget,
+    compositor = _compiled if backend == "cpp" else functools.partial(raster_torch.rasterize_tiles, budget=budget)
+    return _rasterize_cpu(
+        gaussians, width, height, projection, tile_size, backgrounds, packed, compositor, tiles == "ellipse"
     )
 
 
-def _check_shapes(
-    means: Tensor,
-    quats: Tensor,
-    scales: Tensor,
-    opacities: Tensor,
-    colors: Tensor,
-    viewmats: Tensor,
-    Ks: Tensor,
-    backgrounds: Tensor | None,
-) -> None:
+def _compiled(*args: Any) -> tuple[Tensor, Tensor]:
+    from pipeline.splat import raster_cpp
+
+    return raster_cpp.rasterize_tiles(*args)
+
+
+def _check_shapes(gaussians: tuple[Tensor, ...], backgrounds: Tensor | None) -> None:
+    means, quats, scales, opacities, colors, viewmats, Ks = gaussians
     n, b = means.shape[0], viewmats.shape[0]
     expected = {
         "means": (means, (n, 3)),
@@ -160,40 +191,23 @@ def _check_shapes(
         )
 
 
-def _rasterize_torch(
-    means: Tensor,
-    quats: Tensor,
-    scales: Tensor,
-    opacities: Tensor,
-    colors: Tensor,
-    viewmats: Tensor,
-    Ks: Tensor,
+def _rasterize_cpu(
+    gaussians: tuple[Tensor, ...],
     width: int,
     height: int,
-    near_plane: float,
-    far_plane: float,
-    radius_clip: float,
-    eps2d: float,
+    projection: dict[str, float],
     tile_size: int,
     backgrounds: Tensor | None,
     packed: bool,
-    budget: int,
+    compositor: Callable[..., tuple[Tensor, Tensor]],
+    exact_tiles: bool,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """The torch backend of :func:`rasterize` (same arguments and results)."""
+    """The torch and cpp backends of :func:`rasterize` (same arguments and results): projection
+    and tile lists in torch, compositing by ``compositor`` (torch or the compiled kernel)."""
+    means, quats, scales, opacities, colors, viewmats, Ks = gaussians
     n, b = means.shape[0], viewmats.shape[0]
     radii, means2d, depths, conics = raster_torch.project(
-        means,
-        quats,
-        scales,
-        opacities,
-        viewmats,
-        Ks,
-        width,
-        height,
-        near_plane,
-        far_plane,
-        radius_clip,
-        eps2d,
+        means, quats, scales, opacities, viewmats, Ks, width, height, **projection
     )
     opac = opacities[None].expand(b, n)
     cols = colors if colors.dim() == 3 else colors[None].expand(b, n, colors.shape[-1])
@@ -210,23 +224,13 @@ def _rasterize_torch(
         rows = rows + (image_of,)
     m2d, con, opa, col, rad, dep, img = rows
     tw, th = -(-width // tile_size), -(-height // tile_size)
-    tiles_per_gauss, isect_ids, flatten_ids = raster_torch.isect_tiles(m2d, rad, dep, img, tile_size, tw, th)
-    render_colors, transmittance = raster_torch.rasterize_tiles(
-        m2d,
-        con,
-        opa,
-        col,
-        isect_ids,
-        flatten_ids,
-        b,
-        width,
-        height,
-        tile_size,
-        budget,
-    )
+    ellipse = (con, opa, width, height) if exact_tiles else None
+    tiles_per_gauss, isect_ids, flatten_ids = isect_tiles(m2d, rad, dep, img, tile_size, tw, th, ellipse)
+    lists = TileLists(isect_ids, flatten_ids, b, width, height, tile_size)
+    render_colors, transmittance = compositor(m2d, con, opa, col, lists)
     if backgrounds is not None:
         render_colors = render_colors + transmittance * backgrounds[:, None, None, :]
-    counts = torch.bincount(raster_torch.tile_index(isect_ids, tw * th), minlength=b * tw * th)
+    counts = torch.bincount(tile_index(isect_ids, tw * th), minlength=b * tw * th)
     meta = {
         "batch_ids": None if not packed else torch.zeros_like(camera_ids),
         "camera_ids": camera_ids,

@@ -8,8 +8,7 @@ Used by :func:`pipeline.raster.rasterize` with ``backend="torch"``. Steps:
    radii <= ``radius_clip``, or the box entirely outside the image. Radius per axis is
    ``ceil(extend * sqrt(cov2d[i, i]))`` with gsplat's opacity-aware
    ``extend = min(3.33, sqrt(2 ln(255 opacity)))``: the tight box of the alpha >= 1/255 ellipse.
-2. :func:`isect_tiles` (gsplat ``isect_tiles``): one entry per overlapped tile, sorted by
-   gsplat's 64-bit key (image | tile | depth bits) into per-tile depth-sorted lists.
+2. :func:`pipeline.splat.tiles.isect_tiles` (gsplat ``isect_tiles``): per-tile depth-sorted lists.
 3. :func:`rasterize_tiles` (gsplat ``rasterize_to_pixels``): tiles are grouped by list length
    into padded ``[tiles, K]`` id lists; at pixel centres (x + 0.5, y + 0.5)
    ``alpha = min(0.999, opacity exp(-sigma))`` (gsplat 1.5.3 clamps at 0.999, not 0.99),
@@ -36,6 +35,8 @@ import torch
 from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _world_to_cam
 from torch import Tensor
 
+from pipeline.splat.tiles import TileLists, tile_index
+
 ALPHA_MIN = 1.0 / 255.0  # gsplat ALPHA_THRESHOLD
 ALPHA_MAX = 0.999  # gsplat 1.5.3 clamp
 T_MIN = 1e-4  # gsplat: a pixel is done once its transmittance would reach this
@@ -45,19 +46,9 @@ LOG_T_MIN = math.log(T_MIN)
 
 
 def project(
-    means: Tensor,
-    quats: Tensor,
-    scales: Tensor,
-    opacities: Tensor,
-    viewmats: Tensor,
-    Ks: Tensor,
-    width: int,
-    height: int,
-    near_plane: float,
-    far_plane: float,
-    radius_clip: float,
-    eps2d: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor, width: int,
+    height: int, near_plane: float, far_plane: float, radius_clip: float, eps2d: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Project N Gaussians into I cameras like gsplat's fused EWA projection (``packed=False``).
 
     Args: means [N, 3], quats [N, 4] (wxyz), scales [N, 3], opacities [N], viewmats [I, 4, 4]
@@ -92,50 +83,6 @@ def project(
         keep &= (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
         radii = (torch.stack([rx, ry], dim=-1) * keep[..., None]).to(torch.int32)
     return radii, means2d, depths, conics
-
-
-@torch.no_grad()
-def isect_tiles(
-    means2d: Tensor,
-    radii: Tensor,
-    depths: Tensor,
-    image_ids: Tensor,
-    tile_size: int,
-    tile_width: int,
-    tile_height: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """List (image, tile, Gaussian) intersections sorted like gsplat's ``isect_tiles``.
-
-    Args: means2d [M, 2], radii [M, 2], depths [M], image_ids [M] for the M projected entries
-    (M = I * N image-major when not packed).
-
-    Returns: tiles_per_gauss [M] int32, isect_ids [n_isects] int64 (image | tile | depth bits, as
-    gsplat), flatten_ids [n_isects] int64 (index into the M entries), sorted by isect_ids.
-    """
-    dev = means2d.device
-    tile_bits = (tile_width * tile_height).bit_length()
-    r = radii.to(means2d.dtype) / tile_size
-    t = means2d.detach() / tile_size
-    lim = torch.tensor([tile_width, tile_height], device=dev)
-    tmin = torch.minimum(torch.floor(t - r).clamp(min=0).long(), lim)
-    tmax = torch.minimum(torch.ceil(t + r).clamp(min=0).long(), lim)
-    span = tmax - tmin
-    count = span[:, 0] * span[:, 1] * (radii > 0).all(dim=-1)
-    entry = torch.repeat_interleave(torch.arange(len(count), device=dev), count)
-    local = torch.arange(len(entry), device=dev) - (torch.cumsum(count, 0) - count)[entry]
-    w = span[entry, 0]
-    tile = (tmin[entry, 1] + local // w) * tile_width + tmin[entry, 0] + local % w
-    depth_bits = depths.detach().float().contiguous().view(torch.int32).long() & 0xFFFFFFFF
-    isect_ids = (image_ids[entry] << (32 + tile_bits)) | (tile << 32) | depth_bits[entry]
-    isect_ids, order = torch.sort(isect_ids, stable=True)
-    return count.to(torch.int32), isect_ids, entry[order]
-
-
-def tile_index(isect_ids: Tensor, n_tiles: int) -> Tensor:
-    """Global tile index (image * n_tiles + tile) [n_isects] of gsplat-style isect_ids."""
-    key = isect_ids >> 32
-    bits = n_tiles.bit_length()
-    return (key >> bits) * n_tiles + (key & ((1 << bits) - 1))
 
 
 def _groups(counts: list[int], pixels: int, budget: int) -> list[tuple[int, int]]:
@@ -256,25 +203,16 @@ def _composite(
 
 
 def rasterize_tiles(
-    means2d: Tensor,
-    conics: Tensor,
-    opacities: Tensor,
-    colors: Tensor,
-    isect_ids: Tensor,
-    flatten_ids: Tensor,
-    n_images: int,
-    width: int,
-    height: int,
-    tile_size: int,
-    budget: int,
+    means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, lists: TileLists, budget: int
 ) -> tuple[Tensor, Tensor]:
     """Composite sorted tile lists into images (differentiable w.r.t. the attribute rows).
 
-    Args: means2d [M, 2], conics [M, 3], opacities [M], colors [M, C]; isect_ids / flatten_ids
-    from :func:`isect_tiles`; budget: max pixel x list entries per step.
+    Args: means2d [M, 2], conics [M, 3], opacities [M], colors [M, C]; ``lists`` from
+    :func:`pipeline.splat.tiles.isect_tiles`; budget: max pixel x list entries per step.
 
     Returns: colours [I, H, W, C] without background, transmittance [I, H, W, 1].
     """
+    isect_ids, flatten_ids, n_images, width, height, tile_size = lists
     dev, dtype = means2d.device, means2d.dtype
     tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
     n_tiles, n_px = tw * th, tile_size * tile_size

@@ -7,12 +7,16 @@ through the model's head and compared with the stored features (0.5 (mean(1 - co
 read one view at a time from the feature store. Densification and pruning: gsplat's
 ``DefaultStrategy`` (queries are params entries, so they are cloned/split/pruned too).
 
-On CPU, views (images and intrinsics) are resampled so the longer side is ``cpu_max_side``
-(:func:`training_views`; evaluate at that same size); on CUDA training uses the full size.
+The schedule (:class:`~pipeline.splat.config.Schedule`: iterations, image size, learning rates,
+densification) is the CPU one on the CPU and the M3 reference on CUDA unless ``train.schedule``
+names one. Views (images and intrinsics) are resampled so their longer side is the schedule's
+``max_side`` (:func:`training_views`; evaluate renders at that same size). Opacities are reset
+every ``reset_every`` steps while densifying (:meth:`Trainer.reset_opacities`).
 
-Every ``checkpoint_every`` steps ``checkpoint.pt`` is replaced atomically; a rerun with the same
-config and inputs resumes from it. A non-finite loss raises :class:`M3Error` naming the step and
-the term, leaving the last good checkpoint in place.
+Every ``checkpoint_every`` steps ``checkpoint.pt`` is replaced atomically
+(:mod:`pipeline.splat.checkpoint`); a rerun with the same config, inputs, code, device and image
+size resumes from it. A non-finite loss raises :class:`M3Error` naming the step and the term,
+leaving the last good checkpoint in place.
 """
 
 from __future__ import annotations
@@ -21,34 +25,36 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
-from pipeline.bank.store import check_bank_matches, load_bank
+from pipeline.bank.store import FEATURES_IDENTITY, check_bank_matches, load_bank
 from pipeline.core.code import code_hash
 from pipeline.core.config import to_dict
 from pipeline.core.errors import M3Error
 from pipeline.core.images import load_image
-from pipeline.core.io import atomic_write, config_hash, hash_files, provenance, same_provenance
+from pipeline.core.io import config_hash, hash_files, provenance
 from pipeline.core.runtime import peak_ram_mb, resolve_device
 from pipeline.core.scene import Scene, View, load_points, load_views, resampled_views, split_views
 from pipeline.features.store import FeatureStore
+from pipeline.splat.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.splat.config import TrainConfig
-from pipeline.splat.gaussians import init_params, render_query, render_rgb, scaled_K
+from pipeline.splat.gaussians import init_params, render_rgb
 from pipeline.splat.losses import feature_loss, rgb_loss
 from pipeline.splat.memory import build_heads
+from pipeline.splat.queries import Camera, Window, supervised_queries, window_K
 
 log = logging.getLogger(__name__)
 
 
 def training_views(scene: Scene, cfg: TrainConfig) -> list[View]:
-    """The scene's views at the training resolution (``cpu_max_side`` on CPU, full size on CUDA)."""
-    views = load_views(scene)
-    return resampled_views(views, cfg.cpu_max_side) if resolve_device(cfg.device, "train") == "cpu" else views
+    """The scene's views at the training resolution (the resolved schedule's ``max_side``)."""
+    device = resolve_device(cfg.device, "train")
+    return resampled_views(load_views(scene), cfg.resolved(torch.device(device).type).max_side)
 
 
 def scene_scale(views: list[View]) -> float:
@@ -71,7 +77,11 @@ class Inputs:
 
 
 def open_inputs(scene: Scene, cfg: TrainConfig, models: list[str]) -> Inputs:
-    """Views split, feature stores opened (not read), banks loaded and checked against them."""
+    """Views split, feature stores opened (not read), banks loaded and checked against them.
+
+    The provenance holds what the run depends on: the config with the device and schedule it
+    resolves to and the training image sizes, the COLMAP model, the banks and features, the code.
+    """
     views = training_views(scene, cfg)
     train, test = split_views(views, cfg.test_every)
     if not train:
@@ -96,8 +106,15 @@ def open_inputs(scene: Scene, cfg: TrainConfig, models: list[str]) -> Inputs:
         stores[m], banks[m] = fs, torch.from_numpy(bank)
         hashes[m] = (attrs.get("provenance") or {}).get("bank_hash") or attrs.get("bank_hash") or ""
         fp = fs.attrs.get("provenance") or {}
-        feats[m] = {"config_hash": fp.get("config_hash"), "inputs_hash": fp.get("inputs_hash")}
-    config = {"train": to_dict(cfg), "models": models}
+        feats[m] = {k: fp.get(k) for k in FEATURES_IDENTITY}
+    device = torch.device(resolve_device(cfg.device, "train")).type
+    config = {
+        "train": to_dict(cfg),
+        "models": models,
+        "device": device,
+        "schedule": to_dict(cfg.resolved(device)),
+        "image_sizes": sorted({(v.width, v.height) for v in views}),
+    }
     inputs_hash = config_hash(
         {"colmap": hash_files(sorted(scene.sparse_dir.glob("*.bin"))), "banks": hashes, "features": feats}
     )
@@ -112,42 +129,49 @@ class Trainer:
         from gsplat.strategy import DefaultStrategy
 
         self.scene, self.cfg, self.models, self.inp, self.device = scene, cfg, models, inputs, device
+        self.sched = sched = cfg.resolved(torch.device(device).type)
         dims = {m: cfg.query_dims[m] for m in models}
         xyz, rgb = load_points(scene)
-        self.params = init_params(xyz, rgb, dims, cfg.sh_degree, cfg.init_opacity, seed=cfg.seed).to(device)
+        self.params = init_params(
+            xyz, rgb, dims, cfg.sh_degree, sched.init_opacity, query_init=sched.query_init, seed=cfg.seed
+        ).to(device)
         self.heads = build_heads(
             cfg.method, inputs.banks, dims, cfg.tau, cfg.learn_projection, cfg.decoder_hidden, cfg.seed
         ).to(device)
         self.scale = scene_scale(inputs.train + inputs.test)
-        self.optimizers = self._optimizers()
+        self.optimizers = self.make_optimizers()
         head_params = list(self.heads.parameters())
         self.head_opt = torch.optim.Adam(head_params, lr=cfg.lr_heads, eps=1e-15) if head_params else None
+        # gsplat 1.5.3 never resets opacities itself (`step % reset_every == 0 & step > 0` is a chained
+        # comparison that is always false); reset_every still gates its large-Gaussian pruning, and
+        # the reset happens in train_step (reset_opacities)
         self.strategy = DefaultStrategy(
             prune_opa=cfg.prune_opacity,
-            grow_grad2d=cfg.grad_threshold,
-            refine_start_iter=cfg.densify_start,
-            refine_stop_iter=cfg.densify_stop,
+            grow_grad2d=sched.grad_threshold,
+            refine_start_iter=sched.densify_start,
+            refine_stop_iter=sched.densify_stop,
             refine_every=cfg.densify_every,
-            reset_every=cfg.reset_every,
+            reset_every=sched.reset_every,
         )
         self.strategy.check_sanity(self.params, self.optimizers)
         self.state = self.strategy.initialize_state(scene_scale=self.scale)
-        self.step, self.elapsed, self.curves = 0, 0.0, []
+        self.step, self.elapsed, self.cpu_elapsed, self.curves = 0, 0.0, 0.0, []
         self.images: dict[str, torch.Tensor] = {}
         self.gen = torch.Generator().manual_seed(cfg.seed)
 
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        c = self.cfg
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One Adam per parameter entry (gsplat's strategy layout); queries use ``lr_query``."""
+        c, s = self.cfg, self.sched
         lrs = {
-            "means": c.lr_means * self.scale,
+            "means": s.lr_means * self.scale,
             "quats": c.lr_quats,
-            "scales": c.lr_scales,
-            "opacities": c.lr_opacities,
-            "sh0": c.lr_sh0,
+            "scales": s.lr_scales,
+            "opacities": s.lr_opacities,
+            "sh0": s.lr_sh0,
             "shN": c.lr_shN,
         }
         return {
-            k: torch.optim.Adam([{"params": p, "lr": lrs.get(k, c.lr_query), "name": k}], eps=1e-15)
+            k: torch.optim.Adam([{"params": p, "lr": lrs.get(k, s.lr_query), "name": k}], eps=1e-15)
             for k, p in self.params.items()
         }
 
@@ -157,19 +181,34 @@ class Trainer:
             self.images[view.name] = torch.from_numpy(load_image(view.image_path, view.width, view.height))
         return self.images[view.name].to(self.device).float() / 255.0
 
+    def patch(self, view: View) -> Window:
+        """``(x0, y0, width, height)`` of this step's RGB window: a random ``patch``-sized square of
+        the view (seeded), or the whole view when the schedule's ``patch`` is 0 or not smaller."""
+        size = self.sched.patch
+        pw, ph = min(size or view.width, view.width), min(size or view.height, view.height)
+        if (pw, ph) == (view.width, view.height):
+            return 0, 0, pw, ph
+        x0 = int(torch.randint(view.width - pw + 1, (), generator=self.gen))
+        y0 = int(torch.randint(view.height - ph + 1, (), generator=self.gen))
+        return x0, y0, pw, ph
+
     def degree(self) -> int:
-        return min(self.cfg.sh_degree, self.step // max(self.cfg.sh_increase_every, 1))
+        return min(self.cfg.sh_degree, self.step // max(self.sched.sh_increase_every, 1))
 
     def train_step(self, view: View) -> dict[str, float]:
         """One optimisation step on ``view``; returns the loss terms (raises on non-finite)."""
         c, dev = self.cfg, self.device
         viewmat = torch.from_numpy(view.w2c).float().to(dev)
         K = torch.from_numpy(view.K).float().to(dev)
-        rgb, _, info = render_rgb(self.params, viewmat, K, view.width, view.height, self.degree(), c.backend)
+        window = self.patch(view)
+        x0, y0, pw, ph = window
+        rgb, _, info = render_rgb(self.params, viewmat, window_K(K, window), pw, ph, self.degree(), c.backend)
+        info["width"], info["height"] = view.width, view.height  # densification gradients in full-image units
         self.strategy.step_pre_backward(self.params, self.optimizers, self.state, self.step, info)
-        terms = {"rgb": rgb_loss(rgb, self.image(view), c.ssim_weight)}
+        target = self.image(view)[y0 : y0 + ph, x0 : x0 + pw]
+        terms = {"rgb": rgb_loss(rgb, target, c.ssim_weight)}
         for m in self.models:
-            terms[m] = self.feature_term(m, view, viewmat, K)
+            terms[m] = self.feature_term(m, view, viewmat, K, window)
         for name, value in terms.items():
             if not torch.isfinite(value):
                 kept = self.scene.model_dir / "checkpoint.pt"
@@ -187,72 +226,38 @@ class Trainer:
             self.head_opt.zero_grad(set_to_none=True)
         self.decay_means_lr()
         self.strategy.step_post_backward(self.params, self.optimizers, self.state, self.step, info, packed=False)
+        self.reset_opacities()
         self.step += 1
         return {k: float(v.detach()) for k, v in terms.items()}
 
-    def feature_term(self, model: str, view: View, viewmat: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-        store = self.inp.stores[model]
-        feats, valid = store.read(self.inp.index[model][view.name])
-        h, w, _ = store.shape
-        Kf = scaled_K(K, view.width, view.height, w, h)
-        q = render_query(self.params, model, viewmat, Kf, w, h, not self.cfg.feature_grad_geometry, self.cfg.backend)
-        cells = torch.from_numpy(np.flatnonzero(valid.reshape(-1)))
-        if len(cells) == 0:
+    def feature_term(self, model: str, view: View, viewmat: torch.Tensor, K: torch.Tensor, window: Window) -> Tensor:
+        """The feature loss of ``model`` on ``view`` (cells, or pixels of the step's ``window``)."""
+        c = self.cfg
+        feats, valid = self.inp.stores[model].read(self.inp.index[model][view.name])
+        samples = supervised_queries(
+            self.params, model, Camera(viewmat, K, view.width, view.height), (feats, valid), c.feature_render,
+            window, c.pixels, self.gen, not c.feature_grad_geometry, c.backend,
+        )  # fmt: skip
+        if samples is None:
             return torch.zeros((), device=self.device)
-        pick = cells[torch.randperm(len(cells), generator=self.gen)[: self.cfg.pixels]]
-        target = torch.from_numpy(feats.reshape(h * w, -1)[pick.numpy()].astype(np.float32)).to(self.device)
-        pred = self.heads[model](q.reshape(h * w, -1)[pick.to(self.device)])
-        return feature_loss(pred, target)
+        queries, target = samples
+        return feature_loss(self.heads[model](queries), target)
 
     def decay_means_lr(self) -> None:
-        c = self.cfg
-        gamma = (c.lr_means_final / c.lr_means) ** (1.0 / max(c.iterations, 1))
+        s = self.sched
+        gamma = (self.cfg.lr_means_final / s.lr_means) ** (1.0 / max(s.iterations, 1))
         for group in self.optimizers["means"].param_groups:
             group["lr"] = group["lr"] * gamma
 
-    # -- checkpoints ------------------------------------------------------------------------
-    def save_checkpoint(self, path: Path) -> None:
-        blob = {
-            "provenance": self.inp.provenance,
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "curves": self.curves,
-            "params": {k: v.detach().cpu() for k, v in self.params.items()},
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "heads": self.heads.state_dict(),
-            "head_opt": self.head_opt.state_dict() if self.head_opt else None,
-            "strategy": {k: v.cpu() if torch.is_tensor(v) else v for k, v in self.state.items()},
-            "generator": self.gen.get_state(),
-            "torch_rng": torch.get_rng_state(),  # DefaultStrategy's splits sample from it
-        }
-        atomic_write(path, lambda tmp: torch.save(blob, tmp))
+    def reset_opacities(self) -> bool:
+        """Every ``reset_every`` steps while densifying, clamp opacities to 2x the prune threshold
+        (3DGS's opacity reset, which gsplat 1.5.3's DefaultStrategy never reaches); returns whether it did."""
+        from gsplat.strategy.ops import reset_opa
 
-    def load_checkpoint(self, path: Path) -> bool:
-        """Resume from ``path`` when it was made by the same config and inputs (else start over)."""
-        if not path.is_file():
+        s = self.sched
+        if not (0 < self.step < s.densify_stop and self.step % s.reset_every == 0):
             return False
-        try:
-            blob = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:  # a truncated or foreign file: start over
-            log.warning("%s: unreadable checkpoint (%s); training from scratch", path, exc)
-            return False
-        if not same_provenance(blob.get("provenance") or {}, self.inp.provenance):
-            log.info("%s: made by another config or inputs; training from scratch", path)
-            return False
-        self.params = torch.nn.ParameterDict(
-            {k: torch.nn.Parameter(v.to(self.device)) for k, v in blob["params"].items()}
-        )
-        self.optimizers = self._optimizers()
-        for k, o in self.optimizers.items():
-            o.load_state_dict(blob["optimizers"][k])
-        self.heads.load_state_dict(blob["heads"])
-        if self.head_opt is not None and blob["head_opt"] is not None:
-            self.head_opt.load_state_dict(blob["head_opt"])
-        self.state = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in blob["strategy"].items()}
-        self.step, self.elapsed, self.curves = blob["step"], blob["elapsed"], blob["curves"]
-        self.gen.set_state(blob["generator"])
-        torch.set_rng_state(blob["torch_rng"])
-        log.info("resuming %s from step %d", self.scene.name, self.step)
+        reset_opa(self.params, self.optimizers, self.state, value=2.0 * self.cfg.prune_opacity)
         return True
 
 
@@ -263,23 +268,30 @@ def view_order(n: int, step: int, seed: int) -> int:
     return int(perm[k])
 
 
+def set_threads(cfg: TrainConfig, device: str) -> None:
+    """torch's CPU threads for a run on the CPU (``cpu_threads``; 0 keeps torch's default); on CUDA
+    the data path keeps torch's default."""
+    if cfg.cpu_threads > 0 and torch.device(device).type == "cpu":
+        torch.set_num_threads(cfg.cpu_threads)
+
+
 def train(scene: Scene, cfg: TrainConfig, models: list[str], progress: bool = True) -> Trainer:
-    """Train (or resume) ``scene``'s Gaussians; returns the trainer after ``cfg.iterations`` steps."""
+    """Train (or resume) ``scene``'s Gaussians; returns the trainer after the schedule's iterations."""
     device = resolve_device(cfg.device, "train")
     torch.manual_seed(cfg.seed)
-    if cfg.cpu_threads > 0:
-        torch.set_num_threads(cfg.cpu_threads)
+    set_threads(cfg, device)
     inputs = open_inputs(scene, cfg, models)
     tr = Trainer(scene, cfg, models, inputs, device)
+    iterations = tr.sched.iterations
     ckpt = scene.model_dir / "checkpoint.pt"
-    tr.load_checkpoint(ckpt)
-    bar = tqdm(total=cfg.iterations, initial=tr.step, desc=f"train {scene.name}", unit="step", disable=not progress)
-    start = time.perf_counter() - tr.elapsed
-    while tr.step < cfg.iterations:
+    load_checkpoint(tr, ckpt)
+    bar = tqdm(total=iterations, initial=tr.step, desc=f"train {scene.name}", unit="step", disable=not progress)
+    start, cpu_start = time.perf_counter() - tr.elapsed, time.process_time() - tr.cpu_elapsed
+    while tr.step < iterations:
         view = inputs.train[view_order(len(inputs.train), tr.step, cfg.seed)]
         terms = tr.train_step(view)
-        tr.elapsed = time.perf_counter() - start
-        if tr.step % cfg.log_every == 0 or tr.step == cfg.iterations:
+        tr.elapsed, tr.cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
+        if tr.step % cfg.log_every == 0 or tr.step == iterations:
             tr.curves.append(
                 {
                     "step": tr.step,
@@ -290,8 +302,8 @@ def train(scene: Scene, cfg: TrainConfig, models: list[str], progress: bool = Tr
             )
         bar.set_postfix(loss=f"{sum(terms.values()):.4f}", gaussians=len(tr.params["means"]))
         bar.update(1)
-        if tr.step % cfg.checkpoint_every == 0 or tr.step == cfg.iterations:
-            tr.save_checkpoint(ckpt)
+        if tr.step % cfg.checkpoint_every == 0 or tr.step == iterations:
+            save_checkpoint(tr, ckpt)
     bar.close()
     if not math.isfinite(tr.elapsed):
         tr.elapsed = 0.0

@@ -24,8 +24,9 @@ from torch import Tensor
 from pipeline.core.errors import M3Error
 from pipeline.core.io import atomic_write, read_json, write_json
 from pipeline.core.scene import Scene, View
-from pipeline.splat.gaussians import QUERY_PREFIX, load_ply, render_query, render_rgb, save_ply, scaled_K, sh_degree_of
+from pipeline.splat.gaussians import QUERY_PREFIX, load_ply, render_rgb, save_ply, scaled_K, sh_degree_of
 from pipeline.splat.memory import load_heads, save_heads
+from pipeline.splat.queries import Camera, feature_grid_queries
 
 
 @dataclass
@@ -48,6 +49,7 @@ def write_model(model_dir: Path, trainer: Any, stats: dict[str, Any]) -> None:
         "tau": cfg.tau,
         "learn_projection": cfg.learn_projection,
         "decoder_hidden": cfg.decoder_hidden,
+        "feature_render": cfg.feature_render,
     }
     atomic_write(model_dir / "point_cloud.ply", lambda p: save_ply(p, trainer.params))
     atomic_write(model_dir / "memory.pt", lambda p: save_heads(p, trainer.heads, spec))
@@ -59,7 +61,7 @@ def write_model(model_dir: Path, trainer: Any, stats: dict[str, Any]) -> None:
         "feature_sizes": {m: list(inp.stores[m].shape[:2]) for m in trainer.models},
         "test_views": [v.name for v in inp.test],
         "provenance": inp.provenance,
-        "max_side": cfg.cpu_max_side if trainer.device == "cpu" else 0,  # training image side (0: full)
+        "max_side": trainer.sched.max_side,  # training image side (0: full size)
     }
     write_json(model_dir / "config.json", config)
     write_json(model_dir / "stats.json", stats)
@@ -83,6 +85,7 @@ class TrainedMemory:
         self.method: str = config["method"]
         self.sh_degree = sh_degree_of(params)
         self.backend = config.get("backend", "auto")
+        self.feature_render = config.get("feature_render", "cells")
 
     @classmethod
     def load(cls, scene: Scene, device: str = "cpu") -> TrainedMemory:
@@ -114,17 +117,18 @@ class TrainedMemory:
         return int(h), int(w)
 
     @torch.no_grad()
-    def render(self, view: View) -> RenderOut:
-        """RGB at the view's size and each model's features at its feature-map size."""
+    def render(self, view: View, models: list[str] | None = None) -> RenderOut:
+        """RGB at the view's size and each model's (or each of ``models``') features at its feature-map size."""
+        unknown = [m for m in models or [] if m not in self.models]
+        if unknown:
+            raise M3Error(f"model '{unknown[0]}' is not in this memory ({', '.join(self.models)}); pick one of those")
         viewmat = torch.as_tensor(np.asarray(view.w2c), dtype=torch.float32, device=self.device)
         K = torch.as_tensor(np.asarray(view.K), dtype=torch.float32, device=self.device)
         rgb, alpha, _ = render_rgb(self.params, viewmat, K, view.width, view.height, self.sh_degree, self.backend)
         feats = {}
-        for m in self.models:
-            h, w = self.feature_size(m)
-            q = render_query(
-                self.params, m, viewmat, scaled_K(K, view.width, view.height, w, h), w, h, True, self.backend
-            )
+        camera = Camera(viewmat, K, view.width, view.height)
+        for m in self.models if models is None else models:
+            q = feature_grid_queries(self.params, m, camera, self.feature_size(m), self.feature_render, self.backend)
             feats[m] = self.heads[m](q)
         return RenderOut(rgb.clamp(0, 1), alpha, feats)
 

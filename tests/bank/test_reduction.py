@@ -282,3 +282,14 @@ def test_bad_config_is_a_clear_error() -> None:
         BankConfig(threshold=0.8, refine=-1)
     with pytest.raises(M3Error, match="merge_rows"):
         BankConfig(threshold=0.8, merge_rows=-1)
+
+
+def test_faiss_builds_are_exclusive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """faiss-cpu and faiss-gpu install the same package: having both is one clear error."""
+    import importlib.metadata
+
+    from pipeline.bank import cover
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: "1.15.1")
+    with pytest.raises(M3Error, match=r"both faiss-cpu 1.15.1 and faiss-gpu 1.15.1 are installed.*keep one"):
+        cover.make_index(8, "auto")

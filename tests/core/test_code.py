@@ -29,7 +29,8 @@ def test_code_hash_follows_the_closure_only(tmp_path: Path) -> None:
 
 def test_closure_is_inside_the_project() -> None:
     files = import_closure("stages.train")
-    assert all(p.is_relative_to(REPO) and p.suffix == ".py" for p in files)
+    assert all(p.is_relative_to(REPO) and p.suffix in (".py", ".cpp") for p in files)
     rel = {p.relative_to(REPO).as_posix() for p in files}
     assert {"stages/train.py", "pipeline/splat/train.py", "pipeline/bank/store.py", "pipeline/core/io.py"} <= rel
     assert "pipeline/evaluate/query.py" not in rel
+    assert "pipeline/splat/csrc/composite.cpp" in rel  # the compiled rasterizer's source

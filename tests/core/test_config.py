@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from pipeline.bank.config import BankConfig
 from pipeline.core.config import field_help, load_config
 from pipeline.core.errors import M3Error
-from pipeline.splat.config import TrainConfig
+from pipeline.splat.config import Schedule, TrainConfig
 from stages.cli import app
 from stages.params import SECTIONS
 
@@ -22,7 +22,7 @@ def test_every_stage_option_has_a_field_docstring() -> None:
         missing = [f for f, doc in docs.items() if not doc.strip()]
         assert not missing, f"{cls.__name__} ({name}): fields without a docstring: {missing}"
         assert all(dataclasses.fields(cls)) and cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
-    assert field_help(TrainConfig)["iterations"] == "Training steps (reference: 30000)."
+    assert field_help(Schedule)["iterations"] == "Training steps." and all(field_help(Schedule).values())
 
 
 def test_load_config_overrides_and_checks(tmp_path: Path) -> None:
@@ -41,22 +41,25 @@ def test_load_config_overrides_and_checks(tmp_path: Path) -> None:
 def test_exponent_floats_without_dot_are_floats(tmp_path: Path) -> None:
     """PyYAML reads `6e-4` as a string (YAML 1.1); float params still accept it, other strings not."""
     params = tmp_path / "params.yaml"
-    params.write_text("train:\n  grad_threshold: 6e-4\n  lr_means: 1.6E-4\n")
+    params.write_text("train:\n  cpu: {grad_threshold: 6e-4, lr_means: 1.6E-4}\n")
     cfg = load_config(TrainConfig, "train", params)
-    assert cfg.grad_threshold == 6e-4 and cfg.lr_means == 1.6e-4
-    params.write_text("train:\n  grad_threshold: small\n")
+    assert cfg.cpu.grad_threshold == 6e-4 and cfg.cpu.lr_means == 1.6e-4
+    assert cfg.cpu.iterations == 1000  # a partial schedule keeps its other defaults
+    params.write_text("train:\n  cpu: {grad_threshold: small}\n")
     with pytest.raises(M3Error, match="grad_threshold: expected float, got 'small'"):
         load_config(TrainConfig, "train", params)
 
 
 def test_m3_params_lists_values_defaults_and_help(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
-    params.write_text("train:\n  iterations: 50\n")
+    params.write_text("train:\n  cpu: {iterations: 50}\n")
     result = CliRunner().invoke(app, ["params", "train", "--params", str(params)])
     assert result.exit_code == 0, result.output
-    assert "train.iterations = 50  (default 1000)\n    Training steps (reference: 30000)." in result.output
+    assert "train.cpu.iterations = 50  (default 1000)\n    Training steps." in result.output
+    assert "train.reference.iterations = 30000  (default)" in result.output
     assert "train.tau = 0.05  (default)" in result.output
-    assert result.output.count("train.") == len(dataclasses.fields(TrainConfig))
+    n_sched = len(dataclasses.fields(Schedule))
+    assert result.output.count("\ntrain.") + 1 == len(dataclasses.fields(TrainConfig)) - 2 + 2 * n_sched
 
 
 def test_generated_options_match_the_fields() -> None:
@@ -65,7 +68,10 @@ def test_generated_options_match_the_fields() -> None:
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     for name, doc in field_help(TrainConfig).items():
-        if name == "query_dims":  # a mapping: params.yaml only
+        if name in ("cpu", "reference"):  # nested schedules: --cpu.<key>, --reference.<key>
+            for key, sub in field_help(Schedule).items():
+                assert f"--{name}.{key.replace('_', '-')}" in text and " ".join(sub.split())[:40] in text, key
+        elif name == "query_dims":  # a mapping: params.yaml only
             assert "--query-dims" not in text
-            continue
-        assert f"--{name.replace('_', '-')}" in text and " ".join(doc.split())[:40] in text, name
+        else:
+            assert f"--{name.replace('_', '-')}" in text and " ".join(doc.split())[:40] in text, name

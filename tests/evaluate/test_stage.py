@@ -225,15 +225,8 @@ def test_memory_and_distill_side_by_side(trained_planted, tmp_path: Path) -> Non
     for part in ("colmap", "features", "bank"):
         shutil.copytree(scene.root / part, other.root / part)
     cfg = TrainConfig(
-        method="distill",
-        iterations=150,
-        query_dims={"clip": 8},
-        densify_start=1000,
-        pixels=500,
-        device="cpu",
-        backend="torch",
-        checkpoint_every=1000,
-    )
+        method="distill", query_dims={"clip": 8}, pixels=500, device="cpu", backend="torch", checkpoint_every=1000
+    ).with_schedule("cpu", iterations=150, densify_start=1000)
     write_model(other.model_dir, train(other, cfg, ["clip"], progress=False), {"steps": 150})
     ev = EvaluateConfig(device="cpu", lpips=False, n_renders=0)
     rows = {name: evaluate_run(ev, s) for name, s in (("memory", scene), ("distill", other))}

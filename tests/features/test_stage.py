@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,10 @@ import zarr
 from PIL import Image
 
 from pipeline.core.errors import M3Error
-from pipeline.core.scene import Scene, load_views
+from pipeline.core.scene import load_views
 from pipeline.features.models import available, build_model
 from pipeline.features.store import FeatureStore, partial_path
+from tests.helpers.scenes import posed_scene
 
 CLIP = {"weights": "random"}
 
@@ -140,45 +140,17 @@ SMALL = {
         "stability_score_thresh": 0.0,
         "clip": {"weights": "random"},
     },
+    "llamav": {"weights": "random", "family": "mllama"},
+    "llama3": {
+        "weights": "random",
+        "sam": {"points_per_side": 3, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+        "captioner": {"num_beams": 1, "max_new_tokens": 6},
+    },
+    "seem": {
+        "weights": "random",
+        "sam": {"points_per_side": 3, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+    },
 }
-
-
-def posed_scene(root: Path, demo_input: Path, n_views: int) -> Scene:
-    """A scene folder with ``n_views`` demo views as an undistorted COLMAP model (ground-truth poses).
-
-    Views past the demo's count reuse its images cyclically under new names.
-    """
-    import pycolmap
-
-    gt = json.loads((demo_input / "ground_truth.json").read_text())
-    demo = sorted(gt["views"])
-    scene = Scene(root)
-    scene.images_dir.mkdir(parents=True)
-    scene.sparse_dir.mkdir(parents=True)
-    rec = pycolmap.Reconstruction()
-    for i in range(n_views):
-        src = demo[i % len(demo)]
-        name = f"{i:05d}.png"
-        shutil.copy(demo_input / src, scene.images_dir / name)
-        if i == 0:
-            with Image.open(demo_input / src) as im:
-                width, height = im.size
-            K = np.asarray(gt["views"][src]["K"])
-            rec.add_camera_with_trivial_rig(
-                pycolmap.Camera(
-                    model="PINHOLE",
-                    width=width,
-                    height=height,
-                    camera_id=1,
-                    params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]],
-                )
-            )
-        w2c = np.asarray(gt["views"][src]["w2c"], dtype=np.float64)
-        rec.add_image_with_trivial_frame(
-            pycolmap.Image(name=name, camera_id=1, image_id=i + 1), pycolmap.Rigid3d(w2c[:3, :4])
-        )
-    rec.write(str(scene.sparse_dir))
-    return scene
 
 
 class Counting:
@@ -201,7 +173,7 @@ def scene4(demo_input, tmp_path_factory):
     return posed_scene(tmp_path_factory.mktemp("feat") / "four", demo_input, 4)
 
 
-SLOW_ADAPTERS = {"sam_clip"}  # SAM's automatic mask generator takes ~10 s per view on a contended CPU
+SLOW_ADAPTERS = {"sam_clip", "llama3", "seem"}  # SAM's automatic mask generator: ~10 s per view on a busy CPU
 
 
 @pytest.mark.parametrize(
@@ -233,6 +205,11 @@ def test_stage_store_equals_direct_forward_pass(name, scene4):
         expect = direct.features.numpy().astype(np.float16)
         np.testing.assert_allclose(feats.astype(np.float32), expect.astype(np.float32), rtol=1e-3, atol=1e-3)
         np.testing.assert_array_equal(valid, direct.valid.numpy())
+    for record in model.record_names:  # every view's records, gathered in view order
+        rows = store.records(record)
+        assert {r["view"] for r in rows} <= set(store.names) and (
+            scene4.features_path(name) / f"{record}.json"
+        ).is_file()
 
 
 def test_kill_and_resume_recomputes_only_missing_views(demo_input, tmp_path):

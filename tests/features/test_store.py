@@ -87,3 +87,30 @@ def test_resume_only_with_same_provenance_and_finalize(tmp_path):
     assert matches(final, _attrs(), NAMES)
     assert not matches(final, _attrs(config_hash="c2"), NAMES)
     assert not matches(final, _attrs(), NAMES[:2])
+
+
+def test_records_survive_a_resume_and_are_gathered_per_name(tmp_path):
+    """Per-view records (e.g. llama3 captions) are written with their view, kept by a resumed run,
+    and gathered into one <name>.json in view order when the store is finalised."""
+    final = tmp_path / "toy.zarr"
+    attrs = {**_attrs(), "records": ["captions"]}
+    maps = _maps()
+    caps = [[{"region": 0, "caption": f"view {i} region 0"}, {"region": 1, "caption": "x"}] for i in range(3)]
+    store = resume_or_create(final, NAMES, 4, 5, 8, attrs, has_mask=False)
+    store.write(0, maps[0], records={"captions": caps[0]})
+    with pytest.raises(ValueError, match="not declared"):
+        store.write(1, maps[1], records={"cls": []})
+    del store
+    store = resume_or_create(final, NAMES, 4, 5, 8, attrs, has_mask=False)  # resumed: view 0 and its records kept
+    assert store.done_mask().tolist() == [True, False, False]
+    store.write(1, maps[1])  # a view without records
+    store.write(2, maps[2], records={"captions": caps[2]})
+    done = store.finalize(final)
+    assert not (final / "records").exists() and (final / "captions.json").is_file()
+    rows = done.records("captions")
+    assert [r["view"] for r in rows] == ["a.png", "a.png", "c.png", "c.png"]
+    assert [r["caption"] for r in rows] == ["view 0 region 0", "x", "view 2 region 0", "x"]
+    assert rows[0] == {"view": "a.png", **caps[0][0]}
+    with pytest.raises(M3Error, match="no 'cls' records"):
+        done.records("cls")
+    assert FeatureStore.open(final).record_names == ["captions"] and matches(final, attrs, NAMES)

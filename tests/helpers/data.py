@@ -31,3 +31,13 @@ def write_video(path: Path, frames: list, fps: int = 10, codec: str = "mpeg4") -
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def smooth_image(height: int, width: int, seed: int = 0):
+    """A smooth random test image ``[3, H, W]`` float in [0, 1] (blobs, so masks and features vary)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(1, 3, max(2, height // 24), max(2, width // 24), generator=g)
+    image = torch.nn.functional.interpolate(low, size=(height, width), mode="bicubic", align_corners=False)
+    return image[0].clamp(0, 1)

@@ -85,15 +85,8 @@ def train_planted(root: Path, iterations: int = 150) -> Planted:
     from pipeline.splat.trained import write_model
 
     planted = planted_scene(root)
-    cfg = TrainConfig(
-        iterations=iterations,
-        query_dims={"clip": 8},
-        densify_start=1000,
-        pixels=500,
-        device="cpu",
-        backend="torch",
-        checkpoint_every=1000,
-    )
+    cfg = TrainConfig(query_dims={"clip": 8}, pixels=500, device="cpu", backend="torch", checkpoint_every=1000)
+    cfg = cfg.with_schedule("cpu", iterations=iterations, densify_start=1000)
     tr = train(planted.scene, cfg, ["clip"], progress=False)
     write_model(planted.scene.model_dir, tr, {"steps": tr.step})
     return planted

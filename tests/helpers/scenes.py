@@ -1,12 +1,15 @@
 """Test scenes from the demo renderer with ground-truth cameras: images, a COLMAP model whose
-points are back-projected from ground-truth depth (a dense, exact stand-in for SfM), and banks
-for synthetic feature stores."""
+points are back-projected from ground-truth depth (a dense, exact stand-in for SfM), banks
+for synthetic feature stores, and posed scenes of the session's demo views."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from pipeline.bank.config import BankConfig
 from pipeline.bank.reduction import build_bank
@@ -77,3 +80,41 @@ def bank_from_store(scene: Scene, model: str, store: FeatureStore, prov: dict) -
             }
         },
     )
+
+
+def posed_scene(root: Path, demo_input: Path, n_views: int) -> Scene:
+    """A scene folder with ``n_views`` demo views as an undistorted COLMAP model (ground-truth poses).
+
+    Views past the demo's count reuse its images cyclically under new names.
+    """
+    import pycolmap
+
+    gt = json.loads((demo_input / "ground_truth.json").read_text())
+    demo = sorted(gt["views"])
+    scene = Scene(root)
+    scene.images_dir.mkdir(parents=True)
+    scene.sparse_dir.mkdir(parents=True)
+    rec = pycolmap.Reconstruction()
+    for i in range(n_views):
+        src = demo[i % len(demo)]
+        name = f"{i:05d}.png"
+        shutil.copy(demo_input / src, scene.images_dir / name)
+        if i == 0:
+            with Image.open(demo_input / src) as im:
+                width, height = im.size
+            K = np.asarray(gt["views"][src]["K"])
+            rec.add_camera_with_trivial_rig(
+                pycolmap.Camera(
+                    model="PINHOLE",
+                    width=width,
+                    height=height,
+                    camera_id=1,
+                    params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]],
+                )
+            )
+        w2c = np.asarray(gt["views"][src]["w2c"], dtype=np.float64)
+        rec.add_image_with_trivial_frame(
+            pycolmap.Image(name=name, camera_id=1, image_id=i + 1), pycolmap.Rigid3d(w2c[:3, :4])
+        )
+    rec.write(str(scene.sparse_dir))
+    return scene

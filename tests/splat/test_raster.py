@@ -6,36 +6,8 @@ import pytest
 import torch
 
 from pipeline.core.errors import M3Error
-from pipeline.splat.raster import rasterize
-
-W, H = 37, 29  # odd sizes: partial tiles on both axes
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread avoids thread hand-offs that dominate on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def random_scene(n: int, channels: int = 3, seed: int = 0, dtype=torch.float64, width=W, height=H):
-    """n Gaussians in front of a camera at the origin looking down +z (plus one behind it)."""
-    g = torch.Generator().manual_seed(seed)
-    means = torch.randn(n, 3, generator=g, dtype=dtype) * torch.tensor([0.6, 0.5, 0.5], dtype=dtype)
-    means[:, 2] += 3.0
-    quats = torch.randn(n, 4, generator=g, dtype=dtype)
-    scales = torch.exp(torch.randn(n, 3, generator=g, dtype=dtype) * 0.4 - 2.5)
-    opacities = torch.rand(n, generator=g, dtype=dtype) * 0.9 + 0.05
-    colors = torch.rand(n, channels, generator=g, dtype=dtype)
-    f = 1.1 * width
-    Ks = torch.tensor([[[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]]], dtype=dtype)
-    rot = torch.linalg.matrix_exp(torch.tensor([[0, -0.05, 0.1], [0.05, 0, -0.08], [-0.1, 0.08, 0]], dtype=dtype))
-    viewmats = torch.eye(4, dtype=dtype)[None].clone()
-    viewmats[0, :3, :3] = rot
-    viewmats[0, :3, 3] = torch.tensor([0.05, -0.03, 0.1], dtype=dtype)
-    return [means, quats, scales, opacities, colors], viewmats, Ks
+from pipeline.splat.raster import DEFAULT_BUDGET, rasterize
+from tests.helpers.raster import H, W, one_thread, random_scene  # noqa: F401 (one_thread: an autouse fixture)
 
 
 def reference(
@@ -111,9 +83,21 @@ def grads(fn, params):
     return img.detach(), alpha.detach(), [p.grad for p in params]
 
 
-def torch_backend(viewmats, Ks, bg=None, width=W, height=H, **kw):
+CPU_PATHS = [("torch", "box"), ("torch", "ellipse"), ("cpp", "ellipse")]
+"""(backend, tiles) of the CPU rasterizer: the torch backend with gsplat's box tiles (the original
+path), with exact ellipse tiles, and the compiled kernel (built by `make install`; a build failure
+fails these tests)."""
+
+
+def cpu_backend(viewmats, Ks, bg=None, width=W, height=H, path=("torch", "box"), **kw):
+    backend, tiles = path
+    if backend == "torch":
+        kw.setdefault("budget", DEFAULT_BUDGET)
+    else:
+        kw.pop("budget", None)
+
     def fn(*p):
-        img, alpha, _ = rasterize(*p, viewmats, Ks, width, height, backend="torch", backgrounds=bg, **kw)
+        img, alpha, _ = rasterize(*p, viewmats, Ks, width, height, backend=backend, tiles=tiles, backgrounds=bg, **kw)
         return img[0], alpha[0, ..., 0]
 
     return fn
@@ -126,10 +110,11 @@ def reference_fn(viewmats, Ks, bg=None, width=W, height=H):
     return fn
 
 
+@pytest.mark.parametrize("path", CPU_PATHS)
 @pytest.mark.parametrize("tile_size,budget", [(16, 1 << 22), (4, 1 << 22), (8, 100)])
-def test_matches_reference_forward_and_gradients(tile_size, budget):
+def test_matches_reference_forward_and_gradients(tile_size, budget, path):
     params, viewmats, Ks = random_scene(60, seed=1)
-    img, alpha, g = grads(torch_backend(viewmats, Ks, tile_size=tile_size, budget=budget), params)
+    img, alpha, g = grads(cpu_backend(viewmats, Ks, tile_size=tile_size, budget=budget, path=path), params)
     ref_img, ref_alpha, ref_g = grads(reference_fn(viewmats, Ks), params)
     assert alpha.max() > 0.9 and alpha.min() < 0.5  # a scene with overlap and gaps
     torch.testing.assert_close(img, ref_img, rtol=0, atol=1e-10)
@@ -139,14 +124,15 @@ def test_matches_reference_forward_and_gradients(tile_size, budget):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=name)
 
 
+@pytest.mark.parametrize("path", CPU_PATHS)
 @pytest.mark.parametrize("budget", [1 << 22, 3000])
-def test_multichannel_backgrounds_and_saturation(budget):
+def test_multichannel_backgrounds_and_saturation(budget, path):
     """3+16+32+32 channels, a background, opaque layers that hit the 1e-4 cut-off, chunked lists."""
     params, viewmats, Ks = random_scene(100, channels=83, seed=2)
     params[3] = torch.full_like(params[3], 0.98)
     params[2] = params[2] * 4
     bg = torch.rand(1, 83, dtype=torch.float64)
-    img, alpha, g = grads(torch_backend(viewmats, Ks, bg=bg, budget=budget), params)
+    img, alpha, g = grads(cpu_backend(viewmats, Ks, bg=bg, budget=budget, path=path), params)
     ref_img, ref_alpha, ref_g = grads(reference_fn(viewmats, Ks, bg=bg), params)
     assert img.shape == (H, W, 83)
     assert (alpha > 1 - 2e-4).float().mean() > 0.1  # the transmittance cut-off is active
@@ -156,7 +142,8 @@ def test_multichannel_backgrounds_and_saturation(budget):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8)
 
 
-def test_dense_scene_every_tiling_matches_reference():
+@pytest.mark.parametrize("path", CPU_PATHS)
+def test_dense_scene_every_tiling_matches_reference(path):
     """Many overlapping Gaussians (most pixels reach the cut-off): list compaction and chunking
     must keep each pixel's cut-off exactly where the reference puts it."""
     params, viewmats, Ks = random_scene(1500, seed=8, width=40, height=30)
@@ -164,14 +151,18 @@ def test_dense_scene_every_tiling_matches_reference():
     ref_img, ref_alpha = reference(*params, viewmats[0], Ks[0], 40, 30)
     assert (ref_alpha > 0.999).float().mean() > 0.5
     for tile_size, budget in [(2, 1 << 22), (4, 20000), (16, 1 << 22), (64, 1 << 18)]:
-        img, alpha, _ = rasterize(*params, viewmats, Ks, 40, 30, backend="torch", tile_size=tile_size, budget=budget)
+        img, alpha = cpu_backend(viewmats, Ks, width=40, height=30, path=path, tile_size=tile_size, budget=budget)(
+            *params
+        )
+        img, alpha = img[None], alpha[None, ..., None]
         torch.testing.assert_close(img[0], ref_img, rtol=0, atol=1e-10)
         torch.testing.assert_close(alpha[0, ..., 0], ref_alpha, rtol=0, atol=1e-10)
 
 
-def test_float32_and_low_resolution_tiles_larger_than_image():
+@pytest.mark.parametrize("path", CPU_PATHS)
+def test_float32_and_low_resolution_tiles_larger_than_image(path):
     params, viewmats, Ks = random_scene(300, channels=16, seed=3, dtype=torch.float32, width=8, height=6)
-    img, alpha, g = grads(torch_backend(viewmats, Ks, width=8, height=6, tile_size=16), params)
+    img, alpha, g = grads(cpu_backend(viewmats, Ks, width=8, height=6, tile_size=16, path=path), params)
     p64 = [p.double() for p in params]
     ref = reference_fn(viewmats.double(), Ks.double(), width=8, height=6)
     ref_img, ref_alpha, ref_g = grads(ref, p64)
@@ -279,32 +270,51 @@ def test_empty_scene_and_errors():
         rasterize(*params, viewmats, Ks, W, H, backend="gsplat")
 
 
-def compare_backends(pairs):
-    """Render one float32 scene with each (backend, device); return max abs differences of the
-    second against the first and both results (forward, radii, means2d and parameter grads)."""
+def backend_scene():
+    """The float32 scene the backends are compared on: params, viewmats, Ks, background."""
     params, viewmats, Ks = random_scene(3000, channels=19, seed=7, dtype=torch.float32, width=160, height=120)
     params[0] = params[0] * torch.tensor([2.0, 2.0, 1.0])
-    bg = torch.rand(1, 19, generator=torch.Generator().manual_seed(0))
-    out = []
-    for backend, device in pairs:
-        ps = [p.to(device).requires_grad_() for p in params]
-        img, alpha, meta = rasterize(
-            *ps, viewmats.to(device), Ks.to(device), 160, 120, backend=backend, backgrounds=bg.to(device)
-        )
-        meta["means2d"].retain_grad()
-        weights = torch.linspace(0.5, 1.5, img.numel(), device=device).reshape(img.shape)
-        ((img * weights).sum() + alpha.sum()).backward()
-        out.append(
-            {
-                "colors": img,
-                "alphas": alpha,
-                "radii": meta["radii"],
-                "means2d.grad": meta["means2d"].grad,
-                **{f"d_{k}": p.grad for k, p in zip(["means", "quats", "scales", "opacities", "colors"], ps)},
-            }
-        )
-    a, b = ({k: v.detach().cpu().double() for k, v in o.items()} for o in out)
+    return params, viewmats, Ks, torch.rand(1, 19, generator=torch.Generator().manual_seed(0))
+
+
+def one_pass(scene, backend: str, device: str) -> dict:
+    """Forward, radii, means2d and parameter gradients of one render on fresh leaf copies of ``scene``."""
+    params, viewmats, Ks, bg = scene
+    ps = [p.detach().clone().to(device).requires_grad_() for p in params]
+    img, alpha, meta = rasterize(
+        *ps, viewmats.to(device), Ks.to(device), 160, 120, backend=backend, backgrounds=bg.to(device)
+    )
+    meta["means2d"].retain_grad()
+    weights = torch.linspace(0.5, 1.5, img.numel(), device=device).reshape(img.shape)
+    ((img * weights).sum() + alpha.sum()).backward()
+    out = {
+        "colors": img,
+        "alphas": alpha,
+        "radii": meta["radii"],
+        "means2d.grad": meta["means2d"].grad,
+        **{f"d_{k}": p.grad for k, p in zip(["means", "quats", "scales", "opacities", "colors"], ps)},
+    }
+    return {k: v.detach().cpu().double() for k, v in out.items()}
+
+
+def compare_backends(pairs):
+    """Render the backend scene with each (backend, device); return max abs differences of the
+    second against the first and both results."""
+    scene = backend_scene()
+    a, b = (one_pass(scene, backend, device) for backend, device in pairs)
     return {k: (a[k] - b[k]).abs().max().item() for k in a}, a, b
+
+
+def test_backend_comparison_builds_fresh_inputs_per_pass():
+    """The comparison harness of the gpu test: each pass differentiates its own leaf tensors (the
+    shared inputs once became non-leaf copies on the second device, whose grads stayed None, and
+    on one device the passes accumulated into the same gradients)."""
+    diff, a, b = compare_backends([("torch", "cpu"), ("torch", "cpu")])
+    assert all(v == 0.0 for v in diff.values()), diff
+    reference = one_pass(backend_scene(), "torch", "cpu")
+    for key in [k for k in a if k.startswith("d_")]:
+        assert a[key].abs().sum() > 0
+        torch.testing.assert_close(a[key], reference[key])
 
 
 @pytest.mark.gpu

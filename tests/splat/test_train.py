@@ -1,15 +1,9 @@
-"""Training: losses, resume, NaN stop, streaming, and feature learning on the demo scene (slow).
-
-The test scene is the demo scene with its ground-truth cameras written straight into a COLMAP
-model (no SfM) and initial points back-projected from ground-truth depth of the training views
-(a dense, exact stand-in for triangulated points). Feature stores are written through the
-feature-store contract with synthetic, 3D-consistent features (a vector per object plus a smooth
-function of the surface point, unit norm) at each model's grid; banks are built by the PSC
-reduction from those stores, with provenance linking them.
-"""
+"""Training: losses, resume, NaN stop, streaming, and feature learning on the demo scene (slow),
+on the ground-truth training scenes of :mod:`tests.helpers.training`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,68 +14,18 @@ import torch
 from pipeline.core.errors import M3Error
 from pipeline.core.images import load_image, to_float
 from pipeline.core.scene import Scene, load_views, split_views
-from pipeline.demo.scene import build_demo_scene
 from pipeline.evaluate.metrics import psnr
 from pipeline.features.store import FeatureStore
 from pipeline.splat.config import TrainConfig
 from pipeline.splat.losses import feature_loss, rgb_loss, ssim
 from pipeline.splat.train import train, training_views
 from pipeline.splat.trained import TrainedMemory, write_model
-from tests.helpers.scenes import backproject, bank_from_store, gt_scene
-
-MODELS = {"clip": (32, 4), "dinov2": (24, 8)}  # model -> (feature dim, image pixels per cell)
-
-
-def _features(demo, K, w2c, w: int, h: int, d: int, rng_seed: int) -> np.ndarray:
-    rng = np.random.default_rng(rng_seed)
-    obj_vec = rng.normal(size=(len(demo.objects) + 1, d))
-    freq = rng.normal(size=(3, 6)) * 0.8
-    mix = rng.normal(size=(12, d)) * 0.6
-    _, depth, obj = demo.render(K, w2c, w, h)
-    x = backproject(K, w2c, depth)
-    f = obj_vec[obj.reshape(-1) + 1] + np.concatenate([np.sin(x @ freq), np.cos(x @ freq)], 1) @ mix
-    f /= np.linalg.norm(f, axis=1, keepdims=True)
-    return f.reshape(h, w, d)
-
-
-def build_scene(
-    root: Path, n_views: int = 36, width: int = 320, height: int = 240, n_points: int = 6000, models: dict = MODELS
-) -> Scene:
-    """A scene folder with COLMAP model, images, feature stores and banks (see module docstring)."""
-    demo = build_demo_scene(n_views, width, height, seed=0)
-    scene = gt_scene(root, demo, width, height, n_points, stride=7, skip_every=8)  # points from training views
-    names = [v.name for v in demo.views]
-    for j, (m, (d, cell)) in enumerate(models.items()):
-        w, h = width // cell, height // cell
-        prov = {"config": {"model": m}, "config_hash": f"cfg-{m}", "inputs_hash": "synthetic"}
-        scene.features_dir.mkdir(exist_ok=True)
-        fs = FeatureStore.create(scene.features_path(m), names, h, w, d, {"model": m, "provenance": prov}, False)
-        for i, v in enumerate(demo.views):
-            Kf = v.K * np.array([[w / width], [h / height], [1.0]])
-            fs.write(i, _features(demo, Kf, v.w2c, w, h, d, j))
-        bank_from_store(scene, m, fs, prov)
-    return scene
+from tests.helpers.training import MODELS, build_scene, quick_config
 
 
 @pytest.fixture(scope="module")
 def small_scene(tmp_path_factory) -> Scene:
     return build_scene(tmp_path_factory.mktemp("train") / "small", n_views=10, width=64, height=48, n_points=300)
-
-
-def _quick(**kw) -> TrainConfig:
-    base = dict(
-        iterations=4,
-        checkpoint_every=2,
-        log_every=1,
-        densify_start=2,
-        densify_every=2,
-        sh_increase_every=2,
-        pixels=200,
-        query_dims={"clip": 8, "dinov2": 8},
-        backend="torch",
-        device="cpu",
-    )
-    return TrainConfig(**{**base, **kw})
 
 
 def test_losses_on_known_inputs() -> None:
@@ -105,7 +49,7 @@ def test_train_writes_model_and_resumes(small_scene: Scene, monkeypatch) -> None
 
     monkeypatch.setattr(FeatureStore, "read", counting_read)
     monkeypatch.setattr(FeatureStore, "iter_views", None)  # training must never load every view
-    cfg = _quick()
+    cfg = quick_config()
     tr = train(small_scene, cfg, ["clip", "dinov2"], progress=False)
     assert tr.step == 4 and len(tr.curves) == 4
     assert len(reads) == 4 * 2  # streamed: one view per step and model
@@ -142,7 +86,7 @@ def test_train_writes_model_and_resumes(small_scene: Scene, monkeypatch) -> None
 def test_interrupted_run_resumes_to_the_same_result(small_scene: Scene, monkeypatch) -> None:
     import pipeline.splat.train as T
 
-    cfg = _quick(iterations=4, checkpoint_every=2, seed=1)
+    cfg = quick_config(iterations=4, checkpoint_every=2, seed=1)
     ckpt = small_scene.model_dir / "checkpoint.pt"
     ckpt.unlink(missing_ok=True)
     full = train(small_scene, cfg, ["clip"], progress=False)
@@ -164,7 +108,7 @@ def test_interrupted_run_resumes_to_the_same_result(small_scene: Scene, monkeypa
     assert [r["step"] for r in again.curves] == [1, 2, 3, 4]
     for k in ref:
         assert torch.allclose(again.params[k], ref[k], atol=1e-6), k
-    other = train(small_scene, _quick(iterations=4, checkpoint_every=2, seed=7), ["clip"], progress=False)
+    other = train(small_scene, quick_config(iterations=4, checkpoint_every=2, seed=7), ["clip"], progress=False)
     assert not torch.allclose(other.params["q_clip"][:10], again.params["q_clip"][:10])  # fresh start, not resumed
 
 
@@ -182,7 +126,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(small_scene: Scene
 
     monkeypatch.setattr(T, "rgb_loss", poisoned)
     with pytest.raises(M3Error, match=r"train step 3: loss term 'rgb' is nan"):
-        train(small_scene, _quick(iterations=5, checkpoint_every=2, seed=2), ["clip"], progress=False)
+        train(small_scene, quick_config(iterations=5, checkpoint_every=2, seed=2), ["clip"], progress=False)
     ck = torch.load(small_scene.model_dir / "checkpoint.pt", weights_only=False)
     assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["params"].values())
 
@@ -194,7 +138,7 @@ def test_distill_method_trains_decoders(small_scene: Scene, tmp_path: Path) -> N
 
     other = Scene(tmp_path / "distill")
     shutil.copytree(small_scene.root, other.root, ignore=shutil.ignore_patterns("model"))
-    tr = train(other, _quick(iterations=2, method="distill", decoder_hidden=8), ["clip"], progress=False)
+    tr = train(other, quick_config(iterations=2, method="distill", decoder_hidden=8), ["clip"], progress=False)
     write_model(other.model_dir, tr, {})
     mem = TrainedMemory.load(other)
     assert mem.method == "distill" and isinstance(mem.heads["clip"], Decoder)
@@ -214,7 +158,7 @@ def test_bank_from_other_features_is_refused(small_scene: Scene, tmp_path: Path)
     prov["features"] = {**prov["features"], "inputs_hash": "stale"}
     arr.attrs["provenance"] = prov
     with pytest.raises(M3Error, match="built from other features"):
-        train(other, _quick(), ["clip"], progress=False)
+        train(other, quick_config(), ["clip"], progress=False)
 
 
 def heldout_metrics(scene: Scene, cfg: TrainConfig) -> dict:
@@ -255,21 +199,92 @@ def test_consistent_features_are_learnt(tmp_path: Path) -> None:
     a short run (300 steps, no densification, otherwise params.yaml) renders held-out features
     far closer to the stored ones than the constant mean feature. The issue's acceptance with
     random-weight CLIP through `dvc repro` is tests/test_dvc_pipeline.py."""
-    import dataclasses
 
     from pipeline.core.config import load_config
     from stages.train import run
     from tests.helpers.paths import REPO
 
     scene = build_scene(tmp_path / "demo")
-    cfg = dataclasses.replace(
-        load_config(TrainConfig, "train", REPO / "params.yaml"), device="cpu", iterations=300, densify_start=300
-    )
+    cfg = dataclasses.replace(load_config(TrainConfig, "train", REPO / "params.yaml"), device="cpu")
+    cfg = cfg.with_schedule("cpu", iterations=300, densify_start=300)
     stats = run(cfg, scene, list(MODELS), progress=False)
-    assert stats["steps"] == cfg.iterations and stats["gaussians"] > 0
+    assert stats["steps"] == cfg.cpu.iterations and stats["gaussians"] > 0
     assert (scene.model_dir / "curves.csv").read_text().startswith("step,")
     m = heldout_metrics(scene, cfg)
     print(m, stats)
     assert m["psnr"] >= 23.0, m
     for model in MODELS:
         assert 5 * m[f"cos_{model}"] <= m[f"mean_cos_{model}"], (model, m)
+
+
+def test_pixel_targets_interpolate_the_stored_cells() -> None:
+    """``pixels`` mode: a 4 x 4 view over a 2 x 2 feature map; a pixel gets the bilinear mix of the
+    cells around its centre (clamped at the border), and pixels whose interpolation touches the
+    invalid cell are never sampled."""
+    from pipeline.splat.gaussians import init_params
+    from pipeline.splat.queries import Camera, supervised_queries
+
+    feats = np.zeros((2, 2, 3), np.float16)
+    feats[0, 0], feats[0, 1], feats[1, 0], feats[1, 1] = [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]
+    valid = np.array([[True, True], [True, False]])
+    params = init_params(np.array([[0.0, 0.0, 3.0]]), np.array([[128, 128, 128]], np.uint8), {"m": 4}, 0)
+    K = torch.tensor([[4.0, 0, 2], [0, 4.0, 2], [0, 0, 1]])
+    camera, gen = Camera(torch.eye(4), K, 4, 4), torch.Generator().manual_seed(0)
+    q, target = supervised_queries(
+        params, "m", camera, (feats, valid), "pixels", (0, 0, 4, 4), 100, gen, backend="torch"
+    )
+    assert q.shape == (len(target), 4) and 0 < len(target) < 16
+    rows = {tuple(np.round(t.numpy(), 3)) for t in target}
+    assert (1.0, 0.0, 0.0) in rows  # pixel (0.5, 0.5): before the centre of cell (0, 0), clamped
+    assert (0.75, 0.25, 0.0) in rows  # pixel (1.5, 0.5): a quarter of the way to cell (0, 1)
+    assert all(t[0] + t[1] + t[2] <= 1.0 + 1e-6 for t in target)  # nothing from the invalid cell (1, 1)
+
+
+def test_pixels_mode_trains_and_renders_cell_maps(small_scene: Scene, tmp_path: Path) -> None:
+    import shutil
+
+    other = Scene(tmp_path / "pixels")
+    shutil.copytree(small_scene.root, other.root, ignore=shutil.ignore_patterns("model"))
+    tr = train(other, quick_config(iterations=2, feature_render="pixels", patch=24), ["clip"], progress=False)
+    assert np.isfinite(tr.curves[-1]["loss_clip"]) and tr.curves[-1]["loss_clip"] > 0
+    write_model(other.model_dir, tr, {})
+    mem = TrainedMemory.load(other)
+    assert mem.feature_render == "pixels"
+    out = mem.render(load_views(other)[1])
+    assert out.features["clip"].shape == (12, 16, 32) and out.rgb.shape == (48, 64, 3)
+
+
+def test_patch_windows_are_seeded_squares_inside_the_view(small_scene: Scene) -> None:
+    import pipeline.splat.train as T
+
+    cfg = quick_config(patch=24)
+    inputs = T.open_inputs(small_scene, cfg, ["clip"])
+    view = inputs.train[0]
+    windows = [T.Trainer(small_scene, cfg, ["clip"], inputs, "cpu").patch(view) for _ in range(2)]
+    assert windows[0] == windows[1]  # seeded
+    tr = T.Trainer(small_scene, cfg, ["clip"], inputs, "cpu")
+    seen = {tr.patch(view) for _ in range(20)}
+    assert len(seen) > 5 and all(w == 24 and h == 24 and 0 <= x <= 64 - 24 and 0 <= y <= 48 - 24 for x, y, w, h in seen)
+    full = T.Trainer(small_scene, quick_config(patch=0), ["clip"], inputs, "cpu")
+    assert full.patch(view) == (0, 0, 64, 48) and full.patch(view) == (0, 0, 64, 48)
+    assert T.Trainer(small_scene, quick_config(patch=100), ["clip"], inputs, "cpu").patch(view) == (0, 0, 64, 48)
+
+
+def test_patch_steps_render_the_window_and_densify_in_full_image_units(small_scene: Scene, monkeypatch) -> None:
+    """A patch step renders a patch-sized RGB image; the strategy sees the full view's size, so its
+    gradient normalisation is that of a full-image step."""
+    import pipeline.splat.train as T
+
+    seen = {}
+    real = T.render_rgb
+
+    def spy(params, viewmat, K, width, height, degree, backend):
+        rgb, alpha, info = real(params, viewmat, K, width, height, degree, backend)
+        seen["rgb"] = tuple(rgb.shape)
+        seen["info"] = info
+        return rgb, alpha, info
+
+    monkeypatch.setattr(T, "render_rgb", spy)
+    (small_scene.model_dir / "checkpoint.pt").unlink(missing_ok=True)
+    train(small_scene, quick_config(iterations=1, patch=24, checkpoint_every=10), ["clip"], progress=False)
+    assert seen["rgb"] == (24, 24, 3) and (seen["info"]["width"], seen["info"]["height"]) == (64, 48)

@@ -95,7 +95,7 @@ def test_make_demo_random_weights_leaves_the_workspace_clean(tmp_path: Path) -> 
 
     root = tmp_path / "proj"
     project_copy(root)
-    set_params(root, scenes=["demo"], demo={"n_views": 16}, train={"iterations": 100, "densify_start": 1000})
+    set_params(root, scenes=["demo"], demo={"n_views": 16}, train={"cpu": {"iterations": 100, "densify_start": 1000}})
     git(root, "add", "-A")
     git(root, "commit", "-qm", "small demo")
     venv = Path(sys.executable).parent.parent
@@ -110,3 +110,85 @@ def test_make_demo_random_weights_leaves_the_workspace_clean(tmp_path: Path) -> 
     metrics = exp["revs"][0]["data"]["metrics"]["data/demo/eval/metrics.json"]["data"]
     params = exp["revs"][0]["data"]["params"]["params.yaml"]["data"]
     assert params["features"]["clip"]["weights"] == "random" and metrics["psnr"] > 15.0
+
+
+REGION_SAM = {"points_per_side": 1, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}  # one SAM prompt: fast
+NEW_ADAPTERS = {  # small random-weight configs of the adapters of issue 13
+    "llamav": {"weights": "random", "family": "mllama"},
+    "llama3": {"weights": "random", "sam": REGION_SAM, "captioner": {"num_beams": 1, "max_new_tokens": 6}},
+    "seem": {"weights": "random", "sam": REGION_SAM},
+}
+
+
+@pytest.mark.slow
+def test_seem_llama3_llamav_through_dvc_repro(tmp_path: Path) -> None:
+    """The three adapters of issue 13 (random weights) through `dvc repro` on a 16-view demo: map
+    shapes, float16, attrs, validity masks, records (llama3 captions, llamav CLS tokens), view i
+    equal to a direct forward pass, nothing rerun when nothing changed, text queries built from the
+    stores' recorded confs, and a killed llamav run resuming to the same store and records."""
+    import numpy as np
+    import torch
+
+    from pipeline.core.images import load_image, to_float
+    from pipeline.core.scene import Scene, load_views
+    from pipeline.evaluate.query import build_query
+    from pipeline.features.models import build_model
+    from pipeline.features.store import FeatureStore
+    from stages.features import run as features_run
+
+    root = tmp_path / "proj"
+    project_copy(root)
+    set_params(root, scenes=["demo"], models=list(NEW_ADAPTERS), demo={"n_views": 16}, features=NEW_ADAPTERS)
+    out = dvc(root, "repro", *(f"features@demo-{m}" for m in NEW_ADAPTERS))
+    scene = Scene(root / "data" / "demo")
+    views = load_views(scene)
+    expected = {"llamav": (8, 8, 64), "llama3": (60, 80, 64), "seem": (60, 80, 32)}
+    for name, conf in NEW_ADAPTERS.items():
+        assert f"Running stage 'features@demo-{name}'" in out, out
+        store = FeatureStore.open(scene.features_path(name))
+        assert store.names == [v.name for v in views] and store.shape == expected[name]
+        a = store.attrs
+        assert a["model"] == name and a["weights"] == "random" and a["grid"] == list(expected[name][:2])
+        assert a["provenance"]["config"]["model"] == name and len(a["provenance"]["code_hash"]) == 16
+        assert store.has_mask == (name != "llamav")
+        model = build_model(name, conf)
+        feats, valid = store.read(5)
+        assert feats.dtype == np.float16 and valid.dtype == np.bool_
+        assert 0.2 < valid.mean() <= 1.0 and not feats[~valid].any()
+        pixels = to_float(load_image(views[5].image_path, views[5].width, views[5].height))
+        direct = model.extract(torch.from_numpy(pixels).permute(2, 0, 1))
+        np.testing.assert_allclose(feats.astype(np.float32), direct.features.numpy(), rtol=1e-3, atol=1e-3)
+        np.testing.assert_array_equal(valid, direct.valid.numpy())
+        if name != "llamav":
+            query = build_query(name, a, text="a yellow box", mode="cosine")
+            assert torch.allclose(query.query, model.encode_text(["a yellow box"])[0], atol=1e-6)
+    captions = FeatureStore.open(scene.features_path("llama3")).records("captions")
+    assert {r["view"] for r in captions} == {v.name for v in views}
+    assert all(set(r) == {"view", "region", "box", "caption", "cells"} and r["caption"] for r in captions)
+    cls = FeatureStore.open(scene.features_path("llamav")).records("global_tokens")
+    assert len(cls) == 4 * len(views) and all(len(r["token"]) == 64 for r in cls)
+    print(f"llama3 captions: {len(captions)} regions in {len(views)} views, e.g. {captions[0]}")
+
+    out = dvc(root, "repro", *(f"features@demo-{m}" for m in NEW_ADAPTERS))
+    assert "Running stage" not in out, out
+
+    killed = Scene(tmp_path / "killed")  # same views, a run killed after 3 views, then resumed
+    import shutil
+
+    shutil.copytree(scene.colmap_dir, killed.colmap_dir)
+
+    def stop(i: int) -> None:
+        if i == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        features_run(NEW_ADAPTERS["llamav"], killed, "llamav", on_view=stop)
+    stats = features_run(NEW_ADAPTERS["llamav"], killed, "llamav")
+    assert stats["computed_views"] == len(views) - 3
+    resumed, reference = (
+        FeatureStore.open(killed.features_path("llamav")),
+        FeatureStore.open(scene.features_path("llamav")),
+    )
+    for i in range(len(views)):
+        np.testing.assert_array_equal(resumed.read(i)[0], reference.read(i)[0])
+    assert resumed.records("global_tokens") == reference.records("global_tokens")

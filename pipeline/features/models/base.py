@@ -8,13 +8,22 @@ An adapter turns one RGB view into a dense feature map covering the **whole** im
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from pipeline.core.errors import M3Error
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+"""torch dtypes by the names adapters' ``dtype`` keys take."""
+
+
+def check_weights(conf: dict[str, Any], where: str) -> None:
+    """``conf["weights"]`` must be ``pretrained`` or ``random``, else :class:`M3Error` naming ``where``."""
+    if conf["weights"] not in ("pretrained", "random"):
+        raise M3Error(f"{where}.weights: {conf['weights']!r} is not 'pretrained' or 'random'; fix it")
 
 
 def hub_load_error(model: str, checkpoint: str, what: str, exc: Exception, local: str) -> M3Error:
@@ -31,10 +40,17 @@ def hub_load_error(model: str, checkpoint: str, what: str, exc: Exception, local
 
 @dataclass
 class FeatureMap:
-    """``features [h, w, d] float32`` and ``valid [h, w] bool`` (all True when the model has no mask)."""
+    """``features [h, w, d] float32`` and ``valid [h, w] bool`` (all True when the model has no mask).
+
+    ``records`` holds what else a model knows about the view, as JSON-serialisable lists by name
+    (e.g. ``{"captions": [{"region": 0, "box": [...], "caption": "..."}]}``); the features stage
+    stores them beside the maps, one ``<name>.json`` per store listing every view's records
+    (:meth:`pipeline.features.store.FeatureStore.records`).
+    """
 
     features: torch.Tensor
     valid: torch.Tensor
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 class FeatureModel(ABC):
@@ -49,6 +65,8 @@ class FeatureModel(ABC):
     name: ClassVar[str]
     default_conf: ClassVar[dict[str, Any]]
     has_mask: ClassVar[bool] = False
+    record_names: ClassVar[tuple[str, ...]] = ()
+    """Names of the per-view records ``extract`` returns (:attr:`FeatureMap.records`)."""
 
     def __init__(self, conf: dict[str, Any], device: torch.device | str = "cpu") -> None:
         self.conf = conf
@@ -83,3 +101,20 @@ def grid_for(height: int, width: int, short: int, patch: int) -> tuple[int, int]
     """Grid ``(h, w)``: short side ``short / patch`` cells, long side by aspect ratio."""
     scale = float(short) / min(height, width)
     return max(1, round(height * scale / patch)), max(1, round(width * scale / patch))
+
+
+def hf_tower_configs(arch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Hugging Face vision and text tower configs of a small random architecture ``arch`` (keys
+    image_size, patch_size, width, layers, heads, text_width, text_layers, text_heads,
+    context_length; open_clip's BPE vocabulary of 49408)."""
+    vision = {
+        "image_size": arch["image_size"], "patch_size": arch["patch_size"], "hidden_size": arch["width"],
+        "intermediate_size": 4 * arch["width"], "num_hidden_layers": arch["layers"],
+        "num_attention_heads": arch["heads"],
+    }  # fmt: skip
+    text = {
+        "hidden_size": arch["text_width"], "intermediate_size": 4 * arch["text_width"],
+        "num_hidden_layers": arch["text_layers"], "num_attention_heads": arch["text_heads"],
+        "max_position_embeddings": arch["context_length"], "vocab_size": 49408,
+    }  # fmt: skip
+    return vision, text

@@ -31,7 +31,7 @@ from torch import nn
 
 from pipeline.core.errors import M3Error
 from pipeline.features.models import register
-from pipeline.features.models.base import FeatureMap, FeatureModel, grid_for, resize_to_grid
+from pipeline.features.models.base import FeatureMap, FeatureModel, grid_for, hf_tower_configs, resize_to_grid
 
 log = logging.getLogger(__name__)
 
@@ -263,25 +263,8 @@ def _random_hf(arch: dict[str, Any]) -> tuple[nn.Module, Any]:
     import open_clip
     from transformers import CLIPConfig, CLIPModel
 
-    config = CLIPConfig(
-        projection_dim=int(arch["embed_dim"]),
-        vision_config={
-            "image_size": arch["image_size"],
-            "patch_size": arch["patch_size"],
-            "hidden_size": arch["width"],
-            "intermediate_size": 4 * arch["width"],
-            "num_hidden_layers": arch["layers"],
-            "num_attention_heads": arch["heads"],
-        },
-        text_config={
-            "hidden_size": arch["text_width"],
-            "intermediate_size": 4 * arch["text_width"],
-            "num_hidden_layers": arch["text_layers"],
-            "num_attention_heads": arch["text_heads"],
-            "max_position_embeddings": arch["context_length"],
-            "vocab_size": 49408,
-        },
-    )
+    vision, text = hf_tower_configs(arch)
+    config = CLIPConfig(projection_dim=int(arch["embed_dim"]), vision_config=vision, text_config=text)
     return CLIPModel(config), open_clip.SimpleTokenizer(context_length=int(arch["context_length"]))
 
 

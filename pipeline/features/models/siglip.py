@@ -26,7 +26,14 @@ import torch.nn.functional as F
 
 from pipeline.core.errors import M3Error
 from pipeline.features.models import register
-from pipeline.features.models.base import FeatureMap, FeatureModel, grid_for, hub_load_error, resize_to_grid
+from pipeline.features.models.base import (
+    FeatureMap,
+    FeatureModel,
+    grid_for,
+    hf_tower_configs,
+    hub_load_error,
+    resize_to_grid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +55,8 @@ def load_siglip(conf: dict[str, Any]) -> tuple[Any, Any]:
         import open_clip
 
         a = conf["random_arch"]
-        vision = {
-            "image_size": a["image_size"],
-            "patch_size": a["patch_size"],
-            "hidden_size": a["width"],
-            "intermediate_size": 4 * a["width"],
-            "num_hidden_layers": a["layers"],
-            "num_attention_heads": a["heads"],
-        }
-        text = {
-            "hidden_size": a["text_width"],
-            "intermediate_size": 4 * a["text_width"],
-            "num_hidden_layers": a["text_layers"],
-            "num_attention_heads": a["text_heads"],
-            "vocab_size": 49408,
-            "max_position_embeddings": a["context_length"],
-            "projection_size": a["width"],
-        }
+        vision, text = hf_tower_configs(a)
+        text["projection_size"] = a["width"]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(conf["seed"]))
             model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
