@@ -25,6 +25,11 @@ class Schedule:
     patch: int = 0
     """Each step renders a random square of this many pixels of the view for the RGB loss (SSIM on
     the patch; 0: the whole view), so a step's cost does not grow with the image size."""
+    downscales: int = 0
+    """Start at 1/2^downscales of the training size, doubling every ``downscale_every`` steps (as
+    nerfstudio's splatfacto: the coarse structure is fitted cheaply first; 0: full size throughout)."""
+    downscale_every: int = 250
+    """Steps per resolution level while ``downscales`` remain."""
     init_opacity: float = 0.1
     """Opacity of the initial Gaussians."""
     lr_means: float = 1.6e-4

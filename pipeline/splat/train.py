@@ -176,10 +176,17 @@ class Trainer:
         }
 
     def image(self, view: View) -> torch.Tensor:
-        """The view's image ``[H, W, 3]`` in [0, 1] (uint8 cache: images only, never features)."""
-        if view.name not in self.images:
-            self.images[view.name] = torch.from_numpy(load_image(view.image_path, view.width, view.height))
-        return self.images[view.name].to(self.device).float() / 255.0
+        """The view's image ``[H, W, 3]`` in [0, 1] (uint8 cache per view and size: images only, never features)."""
+        key = f"{view.name}@{view.width}x{view.height}"
+        if key not in self.images:
+            self.images[key] = torch.from_numpy(load_image(view.image_path, view.width, view.height))
+        return self.images[key].to(self.device).float() / 255.0
+
+    def step_view(self, view: View) -> View:
+        """``view`` at this step's resolution: halved ``k`` times while ``k = downscales - step //
+        downscale_every`` is positive (the schedule's coarse-to-fine start), else as it is."""
+        k = self.sched.downscales - self.step // max(self.sched.downscale_every, 1)
+        return view if k <= 0 else resampled_views([view], max(view.width, view.height) >> k)[0]
 
     def patch(self, view: View) -> Window:
         """``(x0, y0, width, height)`` of this step's RGB window: a random ``patch``-sized square of
@@ -198,6 +205,7 @@ class Trainer:
     def train_step(self, view: View) -> dict[str, float]:
         """One optimisation step on ``view``; returns the loss terms (raises on non-finite)."""
         c, dev = self.cfg, self.device
+        view = self.step_view(view)
         viewmat = torch.from_numpy(view.w2c).float().to(dev)
         K = torch.from_numpy(view.K).float().to(dev)
         window = self.patch(view)

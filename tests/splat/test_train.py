@@ -288,3 +288,27 @@ def test_patch_steps_render_the_window_and_densify_in_full_image_units(small_sce
     (small_scene.model_dir / "checkpoint.pt").unlink(missing_ok=True)
     train(small_scene, quick_config(iterations=1, patch=24, checkpoint_every=10), ["clip"], progress=False)
     assert seen["rgb"] == (24, 24, 3) and (seen["info"]["width"], seen["info"]["height"]) == (64, 48)
+
+
+def test_coarse_to_fine_steps_render_halved_views_then_the_full_one(small_scene: Scene, monkeypatch) -> None:
+    """``downscales: 2, downscale_every: 2``: steps 0-1 render the whole view at a quarter of its
+    size (target and densification at that size), steps 2-3 at half, then the training size."""
+    import pipeline.splat.train as T
+
+    seen = []
+    real = T.render_rgb
+
+    def spy(params, viewmat, K, width, height, degree, backend):
+        rgb, alpha, info = real(params, viewmat, K, width, height, degree, backend)
+        seen.append((tuple(rgb.shape[:2]), (info["width"], info["height"]), round(float(K[0, 2]), 3)))
+        return rgb, alpha, info
+
+    monkeypatch.setattr(T, "render_rgb", spy)
+    (small_scene.model_dir / "checkpoint.pt").unlink(missing_ok=True)
+    cfg = quick_config(iterations=5, downscales=2, downscale_every=2, checkpoint_every=10)
+    tr = train(small_scene, cfg, ["clip"], progress=False)
+    sizes = [(shape, info) for shape, info, _ in seen]
+    assert sizes == [((12, 16), (16, 12))] * 2 + [((24, 32), (32, 24))] * 2 + [((48, 64), (64, 48))]
+    cx = [c for _, _, c in seen]
+    assert cx[0] == pytest.approx(cx[4] / 4, rel=1e-6) and cx[2] == pytest.approx(cx[4] / 2, rel=1e-6)
+    assert {k.split("@")[1] for k in tr.images} == {"16x12", "32x24", "64x48"}  # a cached image per size
