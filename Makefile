@@ -42,4 +42,4 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: install lint
-	DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=20
