@@ -57,11 +57,12 @@ class Schedule:
 
 
 def cpu_schedule() -> Schedule:
-    """The short CPU schedule (tuned on the demo scene: raised learning rates, small images)."""
+    """The short CPU schedule (tuned on the demo scene): 320 px, coarse-to-fine (80 px, 160 px, then
+    320 px in 128 px patches), raised learning rates, densification while coarse."""
     return Schedule(
-        iterations=1000, max_side=80, patch=0, init_opacity=0.5, lr_means=4e-4, lr_sh0=2.5e-2, lr_opacities=0.1,
-        lr_scales=1e-2, lr_query=5e-3, query_init=0.1, sh_increase_every=400, densify_start=100, densify_stop=700,
-        grad_threshold=6e-4,
+        iterations=1600, max_side=320, patch=128, downscales=2, downscale_every=400, init_opacity=0.5, lr_means=4e-4,
+        lr_sh0=2.5e-2, lr_opacities=0.1, lr_scales=1e-2, lr_query=5e-3, query_init=0.1, sh_increase_every=500,
+        densify_start=100, densify_stop=800, grad_threshold=6e-4,
     )  # fmt: skip
 
 
@@ -94,10 +95,11 @@ class TrainConfig:
     """Distill: 0 = a linear 1x1 conv decoder, else a 2-layer MLP of this width."""
     pixels: int = 2000
     """Sampled valid feature cells (or pixels) per view and model in each step."""
-    feature_render: Literal["cells", "pixels"] = "cells"
-    """Render the queries for the feature loss at the feature-map size (cells, supervised by the
-    stored cells) or at the image size of the step's window (pixels, supervised by the stored
-    features interpolated bilinearly, as the reference)."""
+    feature_render: Literal["cells", "pixels"] = "pixels"
+    """Render the queries for the feature loss at the image size of the step's window (pixels,
+    supervised by the stored features interpolated bilinearly, as the reference; lower held-out
+    feature error on the demo and lund) or at the feature-map size (cells, supervised by the stored
+    cells; cheaper per step)."""
     feature_weight: float = 1.0
     """Weight of every model's feature loss against the RGB loss."""
     feature_grad_geometry: bool = False

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from pipeline.bank.config import BankConfig
 from pipeline.core.config import field_help, load_config
 from pipeline.core.errors import M3Error
-from pipeline.splat.config import Schedule, TrainConfig
+from pipeline.splat.config import Schedule, TrainConfig, cpu_schedule
 from stages.cli import app
 from stages.params import SECTIONS
 
@@ -44,7 +44,7 @@ def test_exponent_floats_without_dot_are_floats(tmp_path: Path) -> None:
     params.write_text("train:\n  cpu: {grad_threshold: 6e-4, lr_means: 1.6E-4}\n")
     cfg = load_config(TrainConfig, "train", params)
     assert cfg.cpu.grad_threshold == 6e-4 and cfg.cpu.lr_means == 1.6e-4
-    assert cfg.cpu.iterations == 1000  # a partial schedule keeps its other defaults
+    assert cfg.cpu.iterations == cpu_schedule().iterations  # a partial schedule keeps its other defaults
     params.write_text("train:\n  cpu: {grad_threshold: small}\n")
     with pytest.raises(M3Error, match="grad_threshold: expected float, got 'small'"):
         load_config(TrainConfig, "train", params)
@@ -55,7 +55,7 @@ def test_m3_params_lists_values_defaults_and_help(tmp_path: Path) -> None:
     params.write_text("train:\n  cpu: {iterations: 50}\n")
     result = CliRunner().invoke(app, ["params", "train", "--params", str(params)])
     assert result.exit_code == 0, result.output
-    assert "train.cpu.iterations = 50  (default 1000)\n    Training steps." in result.output
+    assert "train.cpu.iterations = 50  (default 1600)\n    Training steps." in result.output
     assert "train.reference.iterations = 30000  (default)" in result.output
     assert "train.tau = 0.05  (default)" in result.output
     n_sched = len(dataclasses.fields(Schedule))

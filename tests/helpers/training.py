@@ -55,7 +55,7 @@ SCHEDULE_KEYS = {f.name for f in dataclasses.fields(Schedule)}
 
 def quick_config(**kw) -> TrainConfig:
     """A 4-step CPU run; ``kw`` may hold top-level and CPU-schedule keys."""
-    sched = {"iterations": 4, "densify_start": 2, "sh_increase_every": 2}
+    sched = {"iterations": 4, "densify_start": 2, "sh_increase_every": 2, "downscales": 0}
     base = dict(
         checkpoint_every=2,
         log_every=1,

@@ -5,6 +5,7 @@ random-weight CLIP, for both training methods."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -45,16 +46,20 @@ def test_repro_poses_then_nothing_then_only_poses(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_pipeline_random_weights_memory_then_distill(tmp_path: Path) -> None:
-    """Issues 5 and 6 through `dvc repro` on the demo scene: random-weight CLIP (224 px input,
-    16 x 21 feature maps), default train and evaluate params, CPU. The memory reaches 25 dB
-    held-out PSNR and features at least 2x closer than the constant mean feature; switching
-    `train.method` to distill reruns only train and evaluate, and reports the same metrics."""
+    """Issues 5, 6 and 16 through `dvc repro` on the demo scene: random-weight CLIP (224 px input,
+    16 x 21 feature maps), default train and evaluate params (the CPU schedule: 320 px), CPU. The
+    memory reaches 23.5 dB held-out PSNR at 320 px (the 80 px schedule's memory gave 22.3 there)
+    and features at least 2x closer than the constant mean feature; switching `train.method` to
+    distill (a shorter run: its first 800 steps, at 80 and 160 px) reruns only train and evaluate,
+    and reports the same metrics. Prints the wall time of the whole pipeline."""
     root = tmp_path / "proj"
     project_copy(root)
     set_params(root, scenes=["demo"], models=["clip"], features={"clip": {"weights": "random", "input_size": 224}})
     metrics = root / "data" / "demo" / "eval" / "metrics.json"
 
+    start = time.perf_counter()
     dvc(root, "repro", "evaluate@demo")
+    print(f"dvc repro (demo, every stage): {time.perf_counter() - start:.0f} s")
     memory = json.loads(metrics.read_text())
     clip = memory["features"]["clip"]
     print(
@@ -62,14 +67,15 @@ def test_demo_pipeline_random_weights_memory_then_distill(tmp_path: Path) -> Non
         f"(mean feature {clip['baseline_cosine']:.4f}) L2 {clip['l2']:.4f}, {memory['gaussians']} Gaussians"
     )
     method = root / "data" / "demo" / "eval" / "per_view.json"
-    assert json.loads(method.read_text())["method"] == "memory" and memory["test_views"] == 5
-    assert memory["psnr"] >= 25.0
+    details = json.loads(method.read_text())
+    assert details["method"] == "memory" and memory["test_views"] == 5
+    assert max(details["image_size"]) >= 300 and memory["psnr"] >= 23.5  # 318 x 238: the undistorted views
     assert 2 * clip["cosine"] <= clip["baseline_cosine"]
     lerf = memory["lerf_ovs"]  # the demo's annotations of views 0, 8, ..., 32, text queries (random CLIP)
     print(f"memory: lerf-ovs {json.dumps(lerf)}")
     assert lerf["frames"] == 5 and lerf["queries"] >= 15 and 0.0 <= lerf["mIoU"] <= 1.0
 
-    set_params(root, train={"method": "distill"})
+    set_params(root, train={"method": "distill", "cpu": {"iterations": 800}})
     out = dvc(root, "repro", "evaluate@demo")
     assert "Running stage 'train@demo'" in out and "Running stage 'evaluate@demo'" in out, out
     for stage in ("demo", "frames@demo", "poses@demo", "features@demo-clip", "bank@demo-clip"):

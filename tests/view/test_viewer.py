@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -102,7 +103,8 @@ def test_viewer_in_headless_chromium(trained_planted, tmp_path: Path) -> None:
     port = _free_port()
     cmd = [sys.executable, "-m", "stages.cli", "view", str(scene.root), "--port", str(port), "--device", "cpu"]
     cmd += ["--vectors", "vectors.json", "--mode", "cosine"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its log reaches us even if it must be killed
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     shots = {}
     try:
         _wait_http(f"http://127.0.0.1:{port}", proc)
@@ -123,7 +125,7 @@ def test_viewer_in_headless_chromium(trained_planted, tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            out, _ = proc.communicate(timeout=60)
+            out, _ = proc.communicate(timeout=120)  # a busy machine: the server's threads wind down
         except subprocess.TimeoutExpired:
             proc.kill()
             out, _ = proc.communicate()
