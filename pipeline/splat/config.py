@@ -126,7 +126,8 @@ class TrainConfig:
     """A curves.csv row every this many steps."""
     cpu_threads: int = 0
     """torch threads when training on the CPU (0: torch's default, every core: 1.6x faster than 1 on an
-    idle 2-core machine; set 1 on a machine busy with other jobs, where more threads only wait)."""
+    idle 2-core machine; set 1 on a machine busy with other jobs, where more threads only wait, or
+    for bit-identical reruns and resumes: parallel float sums differ in the last bits run to run)."""
     device: str = "auto"
     """auto | cpu | cuda."""
     backend: Literal["auto", "cpp", "torch", "gsplat"] = "auto"
