@@ -9,6 +9,7 @@ needed here) at ``http://127.0.0.1:8080`` by default and serves until Ctrl-C. Se
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from pathlib import Path
 
@@ -34,16 +35,21 @@ def start(config: ViewConfig, scene: Scene) -> Viewer:
 
 
 def run(config: ViewConfig, scene: Scene, stop: threading.Event | None = None) -> None:
-    """Serve ``scene``'s viewer until Ctrl-C (or until ``stop`` is set), then shut it down."""
+    """Serve ``scene``'s viewer until Ctrl-C or SIGTERM (or until ``stop`` is set), then shut it down."""
     viewer = start(config, scene)
     stop = stop or threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        # our own handlers: a process started in the background by a script inherits SIGINT ignored
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stop.wait(0.5):
             pass
-    except KeyboardInterrupt:
         log.info("m3 view: stopping")
     finally:
         viewer.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @command(ViewConfig)
