@@ -46,11 +46,11 @@ from pipeline.evaluate.lerf import evaluate_lerf, frame_views, read_labels
 from pipeline.evaluate.query import Encoder, build_query, load_vectors, pick_model
 from pipeline.evaluate.session import relevance_engine, scene_path
 from pipeline.features.store import FeatureStore
-from pipeline.splat.trained import TrainedMemory
+from pipeline.splat.trained import HEADS_FILE, TrainedMemory
 from stages.command import PARAMS, SCENE, Options, command
 
 log = logging.getLogger(__name__)
-MODEL_FILES = ("point_cloud.ply", "memory.pt")  # what a trained memory needs at query time
+MODEL_FILES = ("point_cloud.ply", HEADS_FILE)  # what a trained memory needs at query time
 
 
 def _size_mb(paths: list[Path]) -> float:

@@ -3,9 +3,9 @@
 Reads ``params.yaml: train`` (and the top-level ``models`` list). Inputs: the COLMAP model
 (``colmap/``), each model's feature store (``features/<model>.zarr``, streamed one view at a time)
 and bank (``bank/<model>.zarr``, checked to be built from those features). Outputs in
-``data/<scene>/model/``: ``point_cloud.ply``, ``memory.pt``, ``config.json`` (provenance incl.
-bank hashes), ``checkpoint.pt`` (a rerun with the same config and inputs resumes from it),
-``stats.json`` and ``curves.csv`` (DVC plots). Every ``test_every``-th view is never trained on.
+``data/<scene>/model/``: ``point_cloud.ply``, ``memory.safetensors``, ``config.json`` (provenance
+incl. bank hashes), ``checkpoint.safetensors`` (a rerun with the same config and inputs resumes
+from it; not a DVC output), ``stats.json`` and ``curves.csv`` (DVC plots). Every ``test_every``-th view is never trained on.
 """
 
 from __future__ import annotations

@@ -122,6 +122,8 @@ class TrainConfig:
     """Held-out views, never trained on: every test_every-th view (keep equal to evaluate.test_every)."""
     checkpoint_every: int = 500
     """Save the resumable checkpoint every this many steps."""
+    checkpoint_minutes: float = 2.0
+    """... and at least every this many minutes of training (a killed short or slow run loses little)."""
     log_every: int = 20
     """A curves.csv row every this many steps."""
     cpu_threads: int = 0

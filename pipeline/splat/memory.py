@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.core.errors import M3Error
+from pipeline.core.tensorfile import load_state, save_state
 
 CHUNK = 8192  # query rows per attention step (bounds the [rows, t] similarity matrix)
 
@@ -87,8 +88,9 @@ def build_heads(
 
 
 def save_heads(path: Path, heads: nn.ModuleDict, spec: dict[str, Any]) -> None:
-    """Write the heads' weights (W_m, banks or decoders) and the ``spec`` that rebuilds them."""
-    torch.save({"spec": spec, "state": heads.state_dict()}, path)
+    """Write the heads' weights (W_m, banks or decoders) and the ``spec`` that rebuilds them
+    (tensors + JSON, :mod:`pipeline.core.tensorfile`: loading never runs code)."""
+    save_state(path, {"spec": spec, "state": dict(heads.state_dict())})
 
 
 def load_heads(path: Path, device: str = "cpu") -> tuple[nn.ModuleDict, dict[str, Any]]:
@@ -96,14 +98,17 @@ def load_heads(path: Path, device: str = "cpu") -> tuple[nn.ModuleDict, dict[str
     path = Path(path)
     if not path.is_file():
         raise M3Error(f"{path}: no memory heads; run `m3 train` for this scene first")
-    blob = torch.load(path, map_location=device, weights_only=False)
-    spec, state = blob["spec"], blob["state"]
-    banks = {
-        m: state[f"{m}.bank"] if spec["method"] == "memory" else torch.zeros(1, d)
-        for m, d in spec["feature_dims"].items()
-    }
-    heads = build_heads(
-        spec["method"], banks, spec["query_dims"], spec["tau"], spec["learn_projection"], spec["decoder_hidden"]
-    )
-    heads.load_state_dict(state)
+    blob = load_state(path)
+    try:
+        spec, state = blob["spec"], blob["state"]
+        banks = {
+            m: state[f"{m}.bank"] if spec["method"] == "memory" else torch.zeros(1, d)
+            for m, d in spec["feature_dims"].items()
+        }
+        heads = build_heads(
+            spec["method"], banks, spec["query_dims"], spec["tau"], spec["learn_projection"], spec["decoder_hidden"]
+        )
+        heads.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise M3Error(f"{path}: not the memory heads of a trained scene ({exc}); retrain with `m3 train`") from None
     return heads.to(device), spec

@@ -13,8 +13,8 @@ names one. Views (images and intrinsics) are resampled so their longer side is t
 ``max_side`` (:func:`training_views`; evaluate renders at that same size). Opacities are reset
 every ``reset_every`` steps while densifying (:meth:`Trainer.reset_opacities`).
 
-Every ``checkpoint_every`` steps ``checkpoint.pt`` is replaced atomically
-(:mod:`pipeline.splat.checkpoint`); a rerun with the same config, inputs, code, device and image
+Every ``checkpoint_every`` steps, and at least every ``checkpoint_minutes``, ``checkpoint.safetensors``
+is replaced atomically (:mod:`pipeline.splat.checkpoint`); a rerun with the same config, inputs, code, device and image
 size resumes from it. A non-finite loss raises :class:`M3Error` naming the step and the term,
 leaving the last good checkpoint in place.
 """
@@ -41,7 +41,7 @@ from pipeline.core.io import config_hash, hash_files, provenance
 from pipeline.core.runtime import peak_ram_mb, resolve_device
 from pipeline.core.scene import Scene, View, load_points, load_views, resampled_views, split_views
 from pipeline.features.store import FeatureStore
-from pipeline.splat.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.splat.checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pipeline.splat.config import TrainConfig
 from pipeline.splat.gaussians import init_params, render_rgb
 from pipeline.splat.losses import feature_loss, rgb_loss
@@ -219,7 +219,7 @@ class Trainer:
             terms[m] = self.feature_term(m, view, viewmat, K, window)
         for name, value in terms.items():
             if not torch.isfinite(value):
-                kept = self.scene.model_dir / "checkpoint.pt"
+                kept = self.scene.model_dir / CHECKPOINT_FILE
                 raise M3Error(
                     f"train step {self.step}: loss term '{name}' is {float(value.detach())}; last good checkpoint "
                     f"kept in {kept} (lower the learning rates or check the inputs)"
@@ -250,6 +250,40 @@ class Trainer:
             return torch.zeros((), device=self.device)
         queries, target = samples
         return feature_loss(self.heads[model](queries), target)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs: provenance, step, timings, curves, parameters, optimiser,
+        head and densification states, random generators (tensors on the CPU, the rest JSON values)."""
+        return {
+            "provenance": self.inp.provenance,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "cpu_elapsed": self.cpu_elapsed,
+            "curves": self.curves,
+            "params": {k: v.detach().cpu() for k, v in self.params.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "heads": dict(self.heads.state_dict()),
+            "head_opt": self.head_opt.state_dict() if self.head_opt else None,
+            "strategy": {k: v.cpu() if torch.is_tensor(v) else v for k, v in self.state.items()},
+            "generator": self.gen.get_state(),
+            "rng": rng_state(self.device),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (tensors moved to this trainer's device)."""
+        dev = self.device
+        self.params = torch.nn.ParameterDict({k: torch.nn.Parameter(v.to(dev)) for k, v in state["params"].items()})
+        self.optimizers = self.make_optimizers()
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])  # moves the moments to the parameters' device
+        self.heads.load_state_dict(state["heads"])
+        if self.head_opt is not None and state["head_opt"] is not None:
+            self.head_opt.load_state_dict(state["head_opt"])
+        self.state = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in state["strategy"].items()}
+        self.step, self.elapsed, self.curves = int(state["step"]), float(state["elapsed"]), list(state["curves"])
+        self.cpu_elapsed = float(state.get("cpu_elapsed", 0.0))
+        self.gen.set_state(state["generator"])
+        set_rng_state(state["rng"])
 
     def decay_means_lr(self) -> None:
         s = self.sched
@@ -291,8 +325,9 @@ def train(scene: Scene, cfg: TrainConfig, models: list[str], progress: bool = Tr
     inputs = open_inputs(scene, cfg, models)
     tr = Trainer(scene, cfg, models, inputs, device)
     iterations = tr.sched.iterations
-    ckpt = scene.model_dir / "checkpoint.pt"
+    ckpt = scene.model_dir / CHECKPOINT_FILE
     load_checkpoint(tr, ckpt)
+    saved_at = time.perf_counter()
     bar = tqdm(total=iterations, initial=tr.step, desc=f"train {scene.name}", unit="step", disable=not progress)
     start, cpu_start = time.perf_counter() - tr.elapsed, time.process_time() - tr.cpu_elapsed
     while tr.step < iterations:
@@ -310,8 +345,10 @@ def train(scene: Scene, cfg: TrainConfig, models: list[str], progress: bool = Tr
             )
         bar.set_postfix(loss=f"{sum(terms.values()):.4f}", gaussians=len(tr.params["means"]))
         bar.update(1)
-        if tr.step % cfg.checkpoint_every == 0 or tr.step == iterations:
+        due = time.perf_counter() - saved_at >= 60 * cfg.checkpoint_minutes
+        if tr.step % cfg.checkpoint_every == 0 or tr.step == iterations or due:
             save_checkpoint(tr, ckpt)
+            saved_at = time.perf_counter()
     bar.close()
     if not math.isfinite(tr.elapsed):
         tr.elapsed = 0.0

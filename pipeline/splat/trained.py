@@ -3,9 +3,10 @@
 Folder layout (written by :func:`write_model`, read by :meth:`TrainedMemory.load`)::
 
     point_cloud.ply   standard 3DGS PLY + q_<model>_<k> query attributes
-    memory.pt         per-model heads: W_m [l, d] + bank [t, d] (memory) or decoder weights (distill)
+    memory.safetensors  per-model heads: W_m [l, d] + bank [t, d] (memory) or decoder weights
+                      (distill), and the spec that rebuilds them (tensors + JSON: loading runs no code)
     config.json       method, models, query dims, feature-map sizes, SH degree, provenance (bank hashes)
-    checkpoint.pt     resumable training state
+    checkpoint.safetensors  resumable training state (not a DVC output: see pipeline.splat.checkpoint)
     stats.json        steps, seconds, Gaussians, final losses, peak RAM
     curves.csv        training curves (DVC plots)
 """
@@ -27,6 +28,9 @@ from pipeline.core.scene import Scene, View
 from pipeline.splat.gaussians import QUERY_PREFIX, load_ply, render_rgb, save_ply, scaled_K, sh_degree_of
 from pipeline.splat.memory import load_heads, save_heads
 from pipeline.splat.queries import Camera, feature_grid_queries
+
+HEADS_FILE = "memory.safetensors"
+LEGACY_HEADS_FILE = "memory.pt"  # pickles of m3 before 2026-12: never loaded
 
 
 @dataclass
@@ -52,7 +56,7 @@ def write_model(model_dir: Path, trainer: Any, stats: dict[str, Any]) -> None:
         "feature_render": cfg.feature_render,
     }
     atomic_write(model_dir / "point_cloud.ply", lambda p: save_ply(p, trainer.params))
-    atomic_write(model_dir / "memory.pt", lambda p: save_heads(p, trainer.heads, spec))
+    save_heads(model_dir / HEADS_FILE, trainer.heads, spec)
     config = {
         **spec,
         "models": trainer.models,
@@ -93,9 +97,14 @@ class TrainedMemory:
         d = scene.model_dir
         if not (d / "config.json").is_file():
             raise M3Error(f"{d}: no trained model; run `m3 train {scene.name}` first")
+        if not (d / HEADS_FILE).is_file() and (d / LEGACY_HEADS_FILE).is_file():
+            raise M3Error(
+                f"{d / LEGACY_HEADS_FILE}: a pickle written by an older m3, not loaded (loading a pickle can run "
+                f"code); retrain with `m3 train {scene.name}` to get {HEADS_FILE}"
+            )
         config = read_json(d / "config.json")
         params = {k: v.to(device) for k, v in load_ply(d / "point_cloud.ply").items()}
-        heads, _ = load_heads(d / "memory.pt", device)
+        heads, _ = load_heads(d / HEADS_FILE, device)
         missing = [m for m in config["models"] if QUERY_PREFIX + m not in params]
         if missing:
             raise M3Error(f"{d / 'point_cloud.ply'}: no queries for {missing[0]}; retrain with `m3 train {scene.name}`")

@@ -19,8 +19,9 @@ import pipeline.splat.train as T
 from pipeline.core.config import load_config
 from pipeline.core.errors import M3Error
 from pipeline.core.scene import Scene
+from pipeline.core.tensorfile import load_state
 from pipeline.splat import raster
-from pipeline.splat.checkpoint import load_checkpoint
+from pipeline.splat.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from pipeline.splat.config import Schedule, TrainConfig, cpu_schedule
 from pipeline.splat.gaussians import colors_from_sh, init_params
 from tests.helpers.paths import REPO
@@ -37,17 +38,17 @@ def test_resume_on_another_device_keeps_generator_states_on_the_cpu(scene: Scene
     move, values do not matter) keeps the random-generator states CPU byte tensors; loading it
     with ``map_location=<device>`` made ``Generator.set_state`` reject them."""
     cfg = quick_config(iterations=2, checkpoint_every=2, seed=3)
-    (scene.model_dir / "checkpoint.pt").unlink(missing_ok=True)
+    (scene.model_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     T.train(scene, cfg, ["clip"], progress=False)
     inputs = T.open_inputs(scene, cfg, ["clip"])
     tr = T.Trainer(scene, cfg, ["clip"], inputs, "cpu")
     tr.device = "meta"
-    assert load_checkpoint(tr, scene.model_dir / "checkpoint.pt")
+    assert load_checkpoint(tr, scene.model_dir / CHECKPOINT_FILE)
     assert tr.step == 2 and tr.params["means"].device.type == "meta"
     assert tr.state["grad2d"].device.type == "meta"
     assert tr.gen.get_state().device.type == "cpu"
-    blob = torch.load(scene.model_dir / "checkpoint.pt", weights_only=False)
-    assert blob["cuda_rng"] is None  # saved only when training on CUDA
+    blob = load_state(scene.model_dir / CHECKPOINT_FILE)
+    assert blob["rng"]["cuda_rng"] is None  # saved only when training on CUDA
 
 
 def test_gsplat_unbuilt_falls_back_to_torch_with_one_warning(monkeypatch) -> None:
@@ -105,7 +106,7 @@ def test_opacity_reset_fires_every_reset_every_steps(scene: Scene, monkeypatch) 
         return done
 
     monkeypatch.setattr(T.Trainer, "reset_opacities", spy)
-    (scene.model_dir / "checkpoint.pt").unlink(missing_ok=True)
+    (scene.model_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     cfg = quick_config(iterations=7, densify_start=100, densify_stop=7, reset_every=3, checkpoint_every=100)
     T.train(scene, cfg, ["clip"], progress=False)
     assert sorted(seen) == [3, 6]

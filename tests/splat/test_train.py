@@ -14,8 +14,10 @@ import torch
 from pipeline.core.errors import M3Error
 from pipeline.core.images import load_image, to_float
 from pipeline.core.scene import Scene, load_views, split_views
+from pipeline.core.tensorfile import load_state
 from pipeline.evaluate.metrics import psnr
 from pipeline.features.store import FeatureStore
+from pipeline.splat.checkpoint import CHECKPOINT_FILE
 from pipeline.splat.config import TrainConfig
 from pipeline.splat.losses import feature_loss, rgb_loss, ssim
 from pipeline.splat.train import train, training_views
@@ -55,7 +57,7 @@ def test_train_writes_model_and_resumes(small_scene: Scene, monkeypatch) -> None
     assert len(reads) == 4 * 2  # streamed: one view per step and model
     assert not set(reads) & {0, 8}  # held-out views (every 8th) are never read for training
     write_model(small_scene.model_dir, tr, {"steps": tr.step})
-    ck = torch.load(small_scene.model_dir / "checkpoint.pt", weights_only=False)
+    ck = load_state(small_scene.model_dir / CHECKPOINT_FILE)
     assert ck["step"] == 4
     # a rerun with the same config and inputs resumes from the final checkpoint: nothing left to do
     tr2 = train(small_scene, cfg, ["clip", "dinov2"], progress=False)
@@ -88,7 +90,7 @@ def test_interrupted_run_resumes_to_the_same_result(small_scene: Scene, monkeypa
     import pipeline.splat.train as T
 
     cfg = quick_config(iterations=4, checkpoint_every=2, seed=1, cpu_threads=1)
-    ckpt = small_scene.model_dir / "checkpoint.pt"
+    ckpt = small_scene.model_dir / CHECKPOINT_FILE
     ckpt.unlink(missing_ok=True)
     full = train(small_scene, cfg, ["clip"], progress=False)
     ref = {k: v.detach().clone() for k, v in full.params.items()}
@@ -103,7 +105,7 @@ def test_interrupted_run_resumes_to_the_same_result(small_scene: Scene, monkeypa
     monkeypatch.setattr(T.Trainer, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(small_scene, cfg, ["clip"], progress=False)
-    assert torch.load(ckpt, weights_only=False)["step"] == 2
+    assert load_state(ckpt)["step"] == 2
     monkeypatch.undo()
     again = train(small_scene, cfg, ["clip"], progress=False)
     assert [r["step"] for r in again.curves] == [1, 2, 3, 4]
@@ -113,10 +115,35 @@ def test_interrupted_run_resumes_to_the_same_result(small_scene: Scene, monkeypa
     assert not torch.allclose(other.params["q_clip"][:10], again.params["q_clip"][:10])  # fresh start, not resumed
 
 
+def test_checkpoints_by_time_as_well_as_by_steps(small_scene: Scene, monkeypatch) -> None:
+    """A run killed before its first ``checkpoint_every`` step keeps what it trained once
+    ``checkpoint_minutes`` passed (here 0: every step), so a slow run restarts where it stopped."""
+    import pipeline.splat.train as T
+
+    ckpt = small_scene.model_dir / CHECKPOINT_FILE
+    ckpt.unlink(missing_ok=True)
+    real = T.Trainer.train_step
+
+    def killed(self, view):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return real(self, view)
+
+    monkeypatch.setattr(T.Trainer, "train_step", killed)
+    cfg = quick_config(iterations=6, checkpoint_every=500, checkpoint_minutes=0.0, seed=4)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_scene, cfg, ["clip"], progress=False)
+    assert load_state(ckpt)["step"] == 3
+    ckpt.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        train(small_scene, dataclasses.replace(cfg, checkpoint_minutes=60.0), ["clip"], progress=False)
+    assert not ckpt.exists()  # neither 500 steps nor an hour passed
+
+
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(small_scene: Scene, monkeypatch) -> None:
     import pipeline.splat.train as T
 
-    (small_scene.model_dir / "checkpoint.pt").unlink(missing_ok=True)
+    (small_scene.model_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     real = T.rgb_loss
     calls = {"n": 0}
 
@@ -128,7 +155,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(small_scene: Scene
     monkeypatch.setattr(T, "rgb_loss", poisoned)
     with pytest.raises(M3Error, match=r"train step 3: loss term 'rgb' is nan"):
         train(small_scene, quick_config(iterations=5, checkpoint_every=2, seed=2), ["clip"], progress=False)
-    ck = torch.load(small_scene.model_dir / "checkpoint.pt", weights_only=False)
+    ck = load_state(small_scene.model_dir / CHECKPOINT_FILE)
     assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["params"].values())
 
 
@@ -286,7 +313,7 @@ def test_patch_steps_render_the_window_and_densify_in_full_image_units(small_sce
         return rgb, alpha, info
 
     monkeypatch.setattr(T, "render_rgb", spy)
-    (small_scene.model_dir / "checkpoint.pt").unlink(missing_ok=True)
+    (small_scene.model_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     train(small_scene, quick_config(iterations=1, patch=24, checkpoint_every=10), ["clip"], progress=False)
     assert seen["rgb"] == (24, 24, 3) and (seen["info"]["width"], seen["info"]["height"]) == (64, 48)
 
@@ -305,7 +332,7 @@ def test_coarse_to_fine_steps_render_halved_views_then_the_full_one(small_scene:
         return rgb, alpha, info
 
     monkeypatch.setattr(T, "render_rgb", spy)
-    (small_scene.model_dir / "checkpoint.pt").unlink(missing_ok=True)
+    (small_scene.model_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     cfg = quick_config(iterations=5, downscales=2, downscale_every=2, checkpoint_every=10)
     tr = train(small_scene, cfg, ["clip"], progress=False)
     sizes = [(shape, info) for shape, info, _ in seen]
