@@ -5,7 +5,8 @@ Reads ``params.yaml: ask``. Not a DVC stage. The memory renders the ``ask.model`
 and the VLM whose tokens were stored reads them in place of its own vision tokens and answers
 (greedy); ``--region`` (a pixel box ``x0,y0,x1,y1`` or a text) keeps only the tokens of that
 region (:mod:`pipeline.evaluate.ask`). Prints the answer and writes, in
-``data/<scene>/ask/<view>-<question>[-in-<region>]/`` unless ``--out`` is given::
+``data/<scene>/ask/<view>-<question>[-in-<region>]/`` unless ``--out`` is given (a new or empty
+folder, or an earlier output of ``m3 ask``)::
 
     render.png     the RGB render of the camera
     region.png     the render with the cells outside the region darkened (with --region)
@@ -24,7 +25,7 @@ from PIL import Image
 
 from pipeline.core.config import to_dict
 from pipeline.core.errors import M3Error
-from pipeline.core.io import atomic_dir, write_json
+from pipeline.core.io import output_dir, output_listing, write_json
 from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene, View, load_views
 from pipeline.evaluate.ask import (
@@ -78,6 +79,9 @@ def run(
         raise M3Error(f"ask: the memory holds no '{config.model}' ({', '.join(memory.models)}); add it to models:")
     views = load_views(scene)
     camera = _camera(views, view, pose)
+    name = f"{Path(camera.name).stem}-{slug(question)}" + (f"-in-{slug(region)}" if region else "")
+    out_dir = out_dir or scene.root / "ask" / name
+    output_listing(out_dir, "ask")  # refused before any work: never replaces what m3 did not write
     source = nearest_view(camera, views) if pose is not None else camera  # whose global tokens
     store = FeatureStore.open(scene.features_path(config.model))
     adapter = load_text_model(config.model, store.attrs, device)
@@ -113,9 +117,7 @@ def run(
         "weights": store.attrs.get("weights"),
         "config": to_dict(config),
     }
-    name = f"{Path(camera.name).stem}-{slug(question)}" + (f"-in-{slug(region)}" if region else "")
-    out_dir = out_dir or scene.root / "ask" / name
-    with atomic_dir(out_dir) as tmp:
+    with output_dir(out_dir, "ask") as tmp:
         rgb = rendered.rgb.detach().float().cpu()
         Image.fromarray((rgb.numpy() * 255 + 0.5).astype(np.uint8)).save(tmp / "render.png")
         if keep is not None:
@@ -137,7 +139,9 @@ def cli(
     region: str | None = typer.Option(
         None, help='only this region: a pixel box "x0,y0,x1,y1" or a text found by a language model of the memory'
     ),
-    out: Path | None = typer.Option(None, help="output folder (default: data/<scene>/ask/<view>-<question>)"),
+    out: Path | None = typer.Option(
+        None, help="output folder: new, empty or an earlier m3 ask output (default: data/<scene>/ask/<view>-<question>)"
+    ),
     params: Path = PARAMS,
 ) -> None:
     """Ask the memory a question about a view: the VLM reads the memory's rendered image tokens and answers.

@@ -8,6 +8,7 @@ atomically: the folder appears complete or not at all.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import typer
 
 from pipeline.core.code import code_hash
+from pipeline.core.errors import M3Error
 from pipeline.core.io import provenance
 from pipeline.core.scene import Scene
 from pipeline.demo.config import DemoConfig
@@ -28,6 +30,17 @@ def run(config: DemoConfig, out_dir: Path) -> Path:
     """Render the demo scene into ``out_dir/input`` (``out_dir`` is the scene folder); returns it."""
     start = time.perf_counter()
     input_dir = Path(out_dir) / "input"
+    if input_dir.is_dir() and any(input_dir.iterdir()):
+        made = input_dir / "ground_truth.json"
+        try:
+            stage = (json.loads(made.read_text()).get("provenance") or {}).get("stage") if made.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            stage = None
+        if stage != "demo":
+            raise M3Error(
+                f"{input_dir}: holds a scene's own input, not a rendered demo; nothing was replaced "
+                "(pick another scene folder for the demo)"
+            )
     # no inputs: the generator's code (hashed in the provenance) and the config make the scene
     prov = provenance("demo", config, "", code_hash(__name__))
     make_demo_scene(

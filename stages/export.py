@@ -2,7 +2,8 @@
 
 Reads ``params.yaml: export`` (the query settings: model, mode, vectors, attention_k, top_k /
 threshold / quantile, min_opacity, trim). Not a DVC stage. Writes, in
-``data/<scene>/export/<query>/`` unless ``--out`` is given::
+``data/<scene>/export/<query>/`` unless ``--out`` is given (a new or empty folder, or an earlier
+output of ``m3 export``)::
 
     object.ply       the selected Gaussians (after trimming), every parameter kept: the object alone
     relevance.ply    the whole scene, colours replaced by the relevance (turbo on the upper half
@@ -22,7 +23,7 @@ import numpy as np
 import typer
 
 from pipeline.core.config import to_dict
-from pipeline.core.io import atomic_dir, write_json
+from pipeline.core.io import output_dir, output_listing, write_json
 from pipeline.core.scene import Scene
 from pipeline.evaluate.config import ExportConfig
 from pipeline.evaluate.export import base_colors, recolored, relevance_colors, subset
@@ -44,6 +45,8 @@ def run(
 ) -> dict[str, Any]:
     """Export the answer to ``text`` (or ``vector``); returns ``selection.json``'s content."""
     check_query(text, vector)
+    out_dir = out_dir or scene.root / "export" / slug(text or "vector")
+    output_listing(out_dir, "export")  # refused before any work: never replaces what m3 did not write
     session = QuerySession(scene, config, "export")
     qv = session.encode(text, vector)
     rel = session.relevance(qv)
@@ -59,8 +62,7 @@ def run(
         **loc.to_json(),
         "config": to_dict(config),
     }
-    out_dir = out_dir or scene.root / "export" / slug(text or "vector")
-    with atomic_dir(out_dir) as tmp:
+    with output_dir(out_dir, "export") as tmp:
         save_ply(tmp / "object.ply", subset(params, loc.inliers))
         save_ply(tmp / "relevance.ply", recolored(params, colors))
         write_json(tmp / "selection.json", result)
@@ -83,7 +85,9 @@ def cli(
     vector: Path | None = typer.Option(
         None, help="query with a raw vector instead of text (.npy or JSON list, the model's dims)"
     ),
-    out: Path | None = typer.Option(None, help="output folder (default: data/<scene>/export/<query>)"),
+    out: Path | None = typer.Option(
+        None, help="output folder: new, empty or an earlier m3 export output (default: data/<scene>/export/<query>)"
+    ),
     params: Path = PARAMS,
 ) -> None:
     """Export the Gaussians answering QUERY: object.ply (them alone) and relevance.ply (the scene

@@ -4,7 +4,8 @@ Reads ``params.yaml: query``. Not a DVC stage (it answers questions about a trai
 The text is encoded with the text tower of the model whose features were stored (same
 checkpoint: the adapter conf is read from the feature store's attrs); ``--vector`` queries with a
 raw vector instead (``.npy`` or a JSON list), e.g. for models without text. Outputs, in
-``data/<scene>/query/<slug>/`` unless ``--out`` is given::
+``data/<scene>/query/<slug>/`` unless ``--out`` is given (a new or empty folder, or an earlier
+output of ``m3 query``: nothing else is ever replaced, :func:`pipeline.core.io.output_dir`)::
 
     <view>.png          heatmap of the relevance over the RGB render, one per chosen view
     localization.json   query, model, mode, centroid [3], box_min/box_max [3] (world), counts
@@ -12,6 +13,7 @@ raw vector instead (``.npy`` or a JSON list), e.g. for models without text. Outp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -24,7 +26,7 @@ from PIL import Image
 
 from pipeline.core.config import to_dict
 from pipeline.core.errors import M3Error
-from pipeline.core.io import atomic_dir, write_json
+from pipeline.core.io import output_dir, output_listing, write_json
 from pipeline.core.scene import Scene, load_views
 from pipeline.evaluate.config import QueryConfig
 from pipeline.evaluate.query import check_query, heatmap_overlay, normalize_relevance, relevance_maps
@@ -35,8 +37,13 @@ log = logging.getLogger(__name__)
 
 
 def slug(text: str) -> str:
-    """A folder name for a query text (``a yellow duck`` -> ``a-yellow-duck``)."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "query"
+    """A folder name for a query text (``a yellow duck`` -> ``a-yellow-duck``); a text that the name
+    cannot spell (other scripts, punctuation, over 60 characters) gets a hash of it appended, so
+    that different texts never share a folder (``黄色的鸭子`` -> ``query-<8 hex>``)."""
+    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
+    if name and re.fullmatch(r"[A-Za-z0-9 _-]{1,60}", text.strip()):
+        return name
+    return f"{name or 'query'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def read_vector(path: Path) -> np.ndarray:
@@ -67,6 +74,8 @@ def run(
 ) -> dict[str, Any]:
     """Query ``scene``'s trained memory; writes heatmaps + ``localization.json``; returns the JSON."""
     check_query(text, vector)
+    out_dir = out_dir or scene.root / "query" / slug(text or "vector")
+    output_listing(out_dir, "query")  # refused before any work: never replaces what m3 did not write
     session = QuerySession(scene, config)
     memory, model = session.memory, session.model
     qv = session.encode(text, vector)
@@ -84,8 +93,7 @@ def run(
         "views": {v.name: {"max_relevance": float(r.max()), "mean_relevance": float(r.mean())} for v, _, r in maps},
         "config": to_dict(config),
     }
-    out_dir = out_dir or scene.root / "query" / slug(text or "vector")
-    with atomic_dir(out_dir) as tmp:
+    with output_dir(out_dir, "query") as tmp:
         for view, rgb, rel in maps:
             img = heatmap_overlay(rgb, normalize_relevance(rel, lo, hi), config.alpha)
             Image.fromarray(img).save(tmp / f"{Path(view.name).stem}.png")
@@ -107,7 +115,9 @@ def cli(
     vector: Path | None = typer.Option(
         None, help="query with a raw vector instead of text (.npy or JSON list, the model's dims)"
     ),
-    out: Path | None = typer.Option(None, help="output folder (default: data/<scene>/query/<text>)"),
+    out: Path | None = typer.Option(
+        None, help="output folder: new, empty or an earlier m3 query output (default: data/<scene>/query/<text>)"
+    ),
     params: Path = PARAMS,
 ) -> None:
     """Find TEXT in the scene's 3D memory: heatmaps on rendered views and a 3D centroid + box.

@@ -1,7 +1,8 @@
 """Command ``m3 render``: RGB and per-model feature PCA images of a trained memory at scene cameras.
 
 Not a DVC stage (a tool over ``data/<scene>/model/``). For each chosen view writes, in
-``data/<scene>/renders/`` unless ``--out`` is given::
+``data/<scene>/renders/`` unless ``--out`` is given (a new or empty folder, or an earlier output
+of ``m3 render``, whose renders of other views are kept)::
 
     <view>_rgb.png            the RGB render at the view's size
     <view>_<model>_pca.png    the rendered features projected on 3 principal components, upsampled
@@ -20,6 +21,7 @@ from PIL import Image
 
 from pipeline.core.errors import M3Error
 from pipeline.core.images import PCA3
+from pipeline.core.io import output_dir, output_listing
 from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene, View, load_views
 from pipeline.splat.trained import TrainedMemory
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 def run(scene: Scene, views: list[str] | None = None, out: Path | None = None, device: str = "auto") -> list[Path]:
     """Render ``views`` (names; None: every registered view) of ``scene``; returns the written files."""
+    out = Path(out) if out else scene.root / "renders"
+    output_listing(out, "render")  # refused before any work: never overwrites what m3 did not write
     memory = TrainedMemory.load(scene, device=resolve_device(device, "render"))
     all_views = load_views(scene)
     by_name = {v.name: v for v in all_views}
@@ -42,22 +46,22 @@ def run(scene: Scene, views: list[str] | None = None, out: Path | None = None, d
         chosen: list[View] = [by_name[n] for n in views]
     else:
         chosen = all_views
-    out = Path(out) if out else scene.root / "renders"
-    out.mkdir(parents=True, exist_ok=True)
     pcas: dict[str, PCA3] = {}
-    written = []
-    for view in chosen:
-        r = memory.render(view)
-        stem = Path(view.name).stem
-        rgb = (r.rgb.cpu().numpy() * 255 + 0.5).astype(np.uint8)
-        Image.fromarray(rgb).save(out / f"{stem}_rgb.png")
-        written.append(out / f"{stem}_rgb.png")
-        for m, f in r.features.items():
-            f = f.cpu()
-            pcas.setdefault(m, PCA3(f))
-            img = Image.fromarray(pcas[m](f)).resize((view.width, view.height), Image.NEAREST)
-            img.save(out / f"{stem}_{m}_pca.png")
-            written.append(out / f"{stem}_{m}_pca.png")
+    names = []
+    with output_dir(out, "render", replace=False) as tmp:  # renders of other views stay
+        for view in chosen:
+            r = memory.render(view)
+            stem = Path(view.name).stem
+            rgb = (r.rgb.cpu().numpy() * 255 + 0.5).astype(np.uint8)
+            Image.fromarray(rgb).save(tmp / f"{stem}_rgb.png")
+            names.append(f"{stem}_rgb.png")
+            for m, f in r.features.items():
+                f = f.cpu()
+                pcas.setdefault(m, PCA3(f))
+                img = Image.fromarray(pcas[m](f)).resize((view.width, view.height), Image.NEAREST)
+                img.save(tmp / f"{stem}_{m}_pca.png")
+                names.append(f"{stem}_{m}_pca.png")
+    written = [out / n for n in names]
     log.info("rendered %d view(s) of %s -> %s", len(chosen), scene.name, out)
     return written
 
@@ -67,7 +71,9 @@ def cli(
     scene: str = SCENE,
     view: list[str] | None = typer.Option(None, "--view", help="image name of a registered view (repeatable)"),
     all_views: bool = typer.Option(False, "--all", help="render every registered view"),
-    out: Path | None = typer.Option(None, help="output folder (default: data/<scene>/renders)"),
+    out: Path | None = typer.Option(
+        None, help="output folder: new, empty or an earlier m3 render output (default: data/<scene>/renders)"
+    ),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
 ) -> None:
     """Render RGB and per-model feature PCA images of the trained memory at scene cameras.

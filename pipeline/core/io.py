@@ -96,7 +96,8 @@ def read_json(path: Path) -> Any:
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temp folder beside ``final``; on success it replaces ``final`` in one rename.
 
-    On an exception the temp folder is removed and ``final`` is left as it was.
+    On an exception the temp folder is removed and ``final`` is left as it was. For a stage's own
+    output folders only: a folder a user names goes through :func:`output_dir`.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +113,80 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+OUTPUT_MARKER = ".m3-output.json"
+"""The file in a tool's output folder naming the command that wrote it and its files."""
+
+
+def output_listing(final: Path, command: str) -> list[str]:
+    """The files an earlier output of ``command`` wrote in ``final`` ([] for a new or empty folder);
+    :class:`M3Error` for a file, or a folder holding anything else."""
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise M3Error(f"{final}: is a file, not a folder; give a folder (new or empty) for the output")
+    try:
+        if not final.exists() or not any(final.iterdir()):
+            return []
+    except OSError as exc:
+        raise M3Error(f"{final}: cannot read the output folder ({exc.strerror or exc}); give another one") from None
+    marker = final / OUTPUT_MARKER
+    try:
+        record = json.loads(marker.read_text()) if marker.is_file() else {}
+    except (OSError, ValueError):
+        record = {}
+    if not isinstance(record, dict) or record.get("command") != command:
+        raise M3Error(
+            f"{final}: not empty and not an earlier output of `m3 {command}`; nothing was written "
+            "(m3 never deletes or overwrites files it did not write): give a new or empty folder"
+        )
+    return [str(f) for f in record.get("files") or []]
+
+
+@contextlib.contextmanager
+def output_dir(final: Path, command: str, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty folder to write ``command``'s outputs into; on success its files move into ``final``.
+
+    ``final`` must be new, empty, or an earlier output of the same ``command`` (its
+    :data:`OUTPUT_MARKER` lists the files it wrote): anything else is an :class:`M3Error` before
+    anything is written, so an output option never deletes or overwrites what m3 did not write. With
+    ``replace`` the earlier output's files that this one does not write again are removed (only
+    those); without, they are kept (renders of other views). On an exception nothing in ``final``
+    changes. Files only (no subfolders).
+    """
+    final = Path(final)
+    earlier = output_listing(final, command)
+    created = not final.exists()
+    try:
+        final.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final, prefix=".m3-tmp-"))
+    except OSError as exc:
+        raise M3Error(f"{final}: cannot write the output ({exc.strerror or exc}); give a writable folder") from None
+    try:
+        yield tmp
+        _commit_output(tmp, final, command, earlier, replace)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created and final.is_dir() and not any(final.iterdir()):
+            final.rmdir()
+
+
+def _commit_output(tmp: Path, final: Path, command: str, earlier: list[str], replace: bool) -> None:
+    """Move the files written in ``tmp`` into ``final``, drop (``replace``) or keep the earlier ones, mark it."""
+    names = sorted(p.name for p in tmp.iterdir())
+    foreign = [n for n in names if (final / n).exists() and n not in earlier]
+    if foreign:
+        raise M3Error(f"{final / foreign[0]}: exists and was not written by `m3 {command}`; give another folder")
+    try:
+        for name in names:
+            os.replace(tmp / name, final / name)
+        stale = [n for n in earlier if n not in names and Path(n).name == n and n != OUTPUT_MARKER]
+        for name in stale if replace else []:
+            (final / name).unlink(missing_ok=True)
+        kept = [] if replace else [n for n in stale if (final / n).is_file()]
+        write_json(final / OUTPUT_MARKER, {"command": command, "files": sorted({*names, *kept})})
+    except OSError as exc:
+        raise M3Error(f"{final}: cannot write the output ({exc.strerror or exc}); give a writable folder") from None
 
 
 def provenance(stage: str, config: Any, inputs_hash: str, code: str, **extra: Any) -> dict[str, Any]:

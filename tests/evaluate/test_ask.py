@@ -168,3 +168,9 @@ def test_m3_ask_renders_the_memory_and_answers(small_scene, tmp_path) -> None:
     assert all(r["answer"] for r in results.values())  # noise from random weights, but generated
     res = runner.invoke(app, ["ask", str(scene.root), QUESTION, "--view", "nope.png", "--params", str(params)])
     assert res.exit_code == 2 and "'nope.png' is not a registered view" in res.output
+    keep = tmp_path / "keep"  # --out never replaces a folder m3 ask did not write
+    keep.mkdir()
+    (keep / "keep.txt").write_text("p")
+    res = runner.invoke(app, ["ask", str(scene.root), QUESTION, "--out", str(keep), "--params", str(params)])
+    assert res.exit_code == 2 and "not an earlier output of `m3 ask`" in res.output
+    assert [p.name for p in keep.iterdir()] == ["keep.txt"] and (keep / "keep.txt").read_text() == "p"
