@@ -133,3 +133,28 @@ def test_out_never_deletes_data(trained: Scene, tmp_path: Path, command: str, mo
         res = runner.invoke(app, [*args, "--out", str(tmp_path / "new")])
         assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "new" / OUTPUT_MARKER).read_text())["command"] == command
+
+
+def test_query_folder_names_keep_different_texts_apart() -> None:
+    from stages.query import slug
+
+    assert slug("a yellow duck") == "a-yellow-duck"
+    names = {slug(t) for t in ("黄色的鸭子", "红色的盒子", "кот", "a duck?", "a duck!", "x" * 61, "x" * 62)}
+    assert len(names) == 7 and all(n and "/" not in n and len(n) <= 69 for n in names)
+    assert slug("黄色的鸭子").startswith("query-") and slug("a duck?").startswith("a-duck-")
+
+
+def test_demo_scene_never_replaces_a_scenes_own_input(tmp_path: Path) -> None:
+    from pipeline.demo.config import DemoConfig
+    from stages.demo import run as demo
+
+    photos = tmp_path / "mine" / "input"
+    photos.mkdir(parents=True)
+    (photos / "IMG_0001.jpg").write_text("a photo")
+    with pytest.raises(M3Error, match="holds a scene's own input, not a rendered demo; nothing was replaced"):
+        demo(DemoConfig(n_views=3, width=32, height=24), tmp_path / "mine")
+    assert [p.name for p in photos.iterdir()] == ["IMG_0001.jpg"]
+    cfg = DemoConfig(n_views=3, width=32, height=24, label_every=0)
+    demo(cfg, tmp_path / "demo")
+    demo(cfg, tmp_path / "demo")  # a rendered demo is replaced by the next render
+    assert (tmp_path / "demo" / "input" / "ground_truth.json").is_file()
