@@ -1,5 +1,9 @@
 """Stored memory banks: a bank ``[t, d]`` as one zarr array with its provenance, its content hash,
-and the check that refuses a bank built from other features than the ones it is used with."""
+and the check that refuses a bank built from other features than the ones it is used with.
+
+Every chunk carries a crc32c checksum, and :func:`load_bank` compares the bank it read with the
+content hash its provenance recorded: a flipped byte or a missing chunk is an error naming the
+bank and the fix, never a different bank (or NaN losses in training)."""
 
 from __future__ import annotations
 
@@ -25,12 +29,16 @@ def save_bank(path: Path, bank: np.ndarray, attrs: dict[str, Any], chunk_rows: i
 
     from pipeline.core.io import atomic_dir
 
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
     with atomic_dir(Path(path)) as tmp:
         arr = zarr.create_array(
             store=zarr.storage.LocalStore(tmp),
             shape=bank.shape,
             chunks=(max(1, min(chunk_rows, len(bank))), bank.shape[1]),
             dtype=bank.dtype,
+            compressors=(ZstdCodec(), Crc32cCodec()),
+            config={"write_empty_chunks": True},
         )
         arr[:] = bank
         arr.attrs.update(attrs)
@@ -48,13 +56,15 @@ def load_bank(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     attrs = arr.attrs.asdict()
     if "provenance" not in attrs:
         raise M3Error(f"{path}: bank without provenance (incomplete or foreign); delete it and rerun `m3 bank`")
+    fix = f"restore it with `dvc checkout {path}` or rerun `m3 bank` (`dvc repro -f`)"
     try:
-        bank = np.asarray(arr[:], dtype=np.float32)
-    except (RuntimeError, ValueError, OSError) as exc:  # what zarr/numcodecs raise on damaged chunks
-        raise M3Error(
-            f"{path}: the bank is corrupt ({exc}); restore it with `dvc checkout {path}` or rerun `m3 bank`"
-        ) from exc
-    return bank, attrs
+        raw = np.asarray(arr[:])
+    except (RuntimeError, ValueError, OSError) as exc:  # checksum mismatch, damaged compression
+        raise M3Error(f"{path}: the bank is corrupt ({str(exc).splitlines()[0][:120]}); {fix}") from None
+    recorded = (attrs.get("provenance") or {}).get("bank_hash")
+    if recorded and bank_hash(raw) != recorded:  # a missing chunk reads as zeros: caught here
+        raise M3Error(f"{path}: the bank's content does not match its recorded hash (missing or damaged chunk); {fix}")
+    return raw.astype(np.float32), attrs
 
 
 FEATURES_IDENTITY = ("config_hash", "inputs_hash", "code_hash")

@@ -2,8 +2,8 @@
 
 Layout of the group::
 
-    features   [V, h, w, d] float16, one chunk per view, Blosc-zstd compressed
-    valid      [V, h, w] bool, one chunk per view (only for models with a validity mask)
+    features   [V, h, w, d] float16, one chunk per view, Blosc-zstd compressed + crc32c checksum
+    valid      [V, h, w] bool, one chunk per view (only for models with a validity mask), likewise
     done       [V] bool, one chunk per view: view i is written completely
     attrs      names (view names in order), has_mask, + the writer's attrs (model, checkpoint,
                input size, stride, grid, image size, provenance {config, config_hash, inputs_hash},
@@ -17,7 +17,10 @@ Features cover the whole image on a regular grid: cell (i, j) covers pixels
 Writers build the store at :func:`partial_path` (``.<model>.zarr.partial``), resume it only when
 its provenance, names and shape match (:func:`resume_or_create`), and :meth:`FeatureStore.finalize`
 renames it to the final path once every view is done, so the final path only ever holds a
-complete store. Readers stream one view at a time (:meth:`FeatureStore.read`, :meth:`iter_views`).
+complete store. Readers stream one view at a time (:meth:`FeatureStore.read`, :meth:`iter_views`);
+every chunk carries a crc32c checksum checked when it is read and every view's chunk is written
+(even an all-zero one), so a flipped byte or a missing chunk is an error naming the store, the
+view and the fix, never different or zero features (:meth:`FeatureStore.verify` checks them all).
 While a store is built, each view's records wait in ``records/<i>.json`` (written before the
 view's done flag, so a resumed run keeps them); :meth:`FeatureStore.finalize` gathers them into
 the ``<name>.json`` files.
@@ -35,14 +38,15 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pipeline.core.errors import M3Error
 from pipeline.core.io import canonical_json, read_json, same_provenance, write_json
 
 log = logging.getLogger(__name__)
 
-_COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),)
+_COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"), Crc32cCodec())
+_EVERY_CHUNK = {"write_empty_chunks": True}  # an all-zero view still has a chunk: a missing one is an error
 
 
 def partial_path(path: Path) -> Path:
@@ -62,8 +66,8 @@ class FeatureStore:
     def __init__(self, path: Path, group: zarr.Group) -> None:
         self.path = Path(path)
         self._group = group
-        self._features = group["features"]
-        self._valid = group["valid"] if "valid" in group else None
+        self._features = group["features"].with_config(_EVERY_CHUNK)
+        self._valid = group["valid"].with_config(_EVERY_CHUNK) if "valid" in group else None
         self._done = group["done"]
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.names: list[str] = list(self.attrs["names"])
@@ -191,15 +195,32 @@ class FeatureStore:
         """View ``i``: ``(features np.float16 [h, w, d], valid np.bool_ [h, w])`` (all True without mask)."""
         if not 0 <= i < self.n_views:
             raise IndexError(f"view {i} out of range (store has {self.n_views} views)")
+        arrays = [self._features] + ([self._valid] if self._valid is not None else [])
+        missing = [a.name for a in arrays if not self._chunk_file(a, i).is_file()]
+        if missing:
+            raise self._damaged(i, f"its {missing[0].strip('/')} chunk is missing")
         try:
             features = np.asarray(self._features[i])
             valid = None if self._valid is None else np.asarray(self._valid[i], dtype=bool)
-        except (RuntimeError, ValueError, OSError) as exc:  # what zarr/numcodecs raise on damaged chunks
-            raise M3Error(
-                f"{self.path}: view {i} ({self.names[i]}) is corrupt ({exc}); restore the store with "
-                f"`dvc checkout {self.path}` or rerun the features stage for it"
-            ) from exc
+        except (RuntimeError, ValueError, OSError) as exc:  # checksum mismatch, damaged compression
+            raise self._damaged(i, f"its chunk is corrupt ({str(exc).splitlines()[0][:120]})") from None
         return features, np.ones(features.shape[:2], dtype=bool) if valid is None else valid
+
+    def _chunk_file(self, array: zarr.Array, i: int) -> Path:
+        """The file of view ``i``'s chunk of ``array`` (one chunk per view, a local store)."""
+        key = array.metadata.encode_chunk_key((i,) + (0,) * (array.ndim - 1))
+        return self.path / array.name.strip("/") / key
+
+    def _damaged(self, i: int, why: str) -> M3Error:
+        return M3Error(
+            f"{self.path}: view {i} ({self.names[i]}): {why}; restore the store with "
+            f"`dvc checkout {self.path}` or rerun the features stage (`dvc repro -f` or delete the store)"
+        )
+
+    def verify(self) -> None:
+        """Read every view (checking every chunk's checksum); :class:`M3Error` for the first damaged one."""
+        for i in range(self.n_views):
+            self.read(i)
 
     def iter_views(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(i, features [h, w, d] float16, valid [h, w] bool)`` for every view, one at a time."""
@@ -260,11 +281,16 @@ def resume_or_create(
 
 
 def matches(final: Path, attrs: dict[str, Any], names: list[str]) -> bool:
-    """True when a complete store at ``final`` was made by the same provenance and views."""
+    """True when a complete store at ``final`` was made by the same provenance and views and every
+    chunk reads back with its checksum (a damaged store is logged and recomputed, never kept)."""
     if not (Path(final) / "zarr.json").is_file():
         return False
     try:
         store = FeatureStore.open(final)
-    except M3Error:
+        if not (store.complete and _same_run(store, names, store.shape, attrs, store.has_mask)):
+            return False
+        store.verify()
+    except M3Error as exc:
+        log.warning("%s; recomputing it", exc)
         return False
-    return store.complete and _same_run(store, names, store.shape, attrs, store.has_mask)
+    return True

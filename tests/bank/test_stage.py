@@ -182,5 +182,28 @@ def test_corrupt_chunks_are_one_clear_line(tmp_path: Path, monkeypatch: pytest.M
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.output
     line = errors[0]
-    assert "features/clip.zarr: view 1 (v1.png) is corrupt" in line
+    assert "features/clip.zarr: view 1 (v1.png): its chunk is corrupt" in line
     assert "dvc checkout" in line and "rerun the features stage" in line
+
+
+def test_flipped_byte_or_missing_bank_chunk_is_never_another_bank(tmp_path: Path, monkeypatch) -> None:
+    """One flipped byte decompresses fine but is caught by the chunk's crc32c; a missing chunk
+    (read as zeros) by the content hash the bank's provenance recorded."""
+    from stages.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("models: [clip]\nbank:\n  clip: {threshold: 0.8, chunk_rows: 4}\n")
+    scene = Scene.resolve("demo")
+    make_store(scene, "clip", clustered_views(n_views=3), None)
+    assert CliRunner().invoke(app, ["bank", "demo"]).exit_code == 0
+    good, _ = load_bank(scene.bank_path("clip"))
+    assert len(good) > 4  # more than one chunk
+    chunk = scene.bank_path("clip") / "c" / "1" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[-6] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(M3Error, match=r"the bank is corrupt \(.*checksum.*\); restore it with `dvc checkout"):
+        load_bank(scene.bank_path("clip"))
+    chunk.unlink()
+    with pytest.raises(M3Error, match=r"does not match its recorded hash \(missing or damaged chunk\); restore"):
+        load_bank(scene.bank_path("clip"))

@@ -114,3 +114,34 @@ def test_records_survive_a_resume_and_are_gathered_per_name(tmp_path):
     with pytest.raises(M3Error, match="no 'cls' records"):
         done.records("cls")
     assert FeatureStore.open(final).record_names == ["captions"] and matches(final, attrs, NAMES)
+
+
+def _flip(path, offset: int = -8) -> None:
+    """Flip one byte of the file ``path`` (by default near its end: compressed data, not the header)."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_byte_and_missing_chunk_are_errors_naming_store_view_and_fix(tmp_path):
+    """A damaged chunk is never read as other features (or a missing one as zeros): crc32c per chunk,
+    and every view has a chunk (even all-zero features and an all-invalid mask)."""
+    final = tmp_path / "toy.zarr"
+    store = resume_or_create(final, NAMES, 4, 5, 8, _attrs(), has_mask=True)
+    for i, m in enumerate(_maps()):
+        store.write(i, np.zeros_like(m) if i == 2 else m, np.zeros((4, 5), bool) if i == 2 else None)
+    store.finalize(final)
+    assert matches(final, _attrs(), NAMES)
+    assert (final / "features" / "c" / "2" / "0" / "0" / "0").is_file()  # all zeros, still written
+    assert (final / "valid" / "c" / "2" / "0" / "0").is_file()
+    _flip(final / "features" / "c" / "1" / "0" / "0" / "0")
+    with pytest.raises(M3Error, match=r"toy.zarr: view 1 \(b.png\): its chunk is corrupt \(.*checksum.*\); restore the store "
+                       r"with `dvc checkout .*toy.zarr` or rerun the features stage"):  # fmt: skip
+        FeatureStore.open(final).read(1)
+    assert not matches(final, _attrs(), NAMES)  # the features stage recomputes instead of keeping it
+    (final / "features" / "c" / "2" / "0" / "0" / "0").unlink()
+    with pytest.raises(M3Error, match=r"view 2 \(c.png\): its features chunk is missing"):
+        FeatureStore.open(final).read(2)
+    (final / "valid" / "c" / "0" / "0" / "0").unlink()
+    with pytest.raises(M3Error, match=r"view 0 \(a.png\): its valid chunk is missing; restore the store"):
+        FeatureStore.open(final).read(0)
