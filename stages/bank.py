@@ -28,10 +28,11 @@ from pipeline.bank.config import BankConfig
 from pipeline.bank.reduction import build_bank, coverage_stats, n_passes
 from pipeline.bank.store import FEATURES_IDENTITY, bank_hash, save_bank
 from pipeline.core.code import code_hash
-from pipeline.core.config import load_params, to_dict
+from pipeline.core.config import load_params, section_of, to_dict
 from pipeline.core.errors import M3Error
 from pipeline.core.io import config_hash, provenance, write_json
 from pipeline.core.scene import Scene
+from pipeline.features.models import listed_models, model_class
 from stages.command import PARAMS, SCENE, Options, command
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,11 @@ def cli(
 
     Writes data/<scene>/bank/<model>.zarr and data/<scene>/bank/<model>.stats.json.
     """
-    models = model or list(load_params(params).get("models") or [])
-    if not models:
-        raise M3Error(f"{params}: no `models` listed; add one or pass --model")
+    models = list(model) if model else listed_models(params)
     for name in models:
+        model_class(name, "--model")
+        if name not in section_of(load_params(params), "bank", str(params)):
+            raise M3Error(f"{params}: no bank.{name} section; add one with its threshold (e.g. `bank: {{{name}: "
+                          "{threshold: 0.8}}`)")  # fmt: skip
         config = options.load(f"bank.{name}", params)
         run(config, Scene.resolve(scene), name)

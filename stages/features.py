@@ -29,13 +29,13 @@ from tqdm import tqdm
 
 from pipeline.cluster.config import ClusterConfig
 from pipeline.core.code import code_hash
-from pipeline.core.config import load_params
+from pipeline.core.config import load_params, section_of
 from pipeline.core.errors import M3Error
 from pipeline.core.io import canonical_json, hash_files, provenance, write_json
 from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene, View, load_views
 from pipeline.features.extract import Extractor, LocalExtractor
-from pipeline.features.models import FeatureModel, build_model, model_class, resolve_conf
+from pipeline.features.models import FeatureModel, build_model, listed_models, model_class, resolve_conf
 from pipeline.features.store import FeatureStore, matches, resume_or_create, store_bytes
 from stages.command import PARAMS, SCENE, Options, command
 
@@ -165,11 +165,8 @@ def _stats(
 
 def model_section(model_name: str, params: Path) -> dict[str, Any]:
     """``features.<model>`` of the params file (``{}`` when absent); checks the model name."""
-    model_class(model_name)
-    section = load_params(params).get("features") or {}
-    if not isinstance(section, dict):
-        raise M3Error(f"{params}: features must be a mapping of model name -> settings")
-    return section.get(model_name) or {}
+    model_class(model_name, "--model")
+    return section_of(load_params(params), f"features.{model_name}", f"{params}: features.{model_name}")
 
 
 @command(ClusterConfig)
@@ -187,9 +184,7 @@ def cli(
     Resumes an interrupted run; keeps a finished store made by the same config and inputs. The
     cluster options choose the executor (local, or a pool of Ray actors); they never change the store.
     """
-    names = [model] if model else list(load_params(params).get("models") or [])
-    if not names:
-        raise M3Error(f"{params}: no models listed under models:; add one (e.g. clip) or pass --model")
+    names = [model] if model else listed_models(params)
     cluster = options.load("cluster", params)
     for name in names:
         run(model_section(name, params), Scene.resolve(scene), name, device=device, cluster=cluster)

@@ -5,7 +5,8 @@ Reads ``params.yaml: train`` (and the top-level ``models`` list). Inputs: the CO
 and bank (``bank/<model>.zarr``, checked to be built from those features). Outputs in
 ``data/<scene>/model/``: ``point_cloud.ply``, ``memory.safetensors``, ``config.json`` (provenance
 incl. bank hashes), ``checkpoint.safetensors`` (a rerun with the same config and inputs resumes
-from it; not a DVC output), ``stats.json`` and ``curves.csv`` (DVC plots). Every ``test_every``-th view is never trained on.
+from it; not a DVC output), ``stats.json`` and ``curves.csv`` (DVC plots). Every
+``test_every``-th view is never trained on.
 """
 
 from __future__ import annotations
@@ -16,24 +17,15 @@ from typing import Any
 
 import typer
 
-from pipeline.core.config import load_params
-from pipeline.core.errors import M3Error
 from pipeline.core.runtime import peak_gpu_mb
 from pipeline.core.scene import Scene
+from pipeline.features.models import listed_models
 from pipeline.splat.config import TrainConfig
 from pipeline.splat.train import train
 from pipeline.splat.trained import write_model
 from stages.command import PARAMS, SCENE, Options, command
 
 log = logging.getLogger(__name__)
-
-
-def load_models(params: Path) -> list[str]:
-    """The top-level ``models`` list of ``params``."""
-    models = load_params(params).get("models") or []
-    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
-        raise M3Error(f"{params}: 'models' must be a non-empty list of model names; add e.g. `models: [clip]`")
-    return models
 
 
 def run(config: TrainConfig, scene: Scene, models: list[str], progress: bool = True) -> dict[str, Any]:
@@ -72,4 +64,4 @@ def cli(
     params: Path = PARAMS,
 ) -> None:
     """Train the scene's Gaussians, principal queries and memory (data/<scene>/model/); resumes."""
-    run(options.load("train", params), Scene.resolve(scene), load_models(params), progress)
+    run(options.load("train", params), Scene.resolve(scene), listed_models(params), progress)

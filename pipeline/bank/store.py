@@ -26,10 +26,9 @@ def bank_hash(bank: np.ndarray) -> str:
 def save_bank(path: Path, bank: np.ndarray, attrs: dict[str, Any], chunk_rows: int = 4096) -> None:
     """Write ``bank [t, d]`` as one zarr array with ``attrs``, atomically (temp folder + rename)."""
     import zarr
+    from zarr.codecs import Crc32cCodec, ZstdCodec
 
     from pipeline.core.io import atomic_dir
-
-    from zarr.codecs import Crc32cCodec, ZstdCodec
 
     with atomic_dir(Path(path)) as tmp:
         arr = zarr.create_array(

@@ -4,9 +4,12 @@ Each stage owns one section and one frozen dataclass (``pipeline/<subpackage>/co
 fields carry their help as field docstrings (:func:`field_help`): the one place an option is
 written; the CLI options are generated from them. :func:`load_config` reads a section, applies
 command-line overrides and checks every key and type, so a typo is an error naming the key, the
-closest valid name and the file, never a silently ignored setting. The feature adapters' sections
-(``features.<model>``) are hloc-style dicts merged over an adapter's ``default_conf`` with
-:func:`merge_conf`, which applies the same key checks.
+closest valid name and the file, never a silently ignored setting. Numeric fields carry their
+range in their type (``Count``, ``Fraction``, ... : ``Annotated`` with a :class:`Range`), checked
+with the type, and the params file is read as YAML 1.2 reads numbers, so ``4e-4`` is a float and a
+quoted ``"4e-4"`` a string (an error for a number). An unknown top-level section is an error too.
+The feature adapters' sections (``features.<model>``) are hloc-style dicts merged over an adapter's
+``default_conf`` with :func:`merge_conf`, which applies the same key checks and the defaults' types.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import math
 import re
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 
@@ -28,21 +33,131 @@ from pipeline.core.errors import M3Error
 
 T = TypeVar("T")
 PARAMS_FILE = Path("params.yaml")
-_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # exponent floats PyYAML leaves as str
+SECTIONS = (
+    "scenes", "models", "demo", "frames", "poses", "features", "bank", "train", "evaluate", "cluster",
+    "query", "export", "view", "ask",
+)  # fmt: skip
+"""The top-level sections of the params file (``stages/params.py`` documents each)."""
+SCENE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A scene name: letters, digits, ``-``, ``_``, ``.`` (it becomes a folder and a DVC stage name)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric field (``Annotated[int, Range(1)]``); NaN and infinities are never in range."""
+
+    lo: float | None = None
+    hi: float | None = None
+    above: bool = False
+    """``lo`` itself is excluded (a positive float: ``Range(0, above=True)``)."""
+    below: bool = False
+    """``hi`` itself is excluded."""
+
+    def check(self, value: float, where: str) -> None:
+        ok = math.isfinite(value)
+        ok = ok and (self.lo is None or (value > self.lo if self.above else value >= self.lo))
+        ok = ok and (self.hi is None or (value < self.hi if self.below else value <= self.hi))
+        if not ok:
+            raise M3Error(f"{where}: {value!r} is out of range; use {self.describe()}")
+
+    def describe(self) -> str:
+        lo = None if self.lo is None else f"{'>' if self.above else '>='} {self.lo:g}"
+        hi = None if self.hi is None else f"{'<' if self.below else '<='} {self.hi:g}"
+        return " and ".join(b for b in (lo, hi) if b) or "a finite number"
+
+
+Count = Annotated[int, Range(1)]
+"""A positive whole number (steps, views, pixels, ...)."""
+Natural = Annotated[int, Range(0)]
+"""A whole number >= 0."""
+Fraction = Annotated[float, Range(0, 1)]
+"""A probability or share in [0, 1]."""
+Positive = Annotated[float, Range(0, above=True)]
+"""A float > 0 (learning rates, scales, temperatures)."""
+NonNegative = Annotated[float, Range(0)]
+"""A float >= 0."""
+Opacity = Annotated[float, Range(0, 1, above=True, below=True)]
+"""An opacity strictly between 0 and 1 (its logit is stored)."""
+Cosine = Annotated[float, Range(-1, 1)]
+"""A cosine in [-1, 1]."""
+Port = Annotated[int, Range(0, 65535)]
+"""A TCP port (0: any free one)."""
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _check_range(value: Any, tp: Any, where: str) -> None:
+    """Apply the :class:`Range` of ``tp`` (also inside ``X | None`` and ``dict[str, X]``) to ``value``."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        for bound in typing.get_args(tp)[1:]:
+            if isinstance(bound, Range) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                bound.check(value, where)
+    elif origin in (typing.Union, types.UnionType) and value is not None:
+        for arg in typing.get_args(tp):
+            if arg is not type(None):
+                _check_range(value, arg, where)
+    elif origin is dict and isinstance(value, dict):
+        for k, v in value.items():
+            _check_range(v, typing.get_args(tp)[1], f"{where}.{k}")
+
+
+class Checked:
+    """Base of the stage configs: every field's :class:`Range` is checked when one is built, in code
+    as from the params file (which checks first, naming the file and section)."""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            _check_range(getattr(self, f.name), hints[f.name], f"{type(self).__name__}.{f.name}")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading numbers as YAML 1.2 (and DVC) do: ``6e-4`` is a float, not a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
 
 
 def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
-    """Read the whole params file (``{}`` if it is empty)."""
+    """Read the whole params file (``{}`` if it is empty); unknown top-level sections, a ``scenes``
+    list of other than valid scene names and a ``models`` list of other than names are errors."""
     path = Path(path)
     if not path.is_file():
         raise M3Error(f"{path}: params file not found; run from the project root or pass --params")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_Loader) or {}  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
-        raise M3Error(f"{path}: not valid YAML ({exc}); fix the syntax") from exc
+        raise M3Error(f"{path}: not valid YAML ({' '.join(str(exc).split())}); fix the syntax") from None
     if not isinstance(data, dict):
         raise M3Error(f"{path}: expected a mapping of sections at the top level")
+    for key in data:
+        if key not in SECTIONS:
+            raise _unknown_key(str(key), list(SECTIONS), f"{path}: top-level section")
+    for key in ("scenes", "models"):
+        items = data.get(key)
+        if items is not None and (not isinstance(items, list) or not all(isinstance(i, str) for i in items)):
+            raise M3Error(f"{path}: {key} must be a list of names, got {items!r}")
+    for name in data.get("scenes") or []:
+        check_scene_name(name, f"{path}: scenes")
     return data
+
+
+def check_scene_name(name: str, where: str) -> str:
+    """``name`` if it is a valid scene name (:data:`SCENE_NAME`), else :class:`M3Error`."""
+    if not SCENE_NAME.fullmatch(name) or name in (".", ".."):
+        raise M3Error(
+            f"{where}: scene name {name!r} is not allowed (it becomes a folder and a DVC stage name); "
+            "use letters, digits, '-', '_' and '.', starting with a letter or digit"
+        )
+    return name
 
 
 def _unknown_key(key: str, valid: list[str], where: str) -> M3Error:
@@ -52,8 +167,15 @@ def _unknown_key(key: str, valid: list[str], where: str) -> M3Error:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (dataclasses recurse)."""
+    """Check ``value`` against the annotation ``tp`` (dataclasses recurse, ``Annotated`` ranges apply)."""
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *meta = typing.get_args(tp)
+        value = _coerce(value, base, where)
+        for bound in meta:
+            if isinstance(bound, Range):
+                bound.check(value, where)
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise M3Error(f"{where}: expected a mapping, got {value!r}")
@@ -85,26 +207,35 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise M3Error(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        _, arg = typing.get_args(tp) or (str, Any)
+        return {k: _coerce(v, arg, f"{where}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp is float and isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
-        return float(value)  # YAML 1.1 (PyYAML) reads 6e-4 (no dot) as a string
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
-        raise M3Error(f"{where}: expected {tp.__name__}, got {value!r}")
+        quoted = " (a quoted number is a string: remove the quotes)" if tp in (int, float) and _numeric(value) else ""
+        raise M3Error(f"{where}: expected {tp.__name__}, got {value!r}{quoted}")
     return value
+
+
+def _numeric(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(value, str)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and bad types raise :class:`M3Error`."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
             raise _unknown_key(str(key), list(fields), where)
         factory = fields[key].default_factory
-        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and factory is not dataclasses.MISSING:
+        nested = dataclasses.is_dataclass(_bare(hints[key])) and isinstance(value, dict)
+        if nested and factory is not dataclasses.MISSING:
             value = _merged(dataclasses.asdict(factory()), value)  # a partial section keeps the other defaults
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     required = [
@@ -115,6 +246,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     if required:
         raise M3Error(f"{where}: required key '{required[0]}' missing; add it (e.g. `{required[0]}: ...`)")
     return cls(**kwargs)
+
+
+def _bare(tp: Any) -> Any:
+    """``tp`` without ``Annotated`` metadata."""
+    return typing.get_args(tp)[0] if typing.get_origin(tp) is Annotated else tp
 
 
 def section_of(params: dict[str, Any], section: str, where: str) -> dict[str, Any]:
@@ -177,7 +313,10 @@ def field_help(cls: type) -> dict[str, str]:
 
 
 def merge_conf(default: dict[str, Any], user: dict[str, Any] | None, where: str) -> dict[str, Any]:
-    """hloc-style conf merge: ``user`` overrides ``default``; keys absent from ``default`` raise."""
+    """hloc-style conf merge: ``user`` overrides ``default``; keys absent from ``default`` raise, and
+    so does a value of another type than a (non-null) default's (an int for a float default is fine)."""
+    if user is not None and not isinstance(user, dict):
+        raise M3Error(f"{where}: expected a mapping of settings, got {user!r}")
     merged = dict(default)
     for key, value in (user or {}).items():
         if key not in default:
@@ -185,8 +324,23 @@ def merge_conf(default: dict[str, Any], user: dict[str, Any] | None, where: str)
         if isinstance(default[key], dict) and isinstance(value, dict):
             merged[key] = merge_conf(default[key], value, f"{where}.{key}")
         else:
-            merged[key] = value
+            merged[key] = _like(value, default[key], f"{where}.{key}")
     return merged
+
+
+def _like(value: Any, default: Any, where: str) -> Any:
+    """``value`` checked against the type of ``default`` (no check when either is null)."""
+    if value is None or default is None:
+        return value
+    want = type(default)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want in (list, tuple) and isinstance(value, (list, tuple)):
+        return value
+    if isinstance(value, bool) != (want is bool) or not isinstance(value, want):
+        quoted = " (a quoted number is a string: remove the quotes)" if want in (int, float) and _numeric(value) else ""
+        raise M3Error(f"{where}: expected {want.__name__} like the default {default!r}, got {value!r}{quoted}")
+    return value
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -3,34 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+from pipeline.core.config import Checked, Count, Fraction, Natural, NonNegative, Range
 
 CameraModel = Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"]
 
 
 @dataclass(frozen=True)
-class FramesConfig:
+class FramesConfig(Checked):
     """``params.yaml: frames``: which frames of the input video or photo set are kept."""
 
-    max_side: int = 1024
+    max_side: Annotated[int, Range(16)] = 1024
     """Downscale frames so that their longer side is at most this (pixels; never upscaled)."""
-    target_count: int = 60
+    target_count: Count = 60
     """Keep at most this many frames, evenly spread over the input."""
-    blur_ratio: float = 0.35
+    blur_ratio: NonNegative = 0.35
     """Drop frames whose sharpness (variance of the Laplacian) is below this x the median."""
-    blur_window: int = 0
+    blur_window: Natural = 0
     """Median over all candidates (0) or over this many neighbouring ones (long videos)."""
-    dedup_threshold: float = 0.02
+    dedup_threshold: Fraction = 0.02
     """Videos: drop a frame whose 32x32 thumbnail differs from the last kept one by less (mean abs, 0..1).
     Photo sets lose only exact duplicates (identical pixels)."""
-    video_candidates: int = 300
+    video_candidates: Count = 300
     """Sample a video at most this many times (evenly) before filtering."""
-    min_frames: int = 3
+    min_frames: Count = 3
     """Fewer usable frames than this is an error."""
 
 
 @dataclass(frozen=True)
-class PosesConfig:
+class PosesConfig(Checked):
     """``params.yaml: poses``: structure from motion, or an import of known cameras."""
 
     source: Literal["sfm", "colmap", "transforms"] = "sfm"
@@ -41,23 +43,23 @@ class PosesConfig:
     """With colmap: the images folder of the model (default: images/ next to it)."""
     matcher: Literal["auto", "sequential", "exhaustive"] = "auto"
     """auto (sequential for videos, exhaustive for photo sets up to exhaustive_max) | sequential | exhaustive."""
-    exhaustive_max: int = 100
+    exhaustive_max: Count = 100
     """With matcher auto: photo sets up to this many images are matched exhaustively."""
-    sequential_overlap: int = 10
+    sequential_overlap: Count = 10
     """Sequential matching: each frame is matched with this many following frames."""
     camera_model: CameraModel = "SIMPLE_RADIAL"
     """COLMAP camera model to estimate (undistorted to PINHOLE afterwards)."""
     single_camera: bool = field(default=True, metadata={"off": "camera-per-image"})
     """All frames share one camera (a video, one phone); false: one camera per image."""
-    max_num_features: int = 8192
+    max_num_features: Count = 8192
     """Most SIFT features kept per image."""
-    min_registered: int = 3
+    min_registered: Annotated[int, Range(2)] = 3
     """Fewer registered views than this is an error."""
-    mapper_attempts: int = 3
+    mapper_attempts: Count = 3
     """Mapper runs with relaxed initialisation while the largest model stays small (1: no retry)."""
-    retry_below: float = 0.5
+    retry_below: Fraction = 0.5
     """Retry the mapper while its largest model registers fewer than this fraction of the frames."""
-    num_threads: int = -1
+    num_threads: Annotated[int, Range(-1)] = -1
     """CPU threads for pycolmap (-1: all cores)."""
-    seed: int = 0
+    seed: Natural = 0
     """RANSAC and mapper seed (same seed and threads, same model)."""

@@ -34,20 +34,90 @@ def test_load_config_overrides_and_checks(tmp_path: Path) -> None:
         load_config(BankConfig, "bank.siglip", params)
     with pytest.raises(M3Error, match=r"bank.clip \(with options --refine\).refine: expected int, got 'x'"):
         load_config(BankConfig, "bank.clip", params, {"refine": "x"})
-    with pytest.raises(M3Error, match="bank.threshold: 2.0 is not a cosine"):
+    with pytest.raises(
+        M3Error, match=r"bank.clip \(with options --threshold\).threshold: 2.0 is out of range; use >= -1"
+    ):
         load_config(BankConfig, "bank.clip", params, {"threshold": 2.0})
 
 
-def test_exponent_floats_without_dot_are_floats(tmp_path: Path) -> None:
-    """PyYAML reads `6e-4` as a string (YAML 1.1); float params still accept it, other strings not."""
+def test_exponent_floats_without_dot_are_floats_and_quoted_numbers_strings(tmp_path: Path) -> None:
+    """`6e-4` is a float as YAML 1.2 and DVC read it (PyYAML alone reads a string); a quoted
+    `"4e-4"` is a string, an error for a number, saying so."""
     params = tmp_path / "params.yaml"
-    params.write_text("train:\n  cpu: {grad_threshold: 6e-4, lr_means: 1.6E-4}\n")
+    params.write_text("train:\n  cpu: {grad_threshold: 6e-4, lr_means: 1.6E-4, lr_scales: 5e+1}\n")
     cfg = load_config(TrainConfig, "train", params)
-    assert cfg.cpu.grad_threshold == 6e-4 and cfg.cpu.lr_means == 1.6e-4
+    assert cfg.cpu.grad_threshold == 6e-4 and cfg.cpu.lr_means == 1.6e-4 and cfg.cpu.lr_scales == 50.0
     assert cfg.cpu.iterations == cpu_schedule().iterations  # a partial schedule keeps its other defaults
     params.write_text("train:\n  cpu: {grad_threshold: small}\n")
-    with pytest.raises(M3Error, match="grad_threshold: expected float, got 'small'"):
+    with pytest.raises(M3Error, match="grad_threshold: expected float, got 'small'$"):
         load_config(TrainConfig, "train", params)
+    params.write_text('train:\n  cpu: {lr_means: "4e-4"}\n')
+    with pytest.raises(M3Error, match=r"lr_means: expected float, got '4e-4' \(a quoted number is a string"):
+        load_config(TrainConfig, "train", params)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("train:\n  cpu: {iterations: 0}\n", r"train.cpu.iterations: 0 is out of range; use >= 1"),
+        ("train:\n  cpu: {iterations: -5}\n", r"train.cpu.iterations: -5 is out of range; use >= 1"),
+        ("train:\n  cpu: {lr_means: .nan}\n", r"train.cpu.lr_means: nan is out of range; use > 0"),
+        ("train:\n  cpu: {init_opacity: 1.0}\n", r"train.cpu.init_opacity: 1.0 is out of range; use > 0 and < 1"),
+        ("train:\n  ssim_weight: 1.5\n", r"train.ssim_weight: 1.5 is out of range; use >= 0 and <= 1"),
+        ("train:\n  query_dims: {clip: 0}\n", r"train.query_dims.clip: 0 is out of range; use >= 1"),
+        ("trian:\n  seed: 1\n", r"top-level section: unknown key 'trian'; did you mean 'train'\?"),
+        ("scenes: ['x; touch /tmp/INJECTED #']\n", r"scene name 'x; touch /tmp/INJECTED #' is not allowed"),
+        ("scenes: [my scene]\n", r"'my scene' is not allowed \(it becomes a folder .*\); use letters, digits"),
+        ("scenes: [..]\n", r"scene name '..' is not allowed"),
+        ("models: clip\n", r"models must be a list of names, got 'clip'"),
+    ],
+)
+def test_values_out_of_range_and_unknown_sections_are_refused(tmp_path: Path, text: str, error: str) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    with pytest.raises(M3Error, match=error):
+        load_config(TrainConfig, "train", params)
+
+
+def test_configs_built_in_code_are_checked_too() -> None:
+    with pytest.raises(M3Error, match=r"Schedule.iterations: 0 is out of range; use >= 1"):
+        TrainConfig().with_schedule("cpu", iterations=0)
+    with pytest.raises(M3Error, match=r"BankConfig.threshold: 1.5 is out of range"):
+        BankConfig(threshold=1.5)
+
+
+def test_misspelled_model_names_say_which_one_was_meant(tmp_path: Path) -> None:
+    from pipeline.features.models import listed_models, resolve_conf
+
+    params = tmp_path / "params.yaml"
+    for text, error in (
+        ("models: [clipp]\n", r"params.yaml: models: unknown model 'clipp'; did you mean 'clip'\?"),
+        (
+            "models: [clip]\nbank: {clipp: {threshold: 0.8}}\n",
+            r"bank.clipp: unknown model 'clipp'; did you mean 'clip'",
+        ),
+        ("models: [clip]\nfeatures: {dinov: {}}\n", r"features.dinov: unknown model 'dinov'; did you mean 'dinov2'"),
+        (
+            "models: [clip]\ntrain: {query_dims: {sigclip: 8}}\n",
+            r"query_dims.sigclip: unknown model 'sigclip'; did you",
+        ),
+    ):
+        params.write_text(text)
+        with pytest.raises(M3Error, match=error):
+            listed_models(params)
+    params.write_text("models: [clip]\n")
+    assert listed_models(params) == ["clip"]
+    with pytest.raises(
+        M3Error, match=r"features.dinov2.input_size: expected int like the default 448, got '448' \(a quoted"
+    ):
+        resolve_conf("dinov2", {"input_size": "448"})
+    runner = CliRunner()
+    params.write_text("models: [clip]\nbank:\n  clipp: {threshold: 0.8}\n")
+    result = runner.invoke(app, ["bank", str(tmp_path / "demo"), "--params", str(params)])
+    assert result.exit_code == 2 and "bank.clipp: unknown model 'clipp'; did you mean 'clip'?" in result.output
+    params.write_text("models: [clip]\n")
+    result = runner.invoke(app, ["bank", str(tmp_path / "demo"), "--params", str(params)])
+    assert result.exit_code == 2 and "no bank.clip section; add one with its threshold" in result.output
 
 
 def test_m3_params_lists_values_defaults_and_help(tmp_path: Path) -> None:

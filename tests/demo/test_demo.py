@@ -109,7 +109,7 @@ def test_demo_stage_cli(tmp_path: Path) -> None:
         assert im.size == (64, 48)
     assert [p.name for p in out.iterdir()] == ["input"]  # no temp folders left
     assert [p.name for p in (out / "input" / "labels").iterdir()] == ["view_000.json"]  # views 0, 8, 16, ...
-    with pytest.raises(M3Error, match=r"out of range; use n_views >= 3"):
+    with pytest.raises(M3Error, match=r"DemoConfig.n_views: 2 is out of range; use >= 3"):
         demo_stage.run(demo_stage.DemoConfig(n_views=2), tmp_path / "x")
     params.write_text("demo:\n  n_view: 4\n")
     result = CliRunner().invoke(app, ["demo-scene", str(out), "--params", str(params)])

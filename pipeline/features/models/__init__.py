@@ -7,14 +7,16 @@ adding a file: no stage or pipeline code changes.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import pkgutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.core.config import merge_conf
+from pipeline.core.config import load_params, merge_conf, section_of
 from pipeline.core.errors import M3Error
 from pipeline.features.models.base import FeatureMap, FeatureModel
 
@@ -46,16 +48,38 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def model_class(name: str) -> type[FeatureModel]:
+def model_class(name: str, where: str = "model") -> type[FeatureModel]:
+    """The adapter registered as ``name``; :class:`M3Error` (``where``: the setting that named it)
+    with the closest registered name otherwise."""
     _load_all()
-    if name not in _REGISTRY:
-        raise M3Error(f"unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    if not isinstance(name, str) or name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise M3Error(f"{where}: unknown model '{name}'; {hint}registered models: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
+
+
+def listed_models(params: Path) -> list[str]:
+    """The ``models`` list of the params file, each a registered adapter; the names under the
+    ``features``, ``bank`` and ``train.query_dims`` sections must be registered adapters too (a
+    misspelled name is an error naming the closest one, never a setting silently left out)."""
+    data = load_params(params)
+    models = data.get("models") or []
+    if not models:
+        raise M3Error(f"{params}: no models listed under models:; add one (e.g. `models: [clip]`)")
+    for name in models:
+        model_class(name, f"{params}: models")
+    for section in ("features", "bank"):
+        for name in section_of(data, section, f"{params}: {section}"):
+            model_class(name, f"{params}: {section}.{name}")
+    for name in section_of(data, "train.query_dims", f"{params}: train.query_dims"):
+        model_class(name, f"{params}: train.query_dims.{name}")
+    return list(models)
 
 
 def resolve_conf(name: str, user: dict[str, Any] | None) -> dict[str, Any]:
     """``default_conf`` of ``name`` with the user's ``features.<name>`` section merged over it."""
-    return merge_conf(model_class(name).default_conf, user, f"params.yaml: features.{name}")
+    return merge_conf(model_class(name, "features").default_conf, user, f"params.yaml: features.{name}")
 
 
 def build_model(name: str, user_conf: dict[str, Any] | None, device: str | torch.device = "cpu") -> FeatureModel:
@@ -63,4 +87,13 @@ def build_model(name: str, user_conf: dict[str, Any] | None, device: str | torch
     return model_class(name)(resolve_conf(name, user_conf), device)
 
 
-__all__ = ["FeatureMap", "FeatureModel", "available", "build_model", "model_class", "register", "resolve_conf"]
+__all__ = [
+    "FeatureMap",
+    "FeatureModel",
+    "available",
+    "build_model",
+    "listed_models",
+    "model_class",
+    "register",
+    "resolve_conf",
+]
