@@ -110,9 +110,12 @@ def _checkout(job: SceneJob, clone: Path, node: str) -> None:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-    with Repo(str(clone)) as repo, repo.config.edit("local") as conf:
-        conf["remote"][job.remote] = dict(job.remote_conf)
-        conf["core"]["remote"] = job.remote
+    with Repo(str(clone)) as repo:
+        local = Path(repo.config.files["local"])
+        with repo.config.edit("local") as conf:
+            conf["remote"][job.remote] = dict(job.remote_conf)
+            conf["core"]["remote"] = job.remote
+        local.chmod(0o600)  # the remote's section can hold its password
 
 
 def _uncached_outputs(clone: Path, stages: list[str]) -> dict[str, bytes]:

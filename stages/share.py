@@ -16,9 +16,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import typer
 import yaml
@@ -192,19 +195,130 @@ def pull(root: Path, scene: str, stages: list[str], remote: str | None = None) -
     return {"files": transferred, "runs": len(wanted)}
 
 
+EXAMPLE_REMOTES = "/mnt/shared/m3-remote or ssh://user@host/srv/m3-remote"
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCP = re.compile(r"[^/:]+:")  # `[user@]host:path` (scp syntax), which DVC would take for a local folder
+_HTTP = ("http", "https")  # DVC's HTTP remote sends a password only with `auth` set, and never with a URL user
+
+
+def masked_url(url: str) -> str:
+    """``url`` with any password in its userinfo replaced by ``***`` (everything between the first ``:``
+    after ``scheme://`` and the last ``@``) and control characters escaped: safe to log or print on one line."""
+    start = url.find("://") + 3 if "://" in url else 0
+    at = url.rfind("@")
+    colon = url.find(":", start, at) if at >= start else -1
+    if colon >= 0:
+        url = f"{url[: colon + 1]}***{url[at:]}"
+    return "".join(c if unicodedata.category(c) != "Cc" else ascii(c)[1:-1] for c in url)
+
+
+def _bad_url(url: str, cause: str) -> M3Error:
+    return M3Error(
+        f"remote URL '{masked_url(url)}': {cause}; give a local folder or a DVC remote URL, e.g. {EXAMPLE_REMOTES}"
+    )
+
+
+def _check_folder(url: str) -> None:
+    """Refuse a local folder path that is empty or that DVC would take for a folder by mistake."""
+    if not url.strip():
+        raise _bad_url(url, "it is empty")
+    if "::" in url or "://" in url:
+        raise _bad_url(url, "it is neither a folder path nor a URL ('::' or '://' in a path)")
+    if os.name != "nt" and _SCP.match(url):
+        raise _bad_url(url, "scp-style HOST:PATH is taken by DVC for a local folder (write ./NAME for one)")
+
+
+def _url_parts(url: str, scheme: str, known: list[str]) -> SplitResult:
+    """``url`` split, once checked: a remote type DVC knows, no spaces, a host (or bucket) and a valid port."""
+    if scheme not in known:
+        raise _bad_url(url, f"'{scheme}://' is not a remote type DVC knows ({', '.join(known)})")
+    if any(c.isspace() for c in url):
+        raise _bad_url(url, "a URL cannot contain spaces (percent-encode them as %20)")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a port that is not a number in 0-65535)
+    except ValueError:  # its message may quote part of a password: not shown
+        parts = None
+    if parts is None or ("@" not in parts.netloc and ":" in parts.netloc and "@" in parts.path):
+        raise _bad_url(url, "its host[:port] does not parse (percent-encode '/', ':', '@' in a user or password)")
+    if not parts.hostname:
+        raise _bad_url(url, f"no host or bucket after '{scheme}://'")
+    return parts
+
+
+def remote_section(name: str, url: str, keyfile: str | None = None) -> dict[str, Any]:
+    """The ``.dvc/config.local`` section of remote ``name`` at ``url`` (a local folder, or a URL of a remote
+    type DVC knows, with a host or bucket): checksums verified on pull, and a password in the URL moved to the
+    remote's ``password`` option. Raises :class:`M3Error` (the URL shown with its password masked) otherwise."""
+    from dvc.config_schema import REMOTE_SCHEMAS
+
+    if any(unicodedata.category(c) == "Cc" for c in url):
+        raise _bad_url(url, "it contains control characters")
+    match = _SCHEME.match(url)
+    scheme = match.group(1).lower() if match else ""
+    section: dict[str, Any] = {"url": url}
+    if not match:
+        _check_folder(url)
+    elif (parts := _url_parts(url, scheme, sorted(s for s in REMOTE_SCHEMAS if s))).password is not None:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        if parts.password and "password" not in REMOTE_SCHEMAS[scheme]:
+            raise M3Error(
+                f"remote URL '{masked_url(url)}': DVC keeps no password for {scheme}:// remotes, and m3 does not "
+                f"write one into .dvc/config.local's URL; remove it from the URL and set this remote's credentials "
+                f"with `dvc remote modify --local {name} OPTION VALUE` (see `dvc remote modify --help`)"
+            )
+        if scheme in _HTTP and parts.password:
+            netloc = host
+            section |= {"auth": "basic", "user": unquote(user)}
+        else:
+            netloc = f"{user}@{host}" if user else host
+        start = match.end()
+        section["url"] = url[:start] + netloc + url[start + len(parts.netloc) :]
+        if parts.password:
+            section["password"] = unquote(parts.password)
+    if "verify" in REMOTE_SCHEMAS[scheme]:  # hdfs has no such option
+        section["verify"] = True
+    if keyfile:
+        if scheme != "ssh":
+            raise M3Error(
+                f"--keyfile {keyfile}: a key file is for ssh:// remotes, not '{masked_url(url)}'; "
+                "drop --keyfile or give an ssh://user@host/path URL"
+            )
+        section["keyfile"] = os.path.expanduser(keyfile)
+    return section
+
+
+def _private(path: Path) -> None:
+    """Create ``path`` if need be and make it readable by its owner only (0600)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    path.chmod(0o600)
+
+
 def add_remote(root: Path, name: str, url: str, keyfile: str | None = None, default: bool = True) -> None:
-    """Add (or replace) a remote in ``.dvc/config.local`` (machine-specific, not committed)."""
+    """Add (or replace) a remote in ``.dvc/config.local`` (machine-specific, not committed; mode 0600).
+
+    ``url`` is checked first (:func:`remote_section`); a password in it is stored as the remote's
+    ``password`` option, never in the URL, and never logged.
+    """
     from dvc.repo import Repo
 
+    section = remote_section(name, url, keyfile)
     with contextlib.chdir(root), Repo(".") as repo:
+        config_local = Path(repo.config.files["local"])
+        _private(config_local)  # before DVC writes credentials into it
         with repo.config.edit("local") as conf:
-            section = {"url": url, "verify": True}
-            if keyfile:
-                section["keyfile"] = os.path.expanduser(keyfile)
             conf["remote"][name] = section
             if default:
                 conf["core"]["remote"] = name
-    log.info("remote '%s' -> %s (in .dvc/config.local%s)", name, url, ", default" if default else "")
+        _private(config_local)  # DVC rewrites the file: keep it 0600 whatever it did
+    log.info(
+        "remote '%s' -> %s (in .dvc/config.local%s%s)",
+        name,
+        masked_url(url),
+        ", its password as the remote's password option" if "password" in section else "",
+        ", default" if default else "",
+    )
 
 
 cli = typer.Typer(
@@ -242,10 +356,16 @@ def pull_cli(scene: str = SCENE, stages: str = STAGES, remote: str | None = REMO
 @reports_errors
 def remote_cli(
     name: str = typer.Argument(..., help="remote name"),
-    url: str = typer.Argument(..., help="a local folder, or ssh://user@host[:port]/path"),
+    url: str = typer.Argument(
+        ..., help="a local folder, or a DVC remote URL: ssh://user@host[:port]/path, s3://bucket/path, https://..."
+    ),
     keyfile: str | None = typer.Option(None, "--keyfile", help="SSH private key for ssh:// remotes"),
     default: bool = typer.Option(True, "--default/--no-default", help="make it the default remote"),
     root: Path = ROOT,
 ) -> None:
-    """Add a remote to .dvc/config.local (machine-specific; checksums verified on pull)."""
+    """Add a remote to .dvc/config.local (machine-specific, mode 0600; checksums verified on pull).
+
+    A password in the URL is stored as the remote's password option, not in the URL; for remotes
+    without one (s3, gs, azure, ...) set credentials with `dvc remote modify --local NAME ...`.
+    """
     add_remote(root, name, url, keyfile, default)

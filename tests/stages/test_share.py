@@ -165,3 +165,141 @@ def test_ssh_remote_round_trip(shared: dict[str, Path], tmp_path: Path) -> None:
     finally:
         server.process.terminate()
         server.process.wait(timeout=10)
+
+
+# --- `m3 share remote`: URL checks and credentials (fast: config only, no network) ---
+
+
+@pytest.fixture
+def dvc_repo(tmp_path: Path) -> Path:
+    """A fresh DVC repository (no git) with no remote."""
+    from dvc.repo import Repo
+
+    root = tmp_path / "project"
+    root.mkdir()
+    Repo.init(str(root), no_scm=True).close()
+    return root
+
+
+def _local_config(root: Path) -> Path:
+    return root / ".dvc" / "config.local"
+
+
+def _remote_conf(root: Path, name: str = "lab") -> dict[str, object]:
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return dict(repo.config["remote"][name])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not a url at all ::",
+        "",
+        "ssh://",
+        "foo://bar/x",
+        "ssh://user@/srv/m3",  # no host
+        "ssh://host:notaport/srv/m3",
+        "me@nas:/srv/m3",  # scp syntax: DVC would take it as a local folder
+        "/mnt/shared/m3\nremote",
+        "foo://alice:secret@bar/x",  # refused, and the password is not echoed
+        "https://alice:secret/secret@host/store",  # an unencoded '/' in a password
+        "https://alice:123/secret@host/store",
+    ],
+)
+def test_add_remote_refuses_malformed_url(dvc_repo: Path, url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.core.errors import M3Error
+    from stages.share import add_remote
+
+    with pytest.raises(M3Error) as err:
+        add_remote(dvc_repo, "lab", url)
+    message = str(err.value)
+    assert "\n" not in message and "ssh://" in message, message  # one line, with an example of a valid URL
+    assert "secret" not in message + "".join(capsys.readouterr()), message
+    assert "lab" not in (_local_config(dvc_repo).read_text() if _local_config(dvc_repo).exists() else "")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ABSOLUTE", "relative/store", "ssh://user@host:22/path", "s3://bucket/path", "hdfs://user@namenode:8020/path"],
+)
+def test_add_remote_accepts_good_urls(dvc_repo: Path, url: str) -> None:
+    from stages.share import add_remote
+
+    if url == "ABSOLUTE":
+        url = str(dvc_repo.parent / "remote")
+    add_remote(dvc_repo, "lab", url)
+    conf = _remote_conf(dvc_repo)
+    if "://" in url:
+        assert conf["url"] == url
+    else:  # DVC keeps local folders relative to the config file and resolves them on load
+        assert Path(str(conf["url"])) == (dvc_repo / url).resolve()
+    assert oct(_local_config(dvc_repo).stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_add_remote_ssh_keyfile(dvc_repo: Path) -> None:
+    from pipeline.core.errors import M3Error
+    from stages.share import add_remote
+
+    with pytest.raises(M3Error, match="--keyfile"):
+        add_remote(dvc_repo, "lab", "s3://bucket/path", keyfile="~/.ssh/id_ed25519")
+    add_remote(dvc_repo, "lab", "ssh://me@nas/srv/m3", keyfile="~/.ssh/id_ed25519")
+    conf = _remote_conf(dvc_repo)
+    assert conf["keyfile"] == str(Path("~/.ssh/id_ed25519").expanduser()) and conf["verify"] is True
+    assert oct(_local_config(dvc_repo).stat().st_mode & 0o777) == oct(0o600)
+
+
+@pytest.mark.parametrize(
+    ("url", "stored", "options"),
+    [
+        (
+            "https://alice:secret@example.com/store",
+            "https://example.com/store",  # aiohttp ignores DVC's auth when the URL carries a user
+            {"user": "alice", "password": "secret", "auth": "basic"},
+        ),
+        ("ssh://bob:secret%40x@nas:2222/srv/m3", "ssh://bob@nas:2222/srv/m3", {"password": "secret@x"}),
+        ("webdavs://carol:secret@dav.example.com/m3", "webdavs://carol@dav.example.com/m3", {"password": "secret"}),
+    ],
+)
+def test_add_remote_moves_password_out_of_url(
+    dvc_repo: Path,
+    url: str,
+    stored: str,
+    options: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from stages.share import add_remote
+
+    config_local = _local_config(dvc_repo)
+    config_local.write_text("[core]\n    autostage = false\n")  # an existing, world-readable config.local
+    config_local.chmod(0o644)
+    with caplog.at_level("DEBUG"):
+        add_remote(dvc_repo, "lab", url)
+    assert oct(config_local.stat().st_mode & 0o777) == oct(0o600)
+    conf = _remote_conf(dvc_repo)
+    assert conf["url"] == stored and "secret" not in str(conf["url"])
+    assert {key: conf[key] for key in options} == options
+    assert "secret" not in caplog.text + "".join(capsys.readouterr())
+    assert ":***@" in caplog.text, caplog.text
+
+
+def test_add_remote_refuses_password_where_dvc_keeps_none(dvc_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.core.errors import M3Error
+    from stages.share import add_remote
+
+    with pytest.raises(M3Error, match="dvc remote modify --local lab") as err:
+        add_remote(dvc_repo, "lab", "s3://AKIAKEY:secret@bucket/path")
+    assert "secret" not in str(err.value) + "".join(capsys.readouterr())
+    assert not _local_config(dvc_repo).exists() or "secret" not in _local_config(dvc_repo).read_text()
+
+
+def test_share_remote_cli_reports_bad_url(dvc_repo: Path) -> None:
+    from typer.testing import CliRunner
+
+    from stages.share import cli
+
+    result = CliRunner().invoke(cli, ["remote", "lab", "not a url at all ::", "--root", str(dvc_repo)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
