@@ -2,8 +2,8 @@
 
 Reads ``params.yaml: view`` (the query settings plus ``host`` and ``port``). Not a DVC stage.
 Starts a local web server (viser; the page renders the Gaussian splats itself, so no GPU is
-needed here) at ``http://127.0.0.1:8080`` by default and serves until Ctrl-C. See
-:mod:`pipeline.view.viewer` for what the page shows.
+needed here) at ``http://127.0.0.1:8080`` by default and serves until Ctrl-C; pages of other sites
+get HTTP 403. See :mod:`pipeline.view.viewer` for what the page shows.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def start(config: ViewConfig, scene: Scene) -> Viewer:
         viewer = Viewer(session, load_views(scene), config.host, config.port)
     except OSError as exc:
         raise M3Error(f"view: cannot serve on {config.host}:{config.port} ({exc}); pick another --port") from None
-    log.info("m3 view %s: http://%s:%d (Ctrl-C to stop)", scene.name, config.host, config.port)
+    log.info("m3 view %s: %s (Ctrl-C to stop)", scene.name, viewer.url)
     return viewer
 
 
@@ -57,6 +57,7 @@ def cli(options: Options[ViewConfig], scene: str = SCENE, params: Path = PARAMS)
     """Open the trained memory in the browser: Gaussian splats, a query box that recolours them by
     relevance and draws the answer's 3D box, RGB / feature PCA colours, the scene's cameras.
 
-    Binds 127.0.0.1:8080 unless --host/--port say otherwise; Ctrl-C stops it.
+    Binds 127.0.0.1:8080 unless --host/--port say otherwise (--host 0.0.0.0 shows the scene to everyone
+    on the network); only the viewer's own page may connect. Ctrl-C stops it.
     """
     run(options.load("view", params), Scene.resolve(scene))

@@ -18,6 +18,7 @@ from pipeline.core.errors import M3Error
 log = logging.getLogger(__name__)
 
 INSTALL = 'pip install -c constraints.txt -e ".[ray]"'
+AUTH_MODE = "RAY_AUTH_MODE"
 
 
 def import_ray() -> ModuleType:
@@ -38,8 +39,9 @@ def ray_session(config: ClusterConfig) -> Iterator[ModuleType]:
 
     Already connected (a caller or a test holds a session): that session is used and left open.
     ``config.address`` null starts a private Ray on this machine (``local_cpus`` CPUs, a small
-    object store, no dashboard), unless ``RAY_ADDRESS`` is set (a cluster task's own stages join the
-    cluster they run in); ``auto`` or ``host:port`` joins a running cluster.
+    object store, no dashboard, token authentication: :func:`token_auth`), unless ``RAY_ADDRESS`` is
+    set (a cluster task's own stages join the cluster they run in); ``auto`` or ``host:port`` joins a
+    running cluster.
     """
     ray = import_ray()
     if ray.is_initialized():
@@ -56,19 +58,59 @@ def ray_session(config: ClusterConfig) -> Iterator[ModuleType]:
             include_dashboard=False,
         )
     where = kwargs.get("address") or os.environ["RAY_ADDRESS"]
+    with token_auth() if where == "local" else contextlib.nullcontext():
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise M3Error(
+                f"cluster.address: cannot connect to Ray at {where} ({first}); start the cluster "
+                "(`ray start --head` on the head node) or set cluster.address: null for a private Ray"
+            ) from exc
+        log.info("Ray: %s, %d node(s), %s", where, alive_nodes(ray), ray.cluster_resources())
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def token_auth() -> Iterator[None]:
+    """``RAY_AUTH_MODE=token`` for the block (the previous value after it): a private Ray started in it
+    then refuses every client without the token (Ray's own file ``~/.ray/auth_token``, made if missing,
+    or ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``).
+
+    Ray 2.60 binds its gRPC servers (GCS, raylet, object manager, every worker) to all interfaces and
+    rewrites a loopback ``_node_ip_address`` to this machine's address, so it cannot be kept off the
+    network; the token is what keeps other hosts out. Ray turns it on by default only while
+    ``RAY_AUTH_MODE`` is unset; a private Ray has no other clients, so an opt-out meant for an old
+    cluster (``RAY_AUTH_MODE=disabled``) does not apply to it. Its processes inherit the variable.
+    """
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    previous = os.environ.get(AUTH_MODE)
+    set_auth_mode("token")
+    if get_authentication_mode() != AuthenticationMode.TOKEN:
+        raise RuntimeError(f"Ray ignored {AUTH_MODE}=token: its internals changed; fix token_auth() for this Ray")
     try:
-        ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise M3Error(
-            f"cluster.address: cannot connect to Ray at {where} ({first}); start the cluster "
-            "(`ray start --head` on the head node) or set cluster.address: null for a private Ray"
-        ) from exc
-    log.info("Ray: %s, %d node(s), %s", where, alive_nodes(ray), ray.cluster_resources())
-    try:
-        yield ray
+        yield
     finally:
-        ray.shutdown()
+        set_auth_mode(previous)
+
+
+def set_auth_mode(mode: str | None) -> None:
+    """``RAY_AUTH_MODE`` (None: unset) for this process and the Ray processes it starts from now on.
+
+    Ray reads its config (the auth mode included) once per process, so it is refreshed here as Ray's own
+    ``_enable_token_auth`` does (``ray._raylet.Config.initialize("")``; Ray is pinned).
+    """
+    from ray._raylet import Config
+
+    if mode is None:
+        os.environ.pop(AUTH_MODE, None)
+    else:
+        os.environ[AUTH_MODE] = mode
+    Config.initialize("")
 
 
 def alive_nodes(ray: ModuleType) -> int:

@@ -13,13 +13,20 @@ machine running ``m3 view`` needs no GPU. The page shows:
 * the scene's cameras: a **Camera** list (pick one to look through it) and clickable frustums.
 
 New browser tabs start at the first camera.
+
+Only the viewer's own page may talk to it: a request whose ``Origin`` is another site (a page in
+the same browser) gets HTTP 403 (:func:`origin_allowed`, :func:`refuse_other_origins`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import http
+import ipaddress
 import logging
 import threading
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -77,6 +84,92 @@ def vertical_fov(view: View) -> float:
     return float(2 * np.arctan(view.height / 2 / np.asarray(view.K)[1, 1]))
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def origin_allowed(origin: str | None, host_header: str | None, bind: str, port: int) -> bool:
+    """Whether a request with these ``Origin`` and ``Host`` headers may reach a viewer serving on
+    ``bind``:``port``, i.e. comes from the viewer's own page (or from no page at all).
+
+    * no ``Origin`` (a client that is not a browser page): yes;
+    * bound to loopback: an origin on a loopback name or address (``localhost``, ``127.0.0.1``,
+      ``[::1]``) with the viewer's port, or the same origin as the request's ``Host`` (the page
+      behind ``ssh -L 9000:localhost:8080``); never another name, so a DNS-rebinding site is out;
+    * bound to another address: ``http://<bind>:<port>``, or the same origin as the request's
+      ``Host`` with the viewer's port (``--host 0.0.0.0`` browsed as ``http://<machine>:<port>``).
+    """
+    if origin is None:
+        return True
+    try:
+        parts = urlsplit(origin)
+        origin_port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return False
+    name = parts.hostname
+    if parts.scheme not in ("http", "https") or not name or parts.path or parts.query or parts.username:
+        return False
+    same = host_header is not None and parts.netloc.lower() == host_header.strip().lower()
+    if is_loopback(bind):
+        return is_loopback(name) and (origin_port == port or same)
+    return origin_port == port and (name == bind.strip("[]").lower() or same)
+
+
+def refuse_other_origins(server: Any, bind: str, port: int) -> None:
+    """Make the running viser ``server`` answer HTTP 403 to every request (the page's files and the
+    websocket) that :func:`origin_allowed` refuses, before it reaches viser.
+
+    viser 1.1.1 (pinned) has no option for it, and binds in its constructor with its own
+    ``process_request`` (page files). Its websockets ``Server`` is the local ``serve_future`` of
+    viser's ``start_server`` task; its ``process_request`` is read per connection, so wrapping it
+    there guards every later connection. Done in viser's event loop, which then also drops the
+    connections accepted before (no page of ours can have one yet: the scene is drawn after this).
+    Raises ``RuntimeError`` if viser's internals are not what this expects.
+    """
+    import viser
+    from websockets.asyncio.server import Server
+
+    loop = server._websock_server._background_event_loop
+    refused: set[str | None] = set()
+
+    async def install() -> None:
+        found = [
+            frame.f_locals.get("serve_future")
+            for task in asyncio.all_tasks(loop)
+            if (frame := getattr(task.get_coro(), "cr_frame", None)) is not None
+            and frame.f_code.co_name == "start_server"
+        ]
+        if len(found) != 1 or not isinstance(found[0], Server):
+            raise RuntimeError(
+                f"view: found no websockets server in viser {viser.__version__} to guard: its internals "
+                "changed; update pipeline.view.viewer.refuse_other_origins for it"
+            )
+        ws = found[0]
+        inner = ws.process_request
+
+        def process_request(connection: Any, request: Any) -> Any:
+            origins, hosts = request.headers.get_all("Origin"), request.headers.get_all("Host")
+            origin, host = next(iter(origins), None), next(iter(hosts), None)
+            if len(origins) <= 1 and len(hosts) <= 1 and origin_allowed(origin, host, bind, port):
+                return inner(connection, request) if inner is not None else None
+            if origin not in refused:
+                refused.add(origin)
+                log.warning("view: refused a request from the page %s (not this viewer's page)", origin)
+            return connection.respond(http.HTTPStatus.FORBIDDEN, "Forbidden: not this viewer's page\n")
+
+        ws.process_request = process_request
+        for connection in list(ws.handlers):  # accepted before: not guarded
+            connection.transport.abort()
+
+    asyncio.run_coroutine_threadsafe(install(), loop).result(timeout=30)
+
+
 class Viewer:
     """The viser server of one :class:`QuerySession` (see the module docstring)."""
 
@@ -90,6 +183,14 @@ class Viewer:
         memory = session.memory
         self.lock = threading.Lock()
         self.server = viser.ViserServer(host=host, port=port, label="m3", verbose=False)
+        self.host, self.port = host, self.server.get_port()  # viser takes the next free port if need be
+        try:
+            refuse_other_origins(self.server, host, self.port)
+        except BaseException:
+            self.server.stop()
+            raise
+        if not is_loopback(host):
+            log.warning("view: --host %s shows the scene to everyone on the network; 127.0.0.1 keeps it private", host)
         self.server.scene.set_up_direction(tuple(up_direction(views)))
         means = memory.means.detach().float().cpu().numpy()
         self.splat_args = {
@@ -180,6 +281,12 @@ class Viewer:
             client.camera.fov = vertical_fov(view)
             client.camera.wxyz = tf.SO3.from_matrix(np.asarray(view.w2c)[:3, :3].T).wxyz
             client.camera.position = view.center
+
+    @property
+    def url(self) -> str:
+        """The page's address."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def close(self) -> None:
         """Stop the web server."""

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +18,16 @@ import torch
 from PIL import Image
 
 from pipeline.core.scene import View, load_views
-from pipeline.view.viewer import covariances, feature_pca_colors, up_direction, vertical_fov
+from pipeline.view.viewer import (
+    Viewer,
+    covariances,
+    feature_pca_colors,
+    is_loopback,
+    origin_allowed,
+    refuse_other_origins,
+    up_direction,
+    vertical_fov,
+)
 from tests.helpers.paths import REPO
 
 W, H = 640, 480  # the browser viewport: the planted scene's 4:3 aspect
@@ -58,6 +68,125 @@ def test_feature_pca_colors_follow_the_features() -> None:
     # the first component (red) separates the two groups; the others stretch the small noise
     assert abs(colors[:50, 0].mean() - colors[50:, 0].mean()) > 0.8
     assert colors[:50, 0].std() < 0.1 and colors[50:, 0].std() < 0.1
+
+
+def test_origin_allowed_is_the_viewers_own_page_only() -> None:
+    loop, port = "127.0.0.1", 8080
+    assert origin_allowed(None, "127.0.0.1:8080", loop, port)  # not a browser page
+    for origin in ("http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080"):
+        assert origin_allowed(origin, "127.0.0.1:8080", loop, port), origin
+    assert origin_allowed("http://localhost:9000", "localhost:9000", loop, port)  # ssh -L 9000:localhost:8080
+    for origin, host in [
+        ("http://evil.example", "127.0.0.1:8080"),
+        ("http://evil.example:8080", "evil.example:8080"),  # DNS rebinding: a foreign name on our address
+        ("http://localhost:3000", "localhost:8080"),  # another local site
+        ("null", "127.0.0.1:8080"),
+        ("file://", "127.0.0.1:8080"),
+        ("http://127.0.0.1:8080/x", "127.0.0.1:8080"),
+        ("http://127.0.0.1:99999", "127.0.0.1:8080"),
+    ]:
+        assert not origin_allowed(origin, host, loop, port), origin
+    # every interface: the page's own origin as the browser names it, on our port
+    assert origin_allowed("http://lab-pc:8080", "lab-pc:8080", "0.0.0.0", port)
+    assert origin_allowed("http://10.0.0.5:8080", "10.0.0.5:8080", "0.0.0.0", port)
+    assert origin_allowed("http://10.0.0.5:8080", "lab-pc:8080", "10.0.0.5", port)  # the bound address itself
+    assert not origin_allowed("http://evil.example", "lab-pc:8080", "0.0.0.0", port)
+    assert not origin_allowed("http://lab-pc:9000", "lab-pc:9000", "0.0.0.0", port)
+    assert [is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2")] == [True] * 5
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "", "10.0.0.5", "lab-pc"))
+
+
+def test_the_origin_guard_fails_loudly_when_viser_changes() -> None:
+    """No websockets server where viser 1.1.1 keeps it: an error, never a viewer without the guard."""
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        server = SimpleNamespace(_websock_server=SimpleNamespace(_background_event_loop=loop))
+        with pytest.raises(RuntimeError, match="internals changed; update pipeline.view.viewer.refuse_other_origins"):
+            refuse_other_origins(server, "127.0.0.1", 8080)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def _tiny_viewer(host: str) -> Viewer:
+    """A :class:`Viewer` of 50 random Gaussians and two cameras (no trained scene), on a free port."""
+    from types import SimpleNamespace
+
+    n = 50
+    params = {
+        "means": torch.randn(n, 3),
+        "quats": torch.randn(n, 4),
+        "scales": torch.full((n, 3), -3.0),
+        "opacities": torch.zeros(n),
+        "sh0": torch.randn(n, 1, 3) * 0.3,
+    }
+    memory = SimpleNamespace(params=params, means=params["means"], opacities=torch.sigmoid(params["opacities"]))
+    memory.models, memory.heads = [], {}
+    session = SimpleNamespace(memory=memory, model="clip", scene=SimpleNamespace(root=Path("tiny")))
+    K = np.array([[100.0, 0, 64], [0, 100.0, 48], [0, 0, 1]])
+    views = []
+    for i in range(2):
+        w2c = np.eye(4)
+        w2c[:3, 3] = [0.5 * i, 0, 4]
+        views.append(View(f"view_{i}.png", Path(f"view_{i}.png"), K, w2c, 128, 96))
+    return Viewer(session, views, host, _free_port())  # type: ignore[arg-type]
+
+
+def _open(url: str, origin: str | None):
+    """A websocket to ``url`` as viser's page opens it, sending ``origin``."""
+    import viser
+    from websockets.sync.client import connect
+
+    return connect(url, origin=origin, subprotocols=[f"viser-v{viser.__version__}"], open_timeout=20)
+
+
+def test_the_viewer_refuses_other_sites_pages(caplog) -> None:
+    """A page of another site in the user's browser gets 403 (websocket and page files); the viewer's
+    own page, and clients that are not pages, get the scene."""
+    from websockets.exceptions import InvalidStatus
+
+    viewer = _tiny_viewer("127.0.0.1")
+    try:
+        ws_url, port = f"ws://127.0.0.1:{viewer.port}", viewer.port
+        assert viewer.url == f"http://127.0.0.1:{port}"
+        for origin in ("http://evil.example", f"http://evil.example:{port}", "http://localhost:3000", "null"):
+            with pytest.raises(InvalidStatus) as refused:
+                _open(ws_url, origin)
+            assert refused.value.response.status_code == 403, origin
+        assert "refused a request from the page http://evil.example" in caplog.text
+        for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}", None):
+            with _open(ws_url, origin) as ws:
+                assert ws.recv(timeout=20), origin  # viser's messages: the scene reaches this page
+        request = urllib.request.Request(viewer.url, headers={"Origin": "http://evil.example"})
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            urllib.request.urlopen(request, timeout=20)
+        with urllib.request.urlopen(viewer.url, timeout=20) as page:  # a browser's navigation: no Origin
+            assert page.status == 200 and b"<html" in page.read().lower()
+    finally:
+        viewer.close()
+    assert "network" not in caplog.text
+
+
+def test_a_viewer_on_every_interface_warns_and_takes_its_own_origin(caplog) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    viewer = _tiny_viewer("0.0.0.0")
+    try:
+        assert "view: --host 0.0.0.0 shows the scene to everyone on the network" in caplog.text
+        ws_url = f"ws://127.0.0.1:{viewer.port}"  # Host: 127.0.0.1:<port>, as the browser names the page
+        with _open(ws_url, f"http://127.0.0.1:{viewer.port}") as ws:
+            assert ws.recv(timeout=20)
+        with pytest.raises(InvalidStatus, match="403"):
+            _open(ws_url, "http://evil.example")
+    finally:
+        viewer.close()
 
 
 def _free_port() -> int:
