@@ -42,7 +42,7 @@ from pipeline.evaluate.query import load_text_model, pick_model
 from pipeline.features.store import FeatureStore
 from pipeline.features.vlm import ImageTokens
 from pipeline.splat.trained import TrainedMemory
-from stages.command import PARAMS, SCENE_HELP, Options, command
+from stages.command import PARAMS, SCENE_HELP, Options, command, resolve_scene
 from stages.query import slug
 
 log = logging.getLogger(__name__)
@@ -148,4 +148,4 @@ def cli(
 
     Prints the answer and saves it (answer.json) with the rendered view (render.png).
     """
-    run(options.load("ask", params), Scene.resolve(scene), question, view, pose, region, out)
+    run(options.load("ask", params), resolve_scene(scene), question, view, pose, region, out)

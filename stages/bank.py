@@ -33,7 +33,7 @@ from pipeline.core.errors import M3Error
 from pipeline.core.io import config_hash, provenance, write_json
 from pipeline.core.scene import Scene
 from pipeline.features.models import listed_models, model_class
-from stages.command import PARAMS, SCENE, Options, command
+from stages.command import PARAMS, SCENE, Options, command, scene_target
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +117,12 @@ def cli(
 
     Writes data/<scene>/bank/<model>.zarr and data/<scene>/bank/<model>.stats.json.
     """
-    models = list(model) if model else listed_models(params)
+    target, stage_model = scene_target(scene)
+    models = list(model) if model else [stage_model] if stage_model else listed_models(params)
     for name in models:
         model_class(name, "--model")
         if name not in section_of(load_params(params), "bank", str(params)):
             raise M3Error(f"{params}: no bank.{name} section; add one with its threshold (e.g. `bank: {{{name}: "
                           "{threshold: 0.8}}`)")  # fmt: skip
         config = options.load(f"bank.{name}", params)
-        run(config, Scene.resolve(scene), name)
+        run(config, target, name)

@@ -9,6 +9,11 @@ The function receives :class:`Options`, whose :meth:`Options.load` reads the par
 applies the given options and checks every key and type, in one place for all commands.
 
 User errors (:class:`M3Error`) become one line on stderr and exit status 2.
+
+A scene argument is a scene name (a folder under ``data/``; letters, digits, ``-``, ``_``, ``.``),
+a path to a scene folder, or the address of the DVC stage running the command: ``dvc.yaml``'s
+commands pass ``"$DVC_STAGE"`` (``frames@demo``, ``features@demo-clip``), so that no scene or
+model name from ``params.yaml`` is ever parsed by a shell (:func:`scene_target`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
+import re
 import sys
 import types
 import typing
@@ -26,15 +33,45 @@ from typing import Any, Generic, TypeVar
 
 import typer
 
-from pipeline.core.config import PARAMS_FILE, field_help, load_config
+from pipeline.core.config import PARAMS_FILE, check_scene_name, field_help, load_config
 from pipeline.core.errors import M3Error
+from pipeline.core.scene import Scene
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-SCENE_HELP = "scene name (folder under data/) or a path to a scene folder"
+SCENE_HELP = "scene name (folder under data/), a path to a scene folder, or a DVC stage address (frames@demo)"
 PARAMS = typer.Option(PARAMS_FILE, help="params file to read this stage's section from")
 SCENE = typer.Argument(..., help=SCENE_HELP)
+
+
+_STAGE_ADDRESS = re.compile(r"(?:[^@]*:)?(?P<stage>[a-z_]+)@(?P<item>.*)")
+"""``[<dvc.yaml path>:]<stage>@<item>``: DVC's address of a foreach/matrix stage (``$DVC_STAGE``)."""
+
+
+def scene_target(value: str) -> tuple[Scene, str | None]:
+    """The scene (and, for a ``features``/``bank`` stage address, the model) that a scene argument names.
+
+    Under DVC (``value`` is ``$DVC_STAGE``): ``features@demo-clip`` -> ``(data/demo, "clip")`` (model
+    names hold no ``-``), ``train@demo`` -> ``(data/demo, None)``. Otherwise ``demo`` -> ``(data/demo,
+    None)``, ``path/to/scene`` -> that folder. A scene *name* that is not valid
+    (:data:`pipeline.core.config.SCENE_NAME`) is an :class:`M3Error`.
+    """
+    model = None
+    address = _STAGE_ADDRESS.fullmatch(value) if value == os.environ.get("DVC_STAGE") else None
+    if address:
+        value = address["item"]
+        if address["stage"] in ("features", "bank"):
+            value, _, model = value.rpartition("-")
+        check_scene_name(value, "scene")
+    elif len(Path(value).parts) == 1 and not Path(value).is_absolute():
+        check_scene_name(value, "scene")
+    return Scene.resolve(value), model
+
+
+def resolve_scene(value: str) -> Scene:
+    """The scene a scene argument names (:func:`scene_target`)."""
+    return scene_target(value)[0]
 
 
 def setup_logging(verbose: bool = False) -> None:

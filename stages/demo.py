@@ -18,10 +18,9 @@ import typer
 from pipeline.core.code import code_hash
 from pipeline.core.errors import M3Error
 from pipeline.core.io import provenance
-from pipeline.core.scene import Scene
 from pipeline.demo.config import DemoConfig
 from pipeline.demo.scene import make_demo_scene
-from stages.command import PARAMS, Options, command
+from stages.command import PARAMS, Options, command, resolve_scene
 
 log = logging.getLogger(__name__)
 
@@ -69,4 +68,4 @@ def cli(
 
     Writes <scene>/input/view_000.png ... and <scene>/input/ground_truth.json.
     """
-    run(options.load("demo", params), Scene.resolve(scene).root)
+    run(options.load("demo", params), resolve_scene(scene).root)

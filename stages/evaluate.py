@@ -47,7 +47,7 @@ from pipeline.evaluate.query import Encoder, build_query, load_vectors, pick_mod
 from pipeline.evaluate.session import relevance_engine, scene_path
 from pipeline.features.store import FeatureStore
 from pipeline.splat.trained import HEADS_FILE, TrainedMemory
-from stages.command import PARAMS, SCENE, Options, command
+from stages.command import PARAMS, SCENE, Options, command, resolve_scene
 
 log = logging.getLogger(__name__)
 MODEL_FILES = ("point_cloud.ply", HEADS_FILE)  # what a trained memory needs at query time
@@ -204,4 +204,4 @@ def cli(options: Options[EvaluateConfig], scene: str = SCENE, params: Path = PAR
     Writes data/<scene>/eval/metrics.json (DVC metrics), per_view.json and renders/; adds grounding
     mIoU/cIoU/precision when data/<scene>/grounding.json exists.
     """
-    run(options.load("evaluate", params), Scene.resolve(scene))
+    run(options.load("evaluate", params), resolve_scene(scene))

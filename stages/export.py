@@ -30,7 +30,7 @@ from pipeline.evaluate.export import base_colors, recolored, relevance_colors, s
 from pipeline.evaluate.query import check_query
 from pipeline.evaluate.session import QuerySession
 from pipeline.splat.gaussians import save_ply
-from stages.command import PARAMS, SCENE, Options, command
+from stages.command import PARAMS, SCENE, Options, command, resolve_scene
 from stages.query import read_vector, slug
 
 log = logging.getLogger(__name__)
@@ -92,4 +92,4 @@ def cli(
 ) -> None:
     """Export the Gaussians answering QUERY: object.ply (them alone) and relevance.ply (the scene
     coloured by relevance), both standard 3DGS PLYs, plus selection.json."""
-    run(options.load("export", params), Scene.resolve(scene), query, read_vector(vector) if vector else None, out)
+    run(options.load("export", params), resolve_scene(scene), query, read_vector(vector) if vector else None, out)

@@ -37,7 +37,7 @@ from pipeline.core.scene import Scene, View, load_views
 from pipeline.features.extract import Extractor, LocalExtractor
 from pipeline.features.models import FeatureModel, build_model, listed_models, model_class, resolve_conf
 from pipeline.features.store import FeatureStore, matches, resume_or_create, store_bytes
-from stages.command import PARAMS, SCENE, Options, command
+from stages.command import PARAMS, SCENE, Options, command, scene_target
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,8 @@ def cli(
     Resumes an interrupted run; keeps a finished store made by the same config and inputs. The
     cluster options choose the executor (local, or a pool of Ray actors); they never change the store.
     """
-    names = [model] if model else listed_models(params)
+    target, stage_model = scene_target(scene)
+    names = [model or stage_model] if model or stage_model else listed_models(params)
     cluster = options.load("cluster", params)
     for name in names:
-        run(model_section(name, params), Scene.resolve(scene), name, device=device, cluster=cluster)
+        run(model_section(name, params), target, name, device=device, cluster=cluster)

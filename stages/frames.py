@@ -17,7 +17,7 @@ from pipeline.core.io import atomic_dir, hash_files, provenance, write_json
 from pipeline.core.scene import Scene
 from pipeline.poses.config import FramesConfig
 from pipeline.poses.frames import extract_frames, find_input
-from stages.command import PARAMS, SCENE, Options, command
+from stages.command import PARAMS, SCENE, Options, command, resolve_scene
 
 log = logging.getLogger(__name__)
 
@@ -46,4 +46,4 @@ def cli(options: Options[FramesConfig], scene: str = SCENE, params: Path = PARAM
 
     Writes data/<scene>/frames/00000.png ... and data/<scene>/frames/frames.json.
     """
-    run(options.load("frames", params), Scene.resolve(scene))
+    run(options.load("frames", params), resolve_scene(scene))

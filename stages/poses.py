@@ -25,7 +25,7 @@ from pipeline.core.scene import Scene
 from pipeline.poses.colmap_import import Imported, load_colmap, load_transforms
 from pipeline.poses.config import PosesConfig
 from pipeline.poses.sfm import choose_matcher, model_stats, run_sfm, triangulate_known, undistort
-from stages.command import PARAMS, SCENE, Options, command
+from stages.command import PARAMS, SCENE, Options, command, resolve_scene
 
 log = logging.getLogger(__name__)
 
@@ -107,4 +107,4 @@ def cli(options: Options[PosesConfig], scene: str = SCENE, params: Path = PARAMS
 
     Writes data/<scene>/colmap/ (PINHOLE model + undistorted images) and data/<scene>/poses/stats.json.
     """
-    run(options.load("poses", params), Scene.resolve(scene))
+    run(options.load("poses", params), resolve_scene(scene))

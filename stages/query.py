@@ -31,7 +31,7 @@ from pipeline.core.scene import Scene, load_views
 from pipeline.evaluate.config import QueryConfig
 from pipeline.evaluate.query import check_query, heatmap_overlay, normalize_relevance, relevance_maps
 from pipeline.evaluate.session import QuerySession
-from stages.command import PARAMS, SCENE, Options, command
+from stages.command import PARAMS, SCENE, Options, command, resolve_scene
 
 log = logging.getLogger(__name__)
 
@@ -125,4 +125,4 @@ def cli(
     Prints the centroid and axis-aligned box (world coordinates) and writes them to
     localization.json next to the heatmap PNGs.
     """
-    run(options.load("query", params), Scene.resolve(scene), text, read_vector(vector) if vector else None, out)
+    run(options.load("query", params), resolve_scene(scene), text, read_vector(vector) if vector else None, out)

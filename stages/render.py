@@ -25,7 +25,7 @@ from pipeline.core.io import output_dir, output_listing
 from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene, View, load_views
 from pipeline.splat.trained import TrainedMemory
-from stages.command import SCENE, reports_errors
+from stages.command import SCENE, reports_errors, resolve_scene
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,6 @@ def cli(
 
     Give --view NAME (repeatable) or --all; without either, the first registered view is rendered.
     """
-    sc = Scene.resolve(scene)
+    sc = resolve_scene(scene)
     names = None if all_views else (list(view) if view else [load_views(sc)[0].name])
     run(sc, names, out, device)

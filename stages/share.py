@@ -27,8 +27,7 @@ import typer
 import yaml
 
 from pipeline.core.errors import M3Error
-from pipeline.core.scene import Scene
-from stages.command import SCENE, reports_errors
+from stages.command import SCENE, reports_errors, resolve_scene
 
 log = logging.getLogger(__name__)
 SHAREABLE = ("demo", "frames", "poses", "features", "bank", "train", "evaluate")
@@ -342,14 +341,14 @@ def _split(stages: str) -> list[str]:
 @reports_errors
 def push_cli(scene: str = SCENE, stages: str = STAGES, remote: str | None = REMOTE, root: Path = ROOT) -> None:
     """Push a scene's stage outputs and their run-cache entries to a DVC remote."""
-    push(root, Scene.resolve(scene).name, _split(stages), remote)
+    push(root, resolve_scene(scene).name, _split(stages), remote)
 
 
 @cli.command("pull")
 @reports_errors
 def pull_cli(scene: str = SCENE, stages: str = STAGES, remote: str | None = REMOTE, root: Path = ROOT) -> None:
     """Pull run-cache entries and outputs so that `dvc repro` skips matching stages."""
-    pull(root, Scene.resolve(scene).name, _split(stages), remote)
+    pull(root, resolve_scene(scene).name, _split(stages), remote)
 
 
 @cli.command("remote")

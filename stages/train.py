@@ -23,7 +23,7 @@ from pipeline.features.models import listed_models
 from pipeline.splat.config import TrainConfig
 from pipeline.splat.train import train
 from pipeline.splat.trained import write_model
-from stages.command import PARAMS, SCENE, Options, command
+from stages.command import PARAMS, SCENE, Options, command, resolve_scene
 
 log = logging.getLogger(__name__)
 
@@ -64,4 +64,4 @@ def cli(
     params: Path = PARAMS,
 ) -> None:
     """Train the scene's Gaussians, principal queries and memory (data/<scene>/model/); resumes."""
-    run(options.load("train", params), Scene.resolve(scene), listed_models(params), progress)
+    run(options.load("train", params), resolve_scene(scene), listed_models(params), progress)

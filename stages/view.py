@@ -18,7 +18,7 @@ from pipeline.core.scene import Scene, load_views
 from pipeline.evaluate.config import ViewConfig
 from pipeline.evaluate.session import QuerySession
 from pipeline.view.viewer import Viewer
-from stages.command import PARAMS, SCENE, Options, command
+from stages.command import PARAMS, SCENE, Options, command, resolve_scene
 
 log = logging.getLogger(__name__)
 
@@ -60,4 +60,4 @@ def cli(options: Options[ViewConfig], scene: str = SCENE, params: Path = PARAMS)
     Binds 127.0.0.1:8080 unless --host/--port say otherwise (--host 0.0.0.0 shows the scene to everyone
     on the network); only the viewer's own page may connect. Ctrl-C stops it.
     """
-    run(options.load("view", params), Scene.resolve(scene))
+    run(options.load("view", params), resolve_scene(scene))

@@ -69,3 +69,24 @@ def test_poses_help_names_its_options() -> None:
         "--params",
     ):
         assert opt in result.output
+
+
+def test_scene_arguments_names_paths_and_dvc_stage_addresses(tmp_path, monkeypatch) -> None:
+    from pipeline.core.errors import M3Error
+    from stages.command import scene_target
+
+    assert scene_target("demo") == (scene_target("data/demo")[0], None)
+    assert scene_target(str(tmp_path / "any name"))[0].root == tmp_path / "any name"  # a path: any folder
+    for address, scene, model in (
+        ("features@my-scene.v2-sam_clip", "my-scene.v2", "sam_clip"),
+        ("../dvc.yaml:train@demo", "demo", None),
+    ):
+        monkeypatch.setenv("DVC_STAGE", address)  # what `dvc repro` sets for the command
+        assert (scene_target(address)[0].name, scene_target(address)[1]) == (scene, model)
+    for bad in ("frames@x; touch /tmp/INJECTED #", "bank@../../etc-clip", "frames@my scene"):
+        monkeypatch.setenv("DVC_STAGE", bad)
+        with pytest.raises(M3Error, match="is not allowed"):
+            scene_target(bad)
+    for bad in ("my scene", "..", "-rf", "x;y"):
+        with pytest.raises(M3Error, match="is not allowed"):
+            scene_target(bad)

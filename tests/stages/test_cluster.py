@@ -102,7 +102,8 @@ def test_a_failing_stage_names_scene_stage_and_node(local_ray, tmp_path: Path) -
     assert str(err.value) == (
         f"cluster: 1 scene(s) failed: broken: stage frames@broken failed on node {node} (dvc repro exit 255): "
         "error: data/broken/input: only 0 of 3 images readable, need at least 3; add more (readable) images "
-        "or a longer video | ERROR: failed to reproduce 'frames@broken': failed to run: m3 frames broken, exited with 2"
+        "or a longer video | ERROR: failed to reproduce 'frames@broken': "
+        'failed to run: m3 frames "$DVC_STAGE", exited with 2'
     )
     assert "frames@broken" not in (
         yaml.safe_load((root / "dvc.lock").read_text()) if (root / "dvc.lock").exists() else {}

@@ -198,3 +198,17 @@ def test_seem_llama3_llamav_through_dvc_repro(tmp_path: Path) -> None:
     for i in range(len(views)):
         np.testing.assert_array_equal(resumed.read(i)[0], reference.read(i)[0])
     assert resumed.records("global_tokens") == reference.records("global_tokens")
+
+
+@pytest.mark.parametrize("name", ["x; touch INJECTED #", "x'; touch INJECTED; '", "my scene"])
+def test_scene_names_never_reach_a_shell(tmp_path: Path, name: str) -> None:
+    """A scene name from params.yaml is never parsed by the shell that runs a stage's command: the
+    command gets the stage's address (``"$DVC_STAGE"``) and refuses the name with one line."""
+    root = project_copy(tmp_path / "proj")
+    set_params(root, scenes=[name])
+    (root / "data" / name / "input").mkdir(parents=True)
+    (root / "data" / name / "input" / "a.png").write_bytes(b"x")
+    proc = run_tool(root, "dvc", "repro", "--single-item", f"frames@{name}", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and not (root / "INJECTED").exists(), out
+    assert f"scene name {name!r} is not allowed" in out, out

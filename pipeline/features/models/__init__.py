@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ _REGISTRY: dict[str, type[FeatureModel]] = {}
 
 def register(name: str) -> Callable[[type[FeatureModel]], type[FeatureModel]]:
     """Class decorator: make an adapter available as ``name`` in ``params.yaml``."""
+
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):  # it ends DVC stage names: features@<scene>-<model>
+        raise ValueError(f"model name '{name}': use lower-case letters, digits and '_'")
 
     def deco(cls: type[FeatureModel]) -> type[FeatureModel]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
