@@ -7,7 +7,7 @@ required, the other keys default). Streams ``data/<scene>/features/<model>.zarr`
 
     data/<scene>/bank/<model>.zarr         bank [t, d] (raw-scale vectors: centres and rows, bank.dtype),
                                            attrs: provenance and the full stats
-    data/<scene>/bank/<model>.stats.json   N, t, compression, coverage, min/mean best cosine, seconds, peak RAM
+    data/<scene>/stats/bank-<model>.json   N, t, compression, coverage, min/mean best cosine, seconds, peak RAM
 
 The provenance records the features' config, inputs and code hashes; consumers call
 :func:`pipeline.bank.store.check_bank_matches` to refuse a bank built from other features.
@@ -40,11 +40,11 @@ log = logging.getLogger(__name__)
 
 RUN_STATS = ("seconds", "verify_seconds", "peak_ram_mb")
 METRICS = ("N", "t", "compression", "coverage", "min_best_cosine", "mean_best_cosine", "seconds", "peak_ram_mb")
-"""What ``<model>.stats.json`` (DVC metrics) holds; the bank's attrs keep the full stats and provenance."""
+"""What ``stats/bank-<model>.json`` (DVC metrics) holds; the bank's attrs keep the full stats and provenance."""
 
 
 def stats_path(scene: Scene, model: str) -> Path:
-    return scene.bank_dir / f"{model}.stats.json"
+    return scene.stats_path("bank", model)
 
 
 def _rows(store: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -115,7 +115,7 @@ def cli(
 ) -> None:
     """Reduce a scene's features to a PSC memory bank per model (every row within the threshold of an entry).
 
-    Writes data/<scene>/bank/<model>.zarr and data/<scene>/bank/<model>.stats.json.
+    Writes data/<scene>/bank/<model>.zarr and data/<scene>/stats/bank-<model>.json.
     """
     target, stage_model = scene_target(scene)
     models = list(model) if model else [stage_model] if stage_model else listed_models(params)

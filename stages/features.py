@@ -6,7 +6,7 @@ into ``data/<scene>/features/<model>.zarr`` (layout: :mod:`pipeline.features.sto
 
     data/<scene>/features/<model>.zarr          [V, h, w, d] float16 (+ valid [V, h, w]), attrs,
                                                 the model's records (<name>.json, e.g. llama3 captions)
-    data/<scene>/features/<model>.stats.json    views, map size, seconds per view, bytes on disk
+    data/<scene>/stats/features-<model>.json    views, seconds per view, bytes on disk (DVC metrics)
 
 The store is built as ``.<model>.zarr.partial`` and renamed when complete: a killed run resumes
 there (only if config and inputs are unchanged), a finished store with the same provenance is
@@ -79,7 +79,7 @@ def run(
     height, width = views[0].height, views[0].width
     prov = provenance("features", {"model": model_name, **conf}, inputs_hash(views), code_hash(__name__))
     final = scene.features_path(model_name)
-    stats_path = final.with_name(f"{model_name}.stats.json")
+    stats_path = scene.stats_path("features", model_name)
     if matches(final, {"provenance": prov}, names):
         log.info("%s: up to date (same config and inputs), kept", final)
         return _stats(final, model_name, names, 0, 0.0, time.perf_counter() - start, stats_path)

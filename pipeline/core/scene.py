@@ -10,6 +10,8 @@ and everything the stages produce beside it::
     poses/stats.json            registered views, points, reprojection error, seconds
     features/<model>.zarr       dense features [V, h, w, d] (stage ``features``)
     bank/<model>.zarr           PSC memory bank [t, d] (stage ``bank``)
+    stats/<stage>-<model>.json  run figures of features and bank (DVC metrics: seconds, counts),
+                                kept out of the folders later stages depend on
     model/                      trained Gaussians + memory (stage ``train``)
     eval/                       metrics.json, renders (stage ``evaluate``)
 
@@ -64,6 +66,11 @@ class Scene:
 
     def bank_path(self, model: str) -> Path:
         return self.bank_dir / f"{model}.zarr"
+
+    def stats_path(self, stage: str, model: str) -> Path:
+        """Run figures of a per-model stage (``features``, ``bank``): timings live outside the
+        folders later stages depend on, so a rerun that changes only them invalidates nothing."""
+        return self.root / "stats" / f"{stage}-{model}.json"
 
 
 @dataclass(frozen=True)

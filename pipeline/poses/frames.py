@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,12 +206,6 @@ def extract_frames(kind: str, paths: list[Path], root: Path, out_dir: Path, cfg:
     ``out_dir`` as ``00000.png ...``; returns the ``frames.json`` record (without provenance)."""
     from tqdm import tqdm
 
-    if cfg.max_side < 16 or cfg.target_count < 1 or cfg.video_candidates < 1:
-        raise M3Error(
-            f"frames: max_side={cfg.max_side}, target_count={cfg.target_count}, video_candidates="
-            f"{cfg.video_candidates}; use max_side >= 16 and target_count, video_candidates >= 1 in params.yaml"
-        )
-    start = time.perf_counter()
     source = iter_video(paths[0], cfg.video_candidates) if kind == "video" else iter_images(paths, root, cfg.max_side)
     total = cfg.video_candidates if kind == "video" else len(paths)
     cands: list[Candidate] = []
@@ -253,6 +246,5 @@ def extract_frames(kind: str, paths: list[Path], root: Path, out_dir: Path, cfg:
         "unreadable": unreadable,
         **counts,
         "kept": len(frames),
-        "seconds": round(time.perf_counter() - start, 2),
     }
     return {"source_kind": kind, "frames": frames, "stats": stats}

@@ -122,7 +122,7 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_store(Scene.resolve("demo"), "clip", clustered_views(n_views=2), None)
     ok = runner.invoke(app, ["bank", "demo", "--model", "clip", "--threshold", "0.7", "--dtype", "float32"])
     assert ok.exit_code == 0, ok.output
-    stats = json.loads(Path("data/demo/bank/clip.stats.json").read_text())
+    stats = json.loads(Path("data/demo/stats/bank-clip.json").read_text())
     bank, attrs = load_bank(Path("data/demo/bank/clip.zarr"))
     assert attrs["provenance"]["config"]["threshold"] == 0.7 and attrs["provenance"]["config"]["dtype"] == "float32"
     assert set(stats) == set(bank_stage.METRICS) and stats["t"] == len(bank)

@@ -259,7 +259,7 @@ def test_cli_features_uses_params_section_and_reports_errors(scene4, tmp_path):
     assert result.exit_code == 0, result.output
     store = FeatureStore.open(scene4.features_path("clip"))
     assert store.shape == (2, 3, 32) and store.attrs["input_size"] == 28
-    stats = json.loads((scene4.features_dir / "clip.stats.json").read_text())
+    stats = json.loads((scene4.stats_path("features", "clip")).read_text())
     assert stats["views"] == 4 and "map_size" not in stats and stats["bytes_on_disk"] > 0
     params.write_text("models: [clip]\nfeatures:\n  clip: {weights: random, input_sise: 28}\n")
     result = runner.invoke(app, ["features", str(scene4.root), "--params", str(params)])

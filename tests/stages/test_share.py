@@ -86,7 +86,7 @@ def test_local_remote_round_trip_runs_nothing(shared: dict[str, Path]) -> None:
     assert [line for line in out.splitlines() if line.startswith("Running stage")] == [
         "Running stage 'bank@demo-clip':"
     ]
-    stats = json.loads((b / "data/demo/bank/clip.stats.json").read_text())
+    stats = json.loads((b / "data/demo/stats/bank-clip.json").read_text())
     assert stats["coverage"] == 1.0 and _tree_digest(b / bank) != _tree_digest(a / bank)
 
 
