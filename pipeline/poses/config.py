@@ -60,6 +60,10 @@ class PosesConfig(Checked):
     retry_below: Fraction = 0.5
     """Retry the mapper while its largest model registers fewer than this fraction of the frames."""
     num_threads: Annotated[int, Range(-1)] = -1
-    """CPU threads for pycolmap (-1: all cores)."""
+    """CPU threads of feature extraction and matching (-1: all cores; the model does not depend on it)."""
+    mapper_threads: Annotated[int, Range(-1)] = 1
+    """CPU threads of the mapper and its bundle adjustments (1: a rerun gives the same model bit for
+    bit; -1: all cores, faster on large scenes, but the points then differ from run to run in their
+    last digits and a few points, so `dvc repro -f poses` retrains everything downstream)."""
     seed: Natural = 0
-    """RANSAC and mapper seed (same seed and threads, same model)."""
+    """RANSAC and mapper seed (same seed, same model)."""

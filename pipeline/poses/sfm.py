@@ -45,9 +45,9 @@ def choose_matcher(cfg: PosesConfig, source_kind: str, n_images: int) -> str:
     return "exhaustive"
 
 
-def threads(cfg: PosesConfig) -> int:
-    """CPU threads for pycolmap: ``cfg.num_threads``, or every core when it is -1."""
-    return cfg.num_threads if cfg.num_threads > 0 else max(1, os.cpu_count() or 1)
+def threads(n: int) -> int:
+    """CPU threads for pycolmap: ``n``, or every core when it is -1."""
+    return n if n > 0 else max(1, os.cpu_count() or 1)
 
 
 def _pycolmap() -> Any:
@@ -68,27 +68,37 @@ def extract_and_match(
     """SIFT features (CPU) of ``names`` in ``images_dir`` into ``database``, then verified matches.
 
     Images already in the database (with their cameras) are reused; new ones get a
-    ``cfg.camera_model`` camera, one shared camera when ``single_camera``.
+    ``cfg.camera_model`` camera, one shared camera when ``single_camera``. An empty database first
+    gets the images in the order of ``names`` (image ids 1, 2, ...): parallel extraction would
+    otherwise number them in the order its threads finish, and the mapper's result depends on ids.
     """
     pycolmap = _pycolmap()
     single = cfg.single_camera if single_camera is None else single_camera
+    mode = pycolmap.CameraMode.SINGLE if single else pycolmap.CameraMode.PER_IMAGE
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = cfg.camera_model
+    db = pycolmap.Database.open(database)
+    try:
+        empty = db.num_images() == 0
+    finally:
+        db.close()
+    if empty:
+        pycolmap.import_images(database, images_dir, camera_mode=mode, image_names=names, options=reader)
     extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = threads(cfg)
+    extraction.num_threads = threads(cfg.num_threads)
     extraction.sift.max_num_features = cfg.max_num_features
     log.info("extracting SIFT features of %d images", len(names))
     pycolmap.extract_features(
         database,
         images_dir,
         image_names=names,
-        camera_mode=pycolmap.CameraMode.SINGLE if single else pycolmap.CameraMode.PER_IMAGE,
+        camera_mode=mode,
         reader_options=reader,
         extraction_options=extraction,
         device=pycolmap.Device.cpu,
     )
     matching = pycolmap.FeatureMatchingOptions()
-    matching.num_threads = threads(cfg)
+    matching.num_threads = threads(cfg.num_threads)
     verification = pycolmap.TwoViewGeometryOptions()
     verification.ransac.random_seed = cfg.seed
     common = dict(matching_options=matching, verification_options=verification, device=pycolmap.Device.cpu)
@@ -96,7 +106,7 @@ def extract_and_match(
     if matcher == "sequential":
         pairing = pycolmap.SequentialPairingOptions()
         pairing.overlap = cfg.sequential_overlap
-        pairing.num_threads = threads(cfg)
+        pairing.num_threads = threads(cfg.num_threads)
         pycolmap.match_sequential(database, pairing_options=pairing, **common)
     else:
         pycolmap.match_exhaustive(database, **common)
@@ -105,7 +115,7 @@ def extract_and_match(
 def _mapping_options(cfg: PosesConfig) -> Any:
     pycolmap = _pycolmap()
     options = pycolmap.IncrementalPipelineOptions()
-    options.num_threads = threads(cfg)
+    options.num_threads = threads(cfg.mapper_threads)
     options.random_seed = options.mapper.random_seed = options.triangulation.random_seed = cfg.seed
     return options
 

@@ -166,6 +166,12 @@ def test_sfm_on_demo_scene_matches_ground_truth(demo: dict, tmp_path: Path) -> N
         assert v.K[0, 1] == 0 and v.K[2, 2] == 1
     assert prov["config"]["seed"] == 0 and len(prov["code_hash"]) == 16
     assert not list(scene.root.glob(".poses-work-*")) and not list(scene.colmap_dir.rglob("*.db"))
+    # reruns with the default threads (parallel extraction and matching) give the same folder, bit for bit
+    first = {p.relative_to(scene.colmap_dir): p.read_bytes() for p in scene.colmap_dir.rglob("*") if p.is_file()}
+    for _ in range(2):
+        poses.run(PosesConfig(), scene)
+        again = {p.relative_to(scene.colmap_dir): p.read_bytes() for p in scene.colmap_dir.rglob("*") if p.is_file()}
+        assert again.keys() == first.keys() and all(again[k] == first[k] for k in first), "poses rerun differs"
 
 
 @pytest.mark.slow
