@@ -14,7 +14,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from stages.command import setup_logging
+from stages.command import setup_logging, stop_on_sigterm
 
 COMMANDS = {
     "demo-scene": "stages.demo",
@@ -70,6 +70,7 @@ app = typer.Typer(
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
     """M3: turn a video or photo set of a static scene into a queryable 3D memory."""
     setup_logging(verbose)
+    stop_on_sigterm()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ import inspect
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import types
 import typing
 from collections.abc import Callable
@@ -88,8 +90,23 @@ def setup_logging(verbose: bool = False) -> None:
         log.propagate = False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: raised in the main thread so that ``finally`` blocks and atomic writes clean up."""
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops a command as Ctrl-C does (:class:`Terminated`), not with a native stack trace."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def reports_errors(fn: F) -> F:
-    """Turn :class:`M3Error` into one line on stderr and exit status 2 (no traceback)."""
+    """Turn :class:`M3Error` into one line on stderr and exit status 2 (no traceback); SIGTERM
+    into one line and status 143 (what was written completely is kept: a rerun resumes)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -98,6 +115,9 @@ def reports_errors(fn: F) -> F:
         except M3Error as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None
+        except Terminated:
+            print("stopped by SIGTERM; completed outputs and checkpoints are kept (a rerun resumes)", file=sys.stderr)
+            raise typer.Exit(143) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -22,8 +22,10 @@ z forward). Conversions happen at the edges (``transforms.json`` import).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,9 +96,26 @@ class View:
         return -R.T @ t
 
 
-def _read_model(scene: Scene):
+def import_pycolmap() -> Any:
+    """The ``pycolmap`` module, imported with this process's signal handlers kept: pycolmap's glog
+    installs its own for SIGTERM (a native stack trace, no Python cleanup); m3's come back."""
+    import signal
+    import threading
+
+    if "pycolmap" in sys.modules:
+        return sys.modules["pycolmap"]
+    main = threading.current_thread() is threading.main_thread()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
     import pycolmap
 
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+    return pycolmap
+
+
+def _read_model(scene: Scene):
+    pycolmap = import_pycolmap()
     if not (scene.sparse_dir / "images.bin").is_file():
         raise M3Error(f"{scene.sparse_dir}: no COLMAP model; run `m3 poses {scene.name}` first")
     return pycolmap.Reconstruction(str(scene.sparse_dir))

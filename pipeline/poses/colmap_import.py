@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.core.errors import M3Error
 from pipeline.core.geometry import w2c_from_opengl_c2w
-from pipeline.core.scene import IMAGE_EXTS
+from pipeline.core.scene import IMAGE_EXTS, import_pycolmap
 
 log = logging.getLogger(__name__)
 MODEL_FILES = ("cameras", "images", "points3D")
@@ -73,8 +73,7 @@ def load_colmap(root: Path, import_path: str | None, import_images: str | None =
     ``import_path`` is the model folder or a COLMAP project holding ``sparse/0``; images are
     taken from ``import_images`` or the first ``images/`` folder found next to the model.
     """
-    import pycolmap
-
+    pycolmap = import_pycolmap()
     model = _model_dir(_resolve(root, import_path, "COLMAP model"))
     try:
         rec = pycolmap.Reconstruction(str(model))
@@ -152,8 +151,7 @@ def load_transforms(root: Path, import_path: str | None) -> Imported:
     nonzero ``k1,k2,p1,p2`` give an OPENCV camera (undistorted later). Image names are the files'
     paths relative to their common folder.
     """
-    import pycolmap
-
+    pycolmap = import_pycolmap()
     path = _resolve(root, import_path, "transforms.json")
     if path.is_dir():
         path = path / "transforms.json"

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.scene import import_pycolmap
 from pipeline.poses.config import PosesConfig
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,7 @@ def threads(n: int) -> int:
 
 
 def _pycolmap() -> Any:
-    import pycolmap
-
+    pycolmap = import_pycolmap()
     pycolmap.logging.minloglevel = 0 if log.isEnabledFor(logging.DEBUG) else 1
     return pycolmap
 

@@ -158,3 +158,18 @@ def test_demo_scene_never_replaces_a_scenes_own_input(tmp_path: Path) -> None:
     demo(cfg, tmp_path / "demo")
     demo(cfg, tmp_path / "demo")  # a rendered demo is replaced by the next render
     assert (tmp_path / "demo" / "input" / "ground_truth.json").is_file()
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path: Path) -> None:
+    """Written atomically, yet readable as any file (mkstemp / mkdtemp alone give 0600 / 0700)."""
+    import os
+
+    from pipeline.core.io import atomic_dir, write_json
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_json(tmp_path / "a.json", {"x": 1})
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "f").write_text("x")
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~mask

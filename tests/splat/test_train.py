@@ -340,3 +340,32 @@ def test_coarse_to_fine_steps_render_halved_views_then_the_full_one(small_scene:
     cx = [c for _, _, c in seen]
     assert cx[0] == pytest.approx(cx[4] / 4, rel=1e-6) and cx[2] == pytest.approx(cx[4] / 2, rel=1e-6)
     assert {k.split("@")[1] for k in tr.images} == {"16x12", "32x24", "64x48"}  # a cached image per size
+
+
+def test_sigterm_stops_training_cleanly(small_scene: Scene, tmp_path: Path) -> None:
+    """SIGTERM (a scheduler's stop) ends `m3 train` with one line and status 143, keeping the last
+    checkpoint, instead of pycolmap's native stack trace."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "models: [clip]\ntrain:\n  backend: torch\n  device: cpu\n  query_dims: {clip: 8}\n  checkpoint_minutes: 0\n"
+    )
+    ckpt = small_scene.model_dir / CHECKPOINT_FILE
+    ckpt.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "stages.cli", "train", str(small_scene.root), "--no-progress", "--params", str(params)]
+    proc = subprocess.Popen(
+        [*cmd, "--cpu.iterations", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out + err
+    assert "stopped by SIGTERM; completed outputs and checkpoints are kept" in err, err
+    assert "stack trace" not in err and "Traceback" not in err and "@ 0x" not in err, err
+    assert load_state(ckpt)["step"] >= 1
