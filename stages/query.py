@@ -47,11 +47,18 @@ def slug(text: str) -> str:
 
 
 def read_vector(path: Path) -> np.ndarray:
-    """A query vector ``[d]`` from ``.npy`` or a JSON list."""
+    """A query vector ``[d]`` from ``.npy`` (never unpickled) or a JSON list of numbers."""
     if not path.is_file():
         raise M3Error(f"{path}: query vector file not found; pass a .npy or .json file")
-    vec = np.load(path) if path.suffix == ".npy" else np.asarray(json.loads(path.read_text()), dtype=np.float32)
-    return np.asarray(vec, dtype=np.float32).reshape(-1)
+    try:
+        raw = np.load(path, allow_pickle=False) if path.suffix == ".npy" else json.loads(path.read_text())
+        vec = np.asarray(raw, dtype=np.float32).reshape(-1)
+    except (ValueError, TypeError, OSError) as exc:  # object arrays, bad JSON, strings, mappings
+        why = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise M3Error(f"{path}: not a query vector ({why}); give a .npy array or a JSON list of d numbers") from None
+    if vec.size == 0 or not np.isfinite(vec).all() or not vec.any():
+        raise M3Error(f"{path}: the query vector is empty, all zero or not finite; give d finite numbers")
+    return vec
 
 
 def _choose_views(views: list[Any], config: QueryConfig) -> list[Any]:

@@ -29,20 +29,30 @@ from pipeline.features.store import FeatureStore
 _BOX = re.compile(r"^\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*$")
 
 
+MAX_SIDE = 8192
+"""The largest rendered side a pose file may ask for (pixels)."""
+
+
 def read_pose(path: Path, like: View) -> View:
     """A camera from a JSON file ``{"w2c": 4x4 or 3x4 world-to-camera (OpenCV axes, as COLMAP),
-    "K": 3x3 (optional), "width", "height" (optional)}``; what it leaves out comes from ``like``."""
+    "K": 3x3 (optional), "width", "height" (optional, whole pixels up to :data:`MAX_SIDE`)}``; what
+    it leaves out comes from ``like``. Anything else is an :class:`M3Error` naming the file."""
     if not path.is_file():
         raise M3Error(f"{path}: pose file not found; give a JSON file with a 4x4 world-to-camera 'w2c'")
+    usage = "give {'w2c': 4x4 world-to-camera, 'K': 3x3 (optional), 'width', 'height' (optional)}"
     try:
         spec = json.loads(path.read_text())
         w2c = np.eye(4)
         w2c[:3] = np.asarray(spec["w2c"], dtype=np.float64).reshape(-1, 4)[:3]
         K = np.asarray(spec.get("K", like.K), dtype=np.float64).reshape(3, 3)
-    except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
-        raise M3Error(f"{path}: not a pose ({exc}); give {{'w2c': 4x4 world-to-camera, 'K': 3x3 (optional)}}") from exc
-    width, height = int(spec.get("width", like.width)), int(spec.get("height", like.height))
-    return dataclasses.replace(like, name=path.stem, image_path=path, K=K, w2c=w2c, width=width, height=height)
+        size = [spec.get("width", like.width), spec.get("height", like.height)]
+    except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise M3Error(f"{path}: not a pose ({type(exc).__name__}: {exc}); {usage}") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in size):
+        raise M3Error(f"{path}: width and height {size} must be whole pixels in 1..{MAX_SIDE}; {usage}")
+    if not (np.isfinite(w2c).all() and np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
+        raise M3Error(f"{path}: 'w2c' and 'K' must be finite, with positive focal lengths; {usage}")
+    return dataclasses.replace(like, name=path.stem, image_path=path, K=K, w2c=w2c, width=size[0], height=size[1])
 
 
 def nearest_view(camera: View, views: list[View]) -> View:

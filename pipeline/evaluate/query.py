@@ -268,6 +268,9 @@ def load_vectors(path: Path) -> dict[str, np.ndarray]:
         out = {str(k): np.asarray(v, dtype=np.float32).reshape(-1) for k, v in data.items()}
     except (ValueError, TypeError, AttributeError) as exc:
         raise M3Error(f"{path}: expected a JSON object {{phrase: [numbers]}} ({exc}); fix the file") from None
+    bad = [k for k, v in out.items() if v.size == 0 or not np.isfinite(v).all() or not v.any()]
+    if bad:
+        raise M3Error(f"{path}: the vector of {bad[0]!r} is empty, all zero or not finite; fix the file")
     return out
 
 
@@ -303,6 +306,15 @@ class Encoder:
                     "(--vector or a vectors file)"
                 )
             self._tower = load_text_model(self.model, self.attrs, self.device)
+        limit = self._tower.max_text_tokens
+        for phrase in phrases:
+            # at least a token per word (or per 16 characters of a long word), plus start and end tokens
+            least = max(len(phrase.split()), len(phrase) // 16) + 2
+            if limit and least > limit:
+                log.warning(
+                    "query: %r... (%d characters) is longer than the %d tokens %s's text tower reads: "
+                    "the rest is ignored; shorten the text", phrase[:40], len(phrase), limit, self.model,
+                )  # fmt: skip
         return self._tower.encode_text(phrases).detach().float().cpu()
 
     def _negatives(self) -> torch.Tensor | None:

@@ -50,6 +50,20 @@ def test_pose_file_nearest_view_and_box_cells(tmp_path: Path) -> None:
         A.read_pose(pose, views[0])
     with pytest.raises(M3Error, match="pose file not found"):
         A.read_pose(tmp_path / "absent.json", views[0])
+    for bad, why in (
+        ({"width": "wide"}, "must be whole pixels"),
+        ({"width": -5}, "must be whole pixels"),
+        ({"height": 10.5}, "must be whole pixels"),
+        ({"width": 10**9, "height": 10**9}, "must be whole pixels in 1..8192"),
+        ({"w2c": [[float("nan")] * 4] * 4}, "must be finite"),
+        ({"K": [[0, 0, 1], [0, 0, 1], [0, 0, 1]]}, "positive focal lengths"),
+    ):
+        pose.write_text(json.dumps({"w2c": views[2].w2c[:3].tolist(), **bad}))
+        with pytest.raises(M3Error, match=f"novel.json: .*{why}"):
+            A.read_pose(pose, views[0])
+    pose.write_text("[1, 2]")
+    with pytest.raises(M3Error, match="novel.json: not a pose"):
+        A.read_pose(pose, views[0])
     assert A.parse_box("10, 20,30.5,40") == (10.0, 20.0, 30.5, 40.0) and A.parse_box("a red box") is None
     with pytest.raises(M3Error, match="is empty"):
         A.parse_box("30,20,10,40")

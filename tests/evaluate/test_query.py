@@ -103,3 +103,42 @@ def test_cli_refuses_an_empty_query(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["query", str(tmp_path / "demo"), ""])
     assert result.exit_code == 2 and "the text is empty" in result.output
     assert not (tmp_path / "demo" / "query").exists()
+
+
+def test_long_query_texts_are_warned_about(caplog) -> None:
+    """A text tower reads a fixed number of tokens (CLIP: 77); a longer text is cut there, so say so."""
+    import logging
+
+    attrs = {"provenance": {"config": {"model": "clip", "weights": "random"}}}
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        Q.build_query("clip", attrs, text="a yellow duck", mode="cosine")
+        assert "longer than" not in caplog.text
+        Q.build_query("clip", attrs, text="a yellow duck " * 800, mode="cosine")
+        Q.build_query("clip", attrs, text="x" * 10000, mode="cosine")
+    assert caplog.text.count("is longer than the 77 tokens clip's text tower reads: the rest is ignored") == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (np.array([{"a": 1}], dtype=object), "Object arrays cannot be loaded"),
+        ("[1, 2,", "Expecting value"),
+        ('["a"]', "could not convert"),
+        ('{"a": 1}', "not 'dict'"),
+        ("[]", "empty, all zero or not finite"),
+        (np.full(8, np.nan, np.float32), "empty, all zero or not finite"),
+    ],
+)
+def test_bad_vector_files_are_one_line(tmp_path: Path, content, why: str) -> None:
+    from stages.query import read_vector
+
+    if isinstance(content, np.ndarray):
+        path = tmp_path / "q.npy"
+        np.save(path, content, allow_pickle=True)
+    else:
+        path = tmp_path / "q.json"
+        path.write_text(content)
+    with pytest.raises(M3Error, match=f"q.(npy|json): .*{why}"):
+        read_vector(path)
+    np.save(tmp_path / "ok.npy", np.ones(8, np.float32))
+    assert read_vector(tmp_path / "ok.npy").shape == (8,)

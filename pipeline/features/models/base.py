@@ -85,6 +85,9 @@ class FeatureModel(ABC):
     def extract(self, image: torch.Tensor) -> FeatureMap:
         """Dense features of one view: ``image [3, H, W] float32 in [0, 1]`` -> :class:`FeatureMap`."""
 
+    max_text_tokens: int | None = None
+    """Tokens the text tower reads (a longer text is cut there; None: no limit known)."""
+
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Text embeddings ``[T, d]`` in the same space as the features (language models only)."""
         raise NotImplementedError(f"model '{self.name}' has no text encoder")

@@ -327,6 +327,7 @@ def load_clip(
 
 @register("clip")
 class Clip(FeatureModel):
+    max_text_tokens = 77
     """Dense CLIP (MaskCLIP) features ``[h, w, d]`` over the whole image, plus ``encode_text``."""
 
     default_conf = DEFAULT_CONF

@@ -38,6 +38,7 @@ __all__ = ["SamClip", "assign_masks"]
 
 @register("sam_clip")
 class SamClip(FeatureModel):
+    max_text_tokens = 77  # its CLIP's
     """SAM masks + CLIP crop embeddings on a grid of ``(round(H/stride), round(W/stride))`` cells."""
 
     has_mask = True

@@ -109,6 +109,7 @@ class Seem(FeatureModel):
         check_weights(conf, "features.seem")
         self.segment = nested_sam(conf, self.device, "seem")  # SAM loads on first use
         model, self.tokenizer, self.text_length = load_owlv2(conf)
+        self.max_text_tokens = self.text_length
         self.owl = model.to(self.device).eval()
         self.size = int(self.owl.config.vision_config.image_size)
         self.mean = torch.tensor(OPENAI_MEAN, device=self.device).view(3, 1, 1)

@@ -82,6 +82,7 @@ def load_siglip(conf: dict[str, Any]) -> tuple[Any, Any]:
 
 @register("siglip")
 class Siglip(FeatureModel):
+    max_text_tokens = 64
     """Dense SigLIP features ``[h, w, d]`` (MAP head per patch token) over the whole image."""
 
     default_conf = {
