@@ -42,7 +42,14 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """origin repo (small random-weight config committed), clone A with the pipeline run up to bank."""
     tmp = tmp_path_factory.mktemp("share")
     origin = project_copy(tmp / "origin")
-    set_params(origin, scenes=[SCENE], models=["clip"], demo={"n_views": 16}, features={"clip": {"weights": "random"}})
+    set_params(
+        origin,
+        scenes=[SCENE],
+        models=["clip"],
+        demo={"n_views": 16},
+        features={"clip": {"weights": "random"}},
+        train={"cpu": {"iterations": 30}},
+    )
     git(origin, "add", "-A")
     git(origin, "commit", "-qm", "small random-weight demo config")
     a = _clone(origin, tmp / "A")
@@ -107,6 +114,24 @@ def test_pulled_bank_with_changed_features_is_refused(shared: dict[str, Path]) -
         check_bank_matches(attrs, FeatureStore.open(c / "data/demo/features/clip.zarr").attrs)
     train = run_tool(c, "m3", "train", SCENE, check=False)
     assert train.returncode == 2 and "other features" in train.stderr, train.stderr
+
+
+@pytest.mark.slow
+def test_trained_memory_is_shared_like_features_and_banks(shared: dict[str, Path], tmp_path: Path) -> None:
+    """``m3 share --stages train``: a clone that pulls a trained memory restores it with ``dvc repro``
+    (the train stage's run-cache is on: no output is ``persist``), and resumes nothing."""
+    a = shared["A"]
+    out = dvc(a, "repro", "train@demo")
+    assert "Running stage 'train@demo'" in out, out
+    run_tool(a, "m3", "share", "push", SCENE, "--stages", "train")
+    e = _clone(shared["origin"], tmp_path / "E")
+    run_tool(e, "m3", "share", "remote", "lab", str(shared["remote"]))
+    run_tool(e, "m3", "share", "pull", SCENE, "--stages", "train")
+    out = dvc(e, "repro", "train@demo")
+    assert "Running stage" not in out and "Stage 'train@demo' is cached - skipping run" in out, out
+    for name in ("point_cloud.ply", "memory.safetensors", "config.json", "stats.json"):
+        assert (e / "data/demo/model" / name).read_bytes() == (a / "data/demo/model" / name).read_bytes(), name
+    assert not (e / "data/demo/model/checkpoint.safetensors").exists()  # resume state stays with its run
 
 
 def _bank_object(a: Path, remote: Path) -> Path:
