@@ -79,6 +79,17 @@ def test_values_out_of_range_and_unknown_sections_are_refused(tmp_path: Path, te
         load_config(TrainConfig, "train", params)
 
 
+def test_every_documented_section_is_a_known_top_level_section(tmp_path: Path) -> None:
+    from pipeline.core.config import SECTIONS as TOP_LEVEL
+    from pipeline.core.config import load_params
+
+    assert set(TOP_LEVEL) == {*SECTIONS, "scenes", "models", "features"}
+    params = tmp_path / "params.yaml"
+    params.write_text("query: {negatives: [e5, -e5, .e1, 1e3x]}\ntrain: {tau: 5e-2}\n")  # only numbers are numbers
+    data = load_params(params)
+    assert data["query"]["negatives"] == ["e5", "-e5", ".e1", "1e3x"] and data["train"]["tau"] == 0.05
+
+
 def test_configs_built_in_code_are_checked_too() -> None:
     with pytest.raises(M3Error, match=r"Schedule.iterations: 0 is out of range; use >= 1"):
         TrainConfig().with_schedule("cpu", iterations=0)
