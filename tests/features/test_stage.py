@@ -261,6 +261,8 @@ def test_cli_features_uses_params_section_and_reports_errors(scene4, tmp_path):
     assert store.shape == (2, 3, 32) and store.attrs["input_size"] == 28
     stats = json.loads((scene4.stats_path("features", "clip")).read_text())
     assert stats["views"] == 4 and "map_size" not in stats and stats["bytes_on_disk"] > 0
+    # run figures (seconds) lie outside features/, which train depends on as a folder
+    assert not list(scene4.features_dir.glob("*.json")) and "seconds" in stats
     params.write_text("models: [clip]\nfeatures:\n  clip: {weights: random, input_sise: 28}\n")
     result = runner.invoke(app, ["features", str(scene4.root), "--params", str(params)])
     assert result.exit_code == 2 and "unknown key 'input_sise'" in result.output

@@ -188,6 +188,11 @@ def test_image_folder_keeps_all_demo_views(demo_input: Path, tmp_path: Path) -> 
     for f in meta["frames"][::7]:  # 320x240 is below max_side: the pixels pass through
         a = np.asarray(Image.open(scene.frames_dir / f["name"]))
         np.testing.assert_array_equal(a, np.asarray(Image.open(demo_input / f["source"])))
+    # a rerun writes the same frames folder, byte for byte: no timings in what poses depends on
+    before = {p.name: p.read_bytes() for p in scene.frames_dir.iterdir()}
+    frames.run(CFG, scene)
+    assert {p.name: p.read_bytes() for p in scene.frames_dir.iterdir()} == before
+    assert "seconds" not in json.dumps(meta)
 
 
 def test_missing_and_empty_input(tmp_path: Path) -> None:
