@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   install, then run the whole pipeline on the built-in demo scene (dvc repro)
-#   make test   install, then run the test suite
+#   make test   install, then lint, build the docs (make docs) and run the test suite
+#   make docs   the docs site into site/ (mkdocs build --strict: any warning is an error)
 # On a CUDA machine install the GPU build of FAISS instead: make install FAISS=gpu
 # Offline (no checkpoint downloads): make demo WEIGHTS=random runs the same pipeline as a DVC
 # experiment outside the workspace (`dvc exp run --temp`: params.yaml and the workspace stay as
@@ -14,14 +15,14 @@ FAISS ?= cpu
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install demo lint test
+.PHONY: install demo lint docs test
 
 $(BIN)/m3: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.15.0 torchvision==0.29.2
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,$(FAISS),ray]"
-	$(BIN)/python -c "import torch, torchvision, gsplat, pycolmap, faiss, zarr, open_clip, transformers, segment_anything, ray; print('m3 environment ok: torch', torch.__version__)"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,$(FAISS),ray,docs]"
+	$(BIN)/python -c "import torch, torchvision, gsplat, pycolmap, faiss, zarr, open_clip, transformers, segment_anything, ray, mkdocs, mkdocstrings; print('m3 environment ok: torch', torch.__version__)"
 	$(BIN)/python -c "from pipeline.splat.raster_cpp import kernel; print('compiled CPU rasterizer:', 'ok' if kernel() else 'unavailable (torch backend)')"
 	touch $(BIN)/m3
 
@@ -41,5 +42,9 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install lint
+# NO_MKDOCS_2_WARNING: Material's end-of-life banner (printed on every run, not a build warning).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+test: install lint docs
 	DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=20
