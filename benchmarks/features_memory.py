@@ -3,7 +3,7 @@
 Runs ``stages.features.run`` on an existing posed scene in a fresh Python process and prints one
 JSON line: ``{"views", "peak_rss_mb", "rss_after_model_mb", "seconds"}``. ``peak_rss_mb`` is the
 kernel's high-water mark of the process (``ru_maxrss``), so nothing between samples is missed.
-``tests/test_features.py`` runs it on 10 and 40 views of the demo scene::
+``tests/features/test_stage.py`` runs it on 10 and 40 views of the demo scene::
 
     python benchmarks/features_memory.py data/demo --model clip --conf '{"weights": "random"}'
 """

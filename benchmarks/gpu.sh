@@ -57,7 +57,7 @@ for stage in "demo-scene $SCENE" "frames $SCENE" "poses $SCENE" "features $SCENE
   $M3 $stage "${P[@]}"
 done
 start=$(date +%s)
-$M3 train "$SCENE" --no-progress "${P[@]}"
+$M3 --no-progress train "$SCENE" "${P[@]}"
 train_s=$(( $(date +%s) - start ))
 $M3 evaluate "$SCENE" "${P[@]}"
 "$PY" - "$SCENE" "$train_s" <<'PYEOF'

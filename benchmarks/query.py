@@ -11,7 +11,7 @@ that its peak memory is its own:
 
 * ``direct``: today's path, every Gaussian's feature ``f = softmax(cos(q W, PSC)/tau) PSC
   [N, d]`` (the head's chunked forward), then the relevance of those features;
-* ``bank``: :class:`pipeline.evaluate.relevance.GaussianRelevance`, exact: ``build`` is the
+* ``bank``: :class:`pipeline.query.relevance.GaussianRelevance`, exact: ``build`` is the
   query-independent ``|f|`` of every Gaussian (once per memory), ``query`` the cost of each
   further query (median of 3 different queries);
 * ``top-k``: the same with sparse attention (k largest weights per Gaussian): ``build`` selects
@@ -40,8 +40,8 @@ import psutil
 import torch
 
 from pipeline.core.runtime import peak_ram_mb
-from pipeline.evaluate.query import QueryVector
-from pipeline.evaluate.relevance import GaussianRelevance, direct_relevance
+from pipeline.query.encode import QueryVector
+from pipeline.query.relevance import GaussianRelevance, direct_relevance
 from pipeline.splat.memory import MemoryAttention
 
 

@@ -14,6 +14,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from pipeline.core.progress import set_progress
 from stages.command import setup_logging, stop_on_sigterm
 
 COMMANDS = {
@@ -67,9 +68,15 @@ app = typer.Typer(
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging"),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="progress bars (default: when stderr is a terminal)"
+    ),
+) -> None:
     """M3: turn a video or photo set of a static scene into a queryable 3D memory."""
     setup_logging(verbose)
+    set_progress(progress)
     stop_on_sigterm()
 
 

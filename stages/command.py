@@ -6,7 +6,10 @@ typer command with one ``--option`` per scalar or list field of that dataclass (
 field docstring as help; an option not given keeps the params.yaml value; fields of nested
 sections are ``--<section>.<field>``), plus the function's own arguments.
 The function receives :class:`Options`, whose :meth:`Options.load` reads the params section,
-applies the given options and checks every key and type, in one place for all commands.
+applies the given options and checks every key and type, in one place for all commands. A
+command reading several sections takes a composite dataclass (``m3 features``: the cluster
+section's fields plus one nested section per feature adapter) and loads each part on its own
+(:meth:`Options.fields_of`, :meth:`Options.section`).
 
 User errors (:class:`M3Error`) become one line on stderr and exit status 2.
 
@@ -35,11 +38,12 @@ from typing import Any, Generic, TypeVar
 
 import typer
 
-from pipeline.core.config import PARAMS_FILE, check_scene_name, field_help, load_config
+from pipeline.core.config import PARAMS_FILE, check_scene_name, field_help, load_config, section_class
 from pipeline.core.errors import M3Error
 from pipeline.core.scene import Scene
 
 T = TypeVar("T")
+S = TypeVar("S")
 F = TypeVar("F", bound=Callable[..., Any])
 
 SCENE_HELP = "scene name (folder under data/), a path to a scene folder, or a DVC stage address (frames@demo)"
@@ -128,10 +132,22 @@ class Options(Generic[T]):
 
     cls: type[T]
     given: dict[str, Any]
+    prefix: str = ""
+    """What the options' flags start with after ``--`` (``clip.`` for the section :meth:`section` gives)."""
 
     def load(self, section: str, params: Path = PARAMS_FILE) -> T:
         """The config of ``section`` (dotted, e.g. ``bank.clip``) in ``params``, with the given options applied."""
-        return load_config(self.cls, section, params, self.given)
+        return load_config(self.cls, section, params, self.given, self.prefix)
+
+    def section(self, key: str, cls: type[S]) -> Options[S]:
+        """The options given for nested section ``key`` (``--<key>.<field>``) of a composite command
+        config, as options of ``cls`` (the section's own params section can then be loaded)."""
+        return Options(cls, self.given.get(key) or {}, f"{self.prefix}{key}.")
+
+    def fields_of(self, cls: type[S]) -> Options[S]:
+        """The options given for the fields of ``cls``, a base class of a composite command config."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return Options(cls, {k: v for k, v in self.given.items() if k in names}, self.prefix)
 
 
 def _option_type(tp: Any) -> Any | None:
@@ -154,8 +170,9 @@ def config_parameters(cls: type, prefix: str = "") -> list[inspect.Parameter]:
     docs = field_help(cls)
     params = []
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            params += config_parameters(hints[f.name], f"{prefix}{f.name}.")
+        section = section_class(hints[f.name])
+        if section is not None:
+            params += config_parameters(section, f"{prefix}{f.name}.")
             continue
         tp = _option_type(hints[f.name])
         if tp is None:

@@ -11,6 +11,7 @@ output of ``m3 export``)::
     selection.json   query, model, mode, centroid / box (world), counts, relevance threshold
 
 Both PLYs are the standard 3DGS layout (plus the ``q_<model>_<k>`` queries), as ``point_cloud.ply``.
+The work is :func:`pipeline.query.export.export`.
 """
 
 from __future__ import annotations
@@ -22,16 +23,11 @@ from typing import Any
 import numpy as np
 import typer
 
-from pipeline.core.config import to_dict
-from pipeline.core.io import output_dir, output_listing, write_json
 from pipeline.core.scene import Scene
-from pipeline.evaluate.config import ExportConfig
-from pipeline.evaluate.export import base_colors, recolored, relevance_colors, subset
-from pipeline.evaluate.query import check_query
-from pipeline.evaluate.session import QuerySession
-from pipeline.splat.gaussians import save_ply
+from pipeline.query.config import ExportConfig
+from pipeline.query.encode import load_vector
+from pipeline.query.export import export
 from stages.command import PARAMS, SCENE, Options, command, resolve_scene
-from stages.query import read_vector, slug
 
 log = logging.getLogger(__name__)
 
@@ -43,37 +39,13 @@ def run(
     vector: np.ndarray | None = None,
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Export the answer to ``text`` (or ``vector``); returns ``selection.json``'s content."""
-    check_query(text, vector)
-    out_dir = out_dir or scene.root / "export" / slug(text or "vector")
-    output_listing(out_dir, "export")  # refused before any work: never replaces what m3 did not write
-    session = QuerySession(scene, config, "export")
-    qv = session.encode(text, vector)
-    rel = session.relevance(qv)
-    loc = session.localize(rel)
-    params = session.memory.params
-    colors = relevance_colors(base_colors(params), rel.numpy())
-    result = {
-        "query": text if text is not None else "<vector>",
-        "model": session.model,
-        "mode": config.mode,
-        "method": session.memory.method,
-        "gaussians": int(len(rel)),
-        **loc.to_json(),
-        "config": to_dict(config),
-    }
-    with output_dir(out_dir, "export") as tmp:
-        save_ply(tmp / "object.ply", subset(params, loc.inliers))
-        save_ply(tmp / "relevance.ply", recolored(params, colors))
-        write_json(tmp / "selection.json", result)
+    """Export the answer to ``text`` (or ``vector``, :func:`~pipeline.query.export.export`); returns
+    ``selection.json``'s content."""
+    result, out_dir = export(config, scene, text, vector, out_dir)
     log.info(
         "%r (%s): %d of %d Gaussians -> %s (object.ply, relevance.ply)",
-        result["query"],
-        session.model,
-        loc.inliers.size,
-        len(rel),
-        out_dir,
-    )
+        result["query"], result["model"], result["n_inliers"], result["gaussians"], out_dir,
+    )  # fmt: skip
     return result
 
 
@@ -92,4 +64,4 @@ def cli(
 ) -> None:
     """Export the Gaussians answering QUERY: object.ply (them alone) and relevance.ply (the scene
     coloured by relevance), both standard 3DGS PLYs, plus selection.json."""
-    run(options.load("export", params), resolve_scene(scene), query, read_vector(vector) if vector else None, out)
+    run(options.load("export", params), resolve_scene(scene), query, load_vector(vector) if vector else None, out)

@@ -1,55 +1,36 @@
 """Stage ``features``: undistorted views -> dense foundation-model features (zarr) + stats.
 
-Reads ``params.yaml: features.<model>`` (merged over the adapter's ``default_conf``). For every
-registered view of ``data/<scene>/colmap`` the adapter's dense map is written, one view at a time,
-into ``data/<scene>/features/<model>.zarr`` (layout: :mod:`pipeline.features.store`)::
+Reads ``params.yaml: features.<model>`` (the adapter's ``config_class``: ``m3 params features``
+lists the keys; ``--<model>.<key>`` options override them). For every registered view of
+``data/<scene>/colmap`` the adapter's dense map is written, one view at a time, into
+``data/<scene>/features/<model>.zarr`` (layout: :mod:`pipeline.features.store`)::
 
     data/<scene>/features/<model>.zarr          [V, h, w, d] float16 (+ valid [V, h, w]), attrs,
                                                 the model's records (<name>.json, e.g. llama3 captions)
     data/<scene>/stats/features-<model>.json    views, seconds per view, bytes on disk (DVC metrics)
 
-The store is built as ``.<model>.zarr.partial`` and renamed when complete: a killed run resumes
+The work is :func:`pipeline.features.stage.extract_scene`. The store is built as
+``.<model>.zarr.partial`` and renamed when complete: a killed run resumes
 there (only if config and inputs are unchanged), a finished store with the same provenance is
 kept as it is, and any config or input change recomputes every view.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import logging
-import time
-from collections.abc import Callable, Iterator
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import typer
-from tqdm import tqdm
 
 from pipeline.cluster.config import ClusterConfig
-from pipeline.core.code import code_hash
-from pipeline.core.config import load_params, section_of
+from pipeline.core.config import to_dict
 from pipeline.core.errors import M3Error
-from pipeline.core.io import canonical_json, hash_files, provenance, write_json
-from pipeline.core.runtime import resolve_device
-from pipeline.core.scene import Scene, View, load_views
-from pipeline.features.extract import Extractor, LocalExtractor
-from pipeline.features.models import FeatureModel, build_model, listed_models, model_class, resolve_conf
-from pipeline.features.store import FeatureStore, matches, resume_or_create, store_bytes
+from pipeline.core.scene import Scene, View
+from pipeline.features.models import FeatureModel, available, listed_models, model_class
+from pipeline.features.stage import extract_scene
 from stages.command import PARAMS, SCENE, Options, command, scene_target
-
-log = logging.getLogger(__name__)
-
-
-def inputs_hash(views: list[View]) -> str:
-    """Hash of the undistorted images (bytes) and their cameras (name, size, K)."""
-    missing = [v.image_path for v in views if not Path(v.image_path).is_file()]
-    if missing:
-        raise M3Error(f"{missing[0]}: undistorted image missing; rerun the poses stage")
-    cams = [{"name": v.name, "size": [v.width, v.height], "K": np.round(v.K, 6).tolist()} for v in views]
-    images = hash_files([Path(v.image_path) for v in views])
-    return hashlib.sha256(f"{images}:{canonical_json(cams)}".encode()).hexdigest()[:16]
 
 
 def run(
@@ -63,115 +44,27 @@ def run(
     cluster: ClusterConfig | None = None,
     on_view: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Features of every view of ``scene`` for ``model_name``; returns the stats.
-
-    ``config`` is the user's ``features.<model>`` section (merged over the adapter defaults).
-    ``views`` (default: :func:`load_views`) and ``model`` (default: built from ``config``; local
-    executor only) can be injected. ``cluster.executor`` picks where views are extracted (default
-    local); the store is the same either way. ``on_view(i)`` is called after view ``i`` is stored.
-    """
-    start = time.perf_counter()
-    conf = resolve_conf(model_name, config)
-    views = load_views(scene) if views is None else views
-    if not views:
-        raise M3Error(f"{scene.sparse_dir}: no registered views; rerun `m3 poses {scene.name}`")
-    names = [v.name for v in views]
-    height, width = views[0].height, views[0].width
-    prov = provenance("features", {"model": model_name, **conf}, inputs_hash(views), code_hash(__name__))
-    final = scene.features_path(model_name)
-    stats_path = scene.stats_path("features", model_name)
-    if matches(final, {"provenance": prov}, names):
-        log.info("%s: up to date (same config and inputs), kept", final)
-        return _stats(final, model_name, names, 0, 0.0, time.perf_counter() - start, stats_path)
-
-    with _extractor(model_name, config, device, model, cluster or ClusterConfig()) as extractor:
-        h, w, dim, has_mask = extractor.layout(height, width)
-        attrs = {
-            "model": model_name,
-            "checkpoint": conf.get("checkpoint"),
-            "weights": conf.get("weights"),
-            "input_size": conf.get("input_size"),
-            "feature_stride": [height / h, width / w],  # pixels of the view per feature cell (y, x)
-            "grid": [h, w],
-            "image_size": [height, width],
-            "dim": dim,
-            "config": prov["config"],
-            "config_hash": prov["config_hash"],
-            "inputs_hash": prov["inputs_hash"],
-            "provenance": prov,
-            "records": list(model_class(model_name).record_names),
-        }
-        store = resume_or_create(final, names, h, w, dim, attrs, has_mask)
-        todo = [(i, Path(views[i].image_path)) for i, done in enumerate(store.done_mask()) if not done]
-        compute = 0.0
-        bar = tqdm(total=len(names), initial=len(names) - len(todo), desc=f"features {model_name}", unit="view")
-
-        def show_workers(refresh: bool = True) -> None:  # live workers, also while waiting for one
-            bar.set_postfix(workers=extractor.live_workers(), refresh=refresh)
-
-        with bar:
-            for i, features, valid, records, seconds in extractor.extract(todo, width, height, show_workers):
-                store.write(i, features, valid, records)
-                compute += seconds
-                show_workers(refresh=False)
-                bar.update(1)
-                if on_view is not None:
-                    on_view(i)
-    store.finalize(final)
-    return _stats(final, model_name, names, len(todo), compute, time.perf_counter() - start, stats_path)
-
-
-@contextlib.contextmanager
-def _extractor(
-    model_name: str, config: dict[str, Any], device: str, model: FeatureModel | None, cluster: ClusterConfig
-) -> Iterator[Extractor]:
-    """The executor ``cluster.executor`` names: this process's model, or a pool of Ray actors."""
-    if cluster.executor == "local":
-        yield LocalExtractor(model or build_model(model_name, config, resolve_device(device, "features")))
-        return
-    from pipeline.cluster.session import ray_session
-    from pipeline.features.pool import RayExtractor
-
-    with ray_session(cluster), RayExtractor(model_name, config, device, cluster) as pool:
-        yield pool
-
-
-def _stats(
-    final: Path, model_name: str, names: list[str], computed: int, compute_s: float, total_s: float, stats_path: Path
-) -> dict[str, Any]:
-    store = FeatureStore.open(final)
-    h, w, d = store.shape
-    stats = {
-        "views": store.n_views,
-        "computed_views": computed,
-        "map_size": [h, w, d],
-        "seconds_per_view": round(compute_s / computed, 4) if computed else None,
-        "seconds": round(total_s, 2),
-        "bytes_on_disk": store_bytes(final),
-    }
-    write_json(stats_path, {k: v for k, v in stats.items() if k != "map_size"})
-    log.info(
-        "%s: %d views (%d computed), map %dx%dx%d, %.1f MB",
-        final,
-        stats["views"],
-        computed,
-        h,
-        w,
-        d,
-        stats["bytes_on_disk"] / 1e6,
+    """Features of every view of ``scene`` for ``model_name`` (:func:`~pipeline.features.stage.extract_scene`);
+    returns the stats."""
+    return extract_scene(
+        config, scene, model_name, device=device, views=views, model=model, cluster=cluster, on_view=on_view
     )
-    return stats
 
 
-def model_section(model_name: str, params: Path) -> dict[str, Any]:
-    """``features.<model>`` of the params file (``{}`` when absent); checks the model name."""
-    model_class(model_name, "--model")
-    return section_of(load_params(params), f"features.{model_name}", f"{params}: features.{model_name}")
+ADAPTER_CONFIGS = {name: model_class(name).config_class for name in available()}
+FeaturesOptions = dataclasses.make_dataclass(
+    "FeaturesOptions",
+    [(name, cls, dataclasses.field(default_factory=cls)) for name, cls in ADAPTER_CONFIGS.items()],
+    bases=(ClusterConfig,),
+    frozen=True,
+)
+"""The options of ``m3 features``: the ``cluster`` section's fields and every adapter's section as
+``--<model>.<key>`` (each overrides ``params.yaml: features.<model>``)."""
 
 
-@command(ClusterConfig)
+@command(FeaturesOptions)
 def cli(
-    options: Options[ClusterConfig],
+    options: Options[Any],
     scene: str = SCENE,
     model: str | None = typer.Option(
         None, help="model to extract (default: every model listed under models: in params)"
@@ -183,9 +76,16 @@ def cli(
 
     Resumes an interrupted run; keeps a finished store made by the same config and inputs. The
     cluster options choose the executor (local, or a pool of Ray actors); they never change the store.
+    The --<model>.<key> options override that model's params.yaml section (m3 params features lists them).
     """
     target, stage_model = scene_target(scene)
     names = [model or stage_model] if model or stage_model else listed_models(params)
-    cluster = options.load("cluster", params)
     for name in names:
-        run(model_section(name, params), target, name, device=device, cluster=cluster)
+        model_class(name, "--model")  # a misspelled name: the closest registered one
+    unused = sorted(set(options.given) & set(ADAPTER_CONFIGS) - set(names))
+    if unused:
+        raise M3Error(f"--{unused[0]}.<key> options given, but model {unused[0]} is not extracted; drop them")
+    cluster = options.fields_of(ClusterConfig).load("cluster", params)
+    for name in names:
+        conf = options.section(name, ADAPTER_CONFIGS[name]).load(f"features.{name}", params)
+        run(to_dict(conf), target, name, device=device, cluster=cluster)

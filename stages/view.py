@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pipeline.core.errors import M3Error
 from pipeline.core.scene import Scene, load_views
-from pipeline.evaluate.config import ViewConfig
-from pipeline.evaluate.session import QuerySession
+from pipeline.query.session import QuerySession
+from pipeline.view.config import ViewConfig
 from pipeline.view.viewer import Viewer
 from stages.command import PARAMS, SCENE, Options, command, resolve_scene
 

@@ -334,7 +334,7 @@ def coverage_stats(
     """Exact best cosine of every valid row of ``blocks`` against ``bank [t, d]`` (one streamed pass).
 
     Returns ``coverage`` (fraction of rows with best cosine ``>= theta``; for theta >= 1, rows
-    equal to an entry), ``min_best_cosine``, ``mean_best_cosine``, ``uncovered`` and ``seconds``.
+    equal to an entry), ``min_best_cosine``, ``mean_best_cosine``, ``uncovered`` and ``verify_seconds``.
     """
     start = time.perf_counter()
     unit, nonzero = unit_rows(np.asarray(bank))

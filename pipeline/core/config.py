@@ -8,8 +8,9 @@ closest valid name and the file, never a silently ignored setting. Numeric field
 range in their type (``Count``, ``Fraction``, ... : ``Annotated`` with a :class:`Range`), checked
 with the type, and the params file is read as YAML 1.2 reads numbers, so ``4e-4`` is a float and a
 quoted ``"4e-4"`` a string (an error for a number). An unknown top-level section is an error too.
-The feature adapters' sections (``features.<model>``) are hloc-style dicts merged over an adapter's
-``default_conf`` with :func:`merge_conf`, which applies the same key checks and the defaults' types.
+The feature adapters' sections (``features.<model>``) work the same way: each adapter declares its
+config dataclass (``config_class``, :mod:`pipeline.features.config`) and
+:func:`pipeline.features.models.resolve_conf` builds it with :func:`from_dict`.
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
         if key not in fields:
             raise _unknown_key(str(key), list(fields), where)
         factory = fields[key].default_factory
-        nested = dataclasses.is_dataclass(_bare(hints[key])) and isinstance(value, dict)
+        nested = section_class(hints[key]) is not None and isinstance(value, dict)
         if nested and factory is not dataclasses.MISSING:
             value = _merged(dataclasses.asdict(factory()), value)  # a partial section keeps the other defaults
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
@@ -248,9 +249,14 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     return cls(**kwargs)
 
 
-def _bare(tp: Any) -> Any:
-    """``tp`` without ``Annotated`` metadata."""
-    return typing.get_args(tp)[0] if typing.get_origin(tp) is Annotated else tp
+def section_class(tp: Any) -> type | None:
+    """The dataclass of a nested section's field type ``C`` or ``C | None`` (``Annotated`` aside), else None."""
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0] if len(args) == 1 else None
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
 
 
 def section_of(params: dict[str, Any], section: str, where: str) -> dict[str, Any]:
@@ -263,15 +269,22 @@ def section_of(params: dict[str, Any], section: str, where: str) -> dict[str, An
     return dict(node or {})
 
 
-def load_config(cls: type[T], section: str, path: Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> T:
+def load_config(
+    cls: type[T],
+    section: str,
+    path: Path = PARAMS_FILE,
+    overrides: dict[str, Any] | None = None,
+    option_prefix: str = "",
+) -> T:
     """``cls`` from the (dotted) ``section`` of the params file, with ``overrides`` (e.g. command-line
-    options; ``None`` values are ignored) applied on top; every key and type is checked."""
+    options ``--<option_prefix><key>``; ``None`` values are ignored) applied on top; every key and
+    type is checked."""
     where = f"{Path(path).name}: {section}"
     data = section_of(load_params(path), section, where)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if given:
         data = _merged(data, given)
-        where = f"{where} (with options {', '.join(_option_names(given))})"
+        where = f"{where} (with options {', '.join(_option_names(given, option_prefix))})"
     return from_dict(cls, data, where)
 
 
@@ -285,10 +298,13 @@ def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _option_names(given: dict[str, Any], prefix: str = "") -> list[str]:
+    """The flags of the ``given`` options: ``--<section>.<field-name>`` (a section keeps its ``_``)."""
     names = []
     for key, value in given.items():
-        flag = prefix + key.replace("_", "-")
-        names += _option_names(value, flag + ".") if isinstance(value, dict) else ["--" + flag]
+        if isinstance(value, dict):
+            names += _option_names(value, f"{prefix}{key}.")
+        else:
+            names.append(f"--{prefix}{key.replace('_', '-')}")
     return names
 
 
@@ -310,37 +326,6 @@ def field_help(cls: type) -> dict[str, str]:
                 doc = nxt.value.value if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) else ""
                 docs[node.target.id] = inspect.cleandoc(doc) if isinstance(doc, str) else ""
     return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
-
-
-def merge_conf(default: dict[str, Any], user: dict[str, Any] | None, where: str) -> dict[str, Any]:
-    """hloc-style conf merge: ``user`` overrides ``default``; keys absent from ``default`` raise, and
-    so does a value of another type than a (non-null) default's (an int for a float default is fine)."""
-    if user is not None and not isinstance(user, dict):
-        raise M3Error(f"{where}: expected a mapping of settings, got {user!r}")
-    merged = dict(default)
-    for key, value in (user or {}).items():
-        if key not in default:
-            raise _unknown_key(str(key), list(default), where)
-        if isinstance(default[key], dict) and isinstance(value, dict):
-            merged[key] = merge_conf(default[key], value, f"{where}.{key}")
-        else:
-            merged[key] = _like(value, default[key], f"{where}.{key}")
-    return merged
-
-
-def _like(value: Any, default: Any, where: str) -> Any:
-    """``value`` checked against the type of ``default`` (no check when either is null)."""
-    if value is None or default is None:
-        return value
-    want = type(default)
-    if want is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if want in (list, tuple) and isinstance(value, (list, tuple)):
-        return value
-    if isinstance(value, bool) != (want is bool) or not isinstance(value, want):
-        quoted = " (a quoted number is a string: remove the quotes)" if want in (int, float) and _numeric(value) else ""
-        raise M3Error(f"{where}: expected {want.__name__} like the default {default!r}, got {value!r}{quoted}")
-    return value
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -198,6 +199,16 @@ def _commit_output(tmp: Path, final: Path, command: str, earlier: list[str], rep
         write_json(final / OUTPUT_MARKER, {"command": command, "files": sorted({*names, *kept})})
     except OSError as exc:
         raise M3Error(f"{final}: cannot write the output ({exc.strerror or exc}); give a writable folder") from None
+
+
+def slug(text: str) -> str:
+    """A folder name for a query text (``a yellow duck`` -> ``a-yellow-duck``); a text that the name
+    cannot spell (other scripts, punctuation, over 60 characters) gets a hash of it appended, so
+    that different texts never share a folder (``黄色的鸭子`` -> ``query-<8 hex>``)."""
+    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
+    if name and re.fullmatch(r"[A-Za-z0-9 _-]{1,60}", text.strip()):
+        return name
+    return f"{name or 'query'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def provenance(stage: str, config: Any, inputs_hash: str, code: str, **extra: Any) -> dict[str, Any]:

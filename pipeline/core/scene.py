@@ -69,6 +69,11 @@ class Scene:
     def bank_path(self, model: str) -> Path:
         return self.bank_dir / f"{model}.zarr"
 
+    def path_of(self, path: str | Path) -> Path:
+        """``path`` relative to the scene folder (``~`` expanded; an absolute path is kept)."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.root / p
+
     def stats_path(self, stage: str, model: str) -> Path:
         """Run figures of a per-model stage (``features``, ``bank``): timings live outside the
         folders later stages depend on, so a rerun that changes only them invalidates nothing."""
@@ -151,6 +156,19 @@ def load_points(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     xyz = np.array([p.xyz for p in pts], dtype=np.float64).reshape(-1, 3)
     rgb = np.array([p.color for p in pts], dtype=np.uint8).reshape(-1, 3)
     return xyz, rgb
+
+
+def views_named(views: list[View], names: list[str], where: str) -> list[View]:
+    """The views called ``names`` (image names), in that order; :class:`M3Error` naming ``where``
+    (the option or setting that named them) and a few valid names for one that is not registered."""
+    by_name = {v.name: v for v in views}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        some = ", ".join(list(by_name)[:3])
+        raise M3Error(
+            f"{where}: '{missing[0]}' is not a registered view; use an image name of colmap/images ({some}, ...)"
+        )
+    return [by_name[n] for n in names]
 
 
 def split_views(views: list[View], test_every: int) -> tuple[list[View], list[View]]:

@@ -23,6 +23,7 @@ from PIL import Image
 from scipy.ndimage import zoom
 
 from pipeline.core.io import atomic_dir, read_json, write_json
+from pipeline.core.progress import progress
 from pipeline.demo.raycast import ROOM_HEIGHT, DemoObject, hit_object, intersect, ray_dirs
 
 log = logging.getLogger(__name__)
@@ -267,14 +268,12 @@ def make_demo_scene(
     ``label_every``-th view in ``labels/`` (:mod:`pipeline.demo.labels`).
     :func:`load_demo_scene` turns the folder back into a :class:`DemoScene`.
     """
-    from tqdm import tqdm
-
     from pipeline.demo.labels import write_frame_labels
 
     scene = build_demo_scene(n_views, width, height, seed, supersample)
     names = [o.name for o in scene.objects]
     with atomic_dir(Path(out_dir)) as tmp:
-        for i, view in enumerate(tqdm(scene.views, desc="demo views", unit="view", disable=None)):
+        for i, view in enumerate(progress(scene.views, desc="demo views", unit="view")):
             rgb, _, object_id = scene.render(view.K, view.w2c, width, height)
             Image.fromarray(rgb).save(tmp / view.name)
             if label_every > 0 and i % label_every == 0:

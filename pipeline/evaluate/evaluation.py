@@ -1,4 +1,4 @@
-"""Evaluate a trained memory on held-out views, and grounding against user masks.
+"""Evaluate a trained memory on held-out views: the ``evaluate`` stage's work.
 
 :func:`evaluate_views` renders each view once and compares the RGB render with the view's image
 (PSNR, SSIM, LPIPS when available) and, for every model, the features rendered through the
@@ -7,18 +7,15 @@ protocol, :mod:`pipeline.evaluate.metrics`). Features are read one view at a tim
 the same errors are given for the constant mean-feature predictor (:func:`mean_features` of the
 training views): a memory that has learnt the scene's features beats it by a wide margin.
 
-Grounding samples come from ``data/<scene>/grounding.json``, a list of::
-
-    {"view": "<image name of a registered view>", "text": "a yellow duck", "mask": "masks/duck_000.png"}
-
-``mask`` is a PNG relative to the scene folder; non-zero pixels are the object (resized with
-nearest neighbour to the view's size if needed). The predicted mask is the text's relevance map
-(:mod:`pipeline.evaluate.query`) upsampled to the image, min-max normalised per view and thresholded.
+:func:`evaluate_scene` is the whole stage: the held-out views, sizes, grounding
+(:mod:`pipeline.evaluate.grounding`) and LERF-OVS (:mod:`pipeline.evaluate.lerf`) when their
+annotations exist, and the outputs in ``data/<scene>/eval/``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,23 +24,24 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
+from pipeline.bank.store import load_bank
+from pipeline.core.code import code_hash
 from pipeline.core.errors import M3Error
 from pipeline.core.images import load_image, to_float
-from pipeline.core.scene import Scene, View
-from pipeline.evaluate.metrics import (
-    FeatureErrors,
-    GroundingScores,
-    LpipsUnavailable,
-    load_lpips,
-    lpips_metric,
-    psnr,
-    ssim,
-)
-from pipeline.evaluate.query import QueryVector, normalize_relevance, upsample
+from pipeline.core.io import atomic_dir, hash_files, provenance, write_json
+from pipeline.core.progress import progress
+from pipeline.core.runtime import resolve_device
+from pipeline.core.scene import Scene, View, load_views, resampled_views, split_views
+from pipeline.evaluate.config import EvaluateConfig
+from pipeline.evaluate.grounding import grounding_on_scene
+from pipeline.evaluate.lerf import lerf_on_scene
+from pipeline.evaluate.metrics import FeatureErrors, LpipsUnavailable, load_lpips, lpips_metric, psnr, ssim
+from pipeline.features.store import FeatureStore
+from pipeline.splat.trained import HEADS_FILE, TrainedMemory
 
 log = logging.getLogger(__name__)
+MODEL_FILES = ("point_cloud.ply", HEADS_FILE)  # what a trained memory needs at query time
 
 
 @dataclass
@@ -57,7 +55,7 @@ class ViewResult:
     features: dict[str, dict[str, float | int]] = field(default_factory=dict)
 
 
-def mean_features(store: Any, names: Sequence[str]) -> torch.Tensor:
+def mean_features(store: FeatureStore, names: Sequence[str]) -> torch.Tensor:
     """Mean stored feature ``[d]`` (float64) over the valid cells of the views ``names``, one view at a time."""
     index = {n: i for i, n in enumerate(store.names)}
     total, count = torch.zeros(store.shape[2], dtype=torch.float64), 0
@@ -74,9 +72,9 @@ def mean_features(store: Any, names: Sequence[str]) -> torch.Tensor:
 
 
 def evaluate_views(
-    memory: Any,
+    memory: TrainedMemory,
     views: Sequence[View],
-    stores: dict[str, Any],
+    stores: dict[str, FeatureStore],
     use_lpips: bool = True,
     on_render: Callable[[int, View, Any, torch.Tensor], None] | None = None,
     baselines: dict[str, torch.Tensor] | None = None,
@@ -103,7 +101,7 @@ def evaluate_views(
     totals = {m: FeatureErrors() for m in stores}
     base_totals = {m: FeatureErrors() for m in baselines}
     results: list[ViewResult] = []
-    for i, view in enumerate(tqdm(views, desc="evaluate", unit="view")):
+    for i, view in enumerate(progress(views, desc="evaluate", unit="view")):
         with torch.no_grad():
             out = memory.render(view)
         rgb = out.rgb.detach().float().cpu().clamp(0, 1)
@@ -146,68 +144,79 @@ def evaluate_views(
     return summary, results, notes
 
 
-@dataclass
-class GroundingSample:
-    """One user-provided grounding sample: view name, text, mask path (absolute)."""
-
-    view: str
-    text: str
-    mask: Path
+def _size_mb(paths: list[Path]) -> float:
+    total = sum(f.stat().st_size for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+    return round(total / 2**20, 4)
 
 
-def load_grounding(scene: Scene, file: str) -> list[GroundingSample]:
-    """Samples of ``<scene>/<file>`` (see the module docstring); ``[]`` when the file is absent."""
-    path = scene.root / file
-    if not path.is_file():
-        return []
-    from pipeline.core.io import read_json
-
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise M3Error(f"{path}: expected a list of {{view, text, mask}} entries; fix the file")
-    samples = []
-    for k, entry in enumerate(data):
-        if not isinstance(entry, dict) or not {"view", "text", "mask"} <= set(entry):
-            raise M3Error(f"{path}: entry {k} needs keys view, text, mask; fix the file")
-        mask = scene.root / entry["mask"]
-        if not mask.is_file():
-            raise M3Error(f"{path}: entry {k}: mask {mask} not found; fix the path (relative to {scene.root})")
-        samples.append(GroundingSample(str(entry["view"]), str(entry["text"]), mask))
-    return samples
+def _sizes(scene: Scene, memory: TrainedMemory) -> dict[str, Any]:
+    banks = {}
+    for m in memory.models:
+        bank, _ = load_bank(scene.bank_path(m))
+        banks[m] = {"slots": int(bank.shape[0]), "size_mb": _size_mb([scene.bank_path(m)])}
+    return {
+        "gaussians": int(len(memory.means)),
+        "model_size_mb": _size_mb([scene.model_dir / f for f in MODEL_FILES]),
+        "banks": banks,
+    }
 
 
-def predicted_mask(memory: Any, view: View, model: str, qv: QueryVector, threshold: float) -> np.ndarray:
-    """Boolean ``[H, W]`` mask: relevance of ``qv`` on ``view``, upsampled, normalised, ``>= threshold``."""
-    with torch.no_grad():
-        out = memory.render(view)
-        rel = qv(out.features[model].detach().float().cpu())
-    h, w = out.rgb.shape[:2]
-    return (normalize_relevance(upsample(rel, h, w)) >= threshold).numpy()
+def _save_render(renders: Path, n: int) -> Callable[[int, View, Any, torch.Tensor], None]:
+    def save(i: int, view: View, out: Any, gt: torch.Tensor) -> None:
+        if i < n:
+            rgb = out.rgb.detach().float().cpu().clamp(0, 1)
+            both = torch.cat([rgb, gt], dim=1).numpy()
+            Image.fromarray((both * 255 + 0.5).astype(np.uint8)).save(renders / f"{Path(view.name).stem}.png")
+
+    return save
 
 
-def evaluate_grounding(
-    memory: Any,
-    views: dict[str, View],
-    samples: Sequence[GroundingSample],
-    model: str,
-    encode: Callable[[str], QueryVector],
-    threshold: float,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """mIoU, cIoU, precision@0.5/0.6 of the predicted masks against the samples' masks."""
-    scores = GroundingScores()
-    per: list[dict[str, Any]] = []
-    cache: dict[str, QueryVector] = {}
-    for s in tqdm(samples, desc="grounding", unit="sample"):
-        if s.view not in views:
-            raise M3Error(f"grounding: view '{s.view}' is not a registered view; use an image name from colmap/images")
-        view = views[s.view]
-        if s.text not in cache:
-            cache[s.text] = encode(s.text)
-        qv = cache[s.text]
-        pred = predicted_mask(memory, view, model, qv, threshold)
-        gt_img = Image.open(s.mask).convert("L")
-        if gt_img.size != (pred.shape[1], pred.shape[0]):
-            gt_img = gt_img.resize((pred.shape[1], pred.shape[0]), Image.NEAREST)
-        iou = scores.add(pred, np.asarray(gt_img) > 0)
-        per.append({"view": s.view, "text": s.text, "iou": iou})
-    return scores.result(), per
+def evaluate_scene(config: EvaluateConfig, scene: Scene) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``evaluate`` stage on ``scene``'s trained memory: writes ``eval/`` (metrics.json,
+    per_view.json, provenance.json, renders/); returns the metrics and the details (method, image
+    size, notes, per-view figures)."""
+    start = time.perf_counter()
+    memory = TrainedMemory.load(scene, device=resolve_device(config.device, "evaluate"))
+    side = int(memory.config.get("max_side", 0)) if config.max_side is None else config.max_side
+    views = resampled_views(load_views(scene), side)
+    train, test = split_views(views, config.test_every)
+    if not test:
+        raise M3Error(f"evaluate.test_every={config.test_every}: no held-out views; set it to a positive number")
+    stores = {m: FeatureStore.open(scene.features_path(m)) for m in memory.models}
+    model_files = [scene.model_dir / f for f in (*MODEL_FILES, "config.json") if (scene.model_dir / f).is_file()]
+    prov = provenance("evaluate", config, hash_files(model_files), code_hash(__name__))
+    scene.eval_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(scene.eval_dir / "renders") as renders:
+        baselines = {m: mean_features(fs, [v.name for v in train]) for m, fs in stores.items()}
+        save = _save_render(renders, config.n_renders)
+        summary, per_view, notes = evaluate_views(memory, test, stores, config.lpips, save, baselines)
+    metrics: dict[str, Any] = {"test_views": len(test), **summary, **_sizes(scene, memory)}
+    details: dict[str, Any] = {
+        "method": memory.method,
+        "image_size": [test[0].width, test[0].height],
+        "notes": notes,
+        "views": [vars(r) for r in per_view],
+    }
+    held_out = set(memory.config.get("test_views", []))
+    seen = [v.name for v in test if v.name not in held_out]
+    if seen:
+        notes.append(
+            f"{len(seen)} of {len(test)} evaluated views were training views; "
+            "set evaluate.test_every equal to train.test_every"
+        )
+    grounded = grounding_on_scene(config.grounding, scene, memory, views)
+    if grounded is None:
+        notes.append(f"grounding skipped: no {scene.root / config.grounding.file}")
+    else:
+        metrics["grounding"], details["grounding"] = grounded
+    lerf = lerf_on_scene(config.lerf, scene, memory, views)
+    if lerf is None:
+        notes.append(f"lerf-ovs skipped: no label folder {scene.path_of(config.lerf.labels)}")
+    else:
+        metrics["lerf_ovs"], details["lerf_ovs"], lerf_notes = lerf
+        notes.extend(lerf_notes)
+    metrics["seconds"] = round(time.perf_counter() - start, 2)
+    write_json(scene.eval_dir / "per_view.json", details)
+    write_json(scene.eval_dir / "provenance.json", prov)
+    write_json(scene.eval_dir / "metrics.json", metrics)
+    return metrics, details

@@ -41,12 +41,16 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipeline.core.errors import M3Error
 from pipeline.core.io import read_json
+from pipeline.core.progress import progress
 from pipeline.core.scene import Scene, View
-from pipeline.evaluate.query import QueryVector, upsample
+from pipeline.evaluate.config import LerfConfig
+from pipeline.query.colors import upsample
+from pipeline.query.encode import Encoder, QueryVector, pick_model
+from pipeline.query.session import relevance_engine
+from pipeline.splat.trained import TrainedMemory
 
 log = logging.getLogger(__name__)
 DEPTH_TOLERANCE = 0.05  # a Gaussian centre up to 5% behind the rendered surface still counts as seen
@@ -224,7 +228,7 @@ def evaluate_lerf(
     seen: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(opacity), np.int32))
     inside: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(opacity), np.int32))
     per, notes = [], []
-    for frame in tqdm(frames, desc="lerf-ovs", unit="frame"):
+    for frame in progress(frames, desc="lerf-ovs", unit="frame"):
         view = views.get(frame.name) or by_stem.get(Path(frame.name).stem)
         if view is None:
             notes.append(f"lerf-ovs: frame {frame.name} is not a registered view; its queries are skipped")
@@ -264,4 +268,26 @@ def evaluate_lerf(
             "labels": len(queries),
         },
     }
+    return metrics, per, notes
+
+
+def lerf_on_scene(
+    config: LerfConfig, scene: Scene, memory: TrainedMemory, views: Sequence[View]
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]] | None:
+    """The protocol on the annotations in ``config.labels`` (relative to the scene folder, or
+    absolute); None when that folder does not exist. Labels are encoded once each."""
+    labels = scene.path_of(config.labels)
+    if not labels.is_dir():
+        return None
+    model = pick_model(memory.models, config.model, "evaluate.lerf")
+    encoder = Encoder.from_store(scene, model, config, memory.device)
+    engine = relevance_engine(memory, model)
+    metrics, per, notes = evaluate_lerf(
+        memory, frame_views(scene, views), read_labels(labels), model, encoder.text, lambda qv: engine(qv).cpu(),
+        config.filter_size, config.mask_threshold, config.min_opacity,
+    )  # fmt: skip
+    log.info(
+        "lerf-ovs (%s, %d queries): localisation accuracy %.4f, mIoU %.4f; 3D mIoU %.4f", model, metrics["queries"],
+        metrics["localization_accuracy"], metrics["mIoU"], metrics["3d"]["mIoU"],
+    )  # fmt: skip
     return metrics, per, notes

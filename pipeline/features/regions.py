@@ -24,25 +24,7 @@ SAM_URLS = {
     "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
 }
-
-SAM_CONF: dict[str, Any] = {
-    "sam_type": "vit_h",  # vit_h | vit_l | vit_b: architecture of the SAM checkpoint
-    "checkpoint": "sam_vit_h_4b8939.pth",  # local SAM checkpoint file (downloaded once from SAM_URLS)
-    "weights": "pretrained",  # pretrained | random (random init of random_arch, or of sam_type if null)
-    "random_arch": {"embed_dim": 64, "depth": 2, "num_heads": 2, "global_attn_indexes": [1], "img_size": 256},
-    "seed": 0,  # random init seed (weights: random)
-    "points_per_side": 32,  # SAM automatic mask generator settings
-    "points_per_batch": 64,
-    "pred_iou_thresh": 0.88,
-    "stability_score_thresh": 0.95,
-    "box_nms_thresh": 0.7,
-    "crop_n_layers": 0,
-}
-"""The SAM keys of a region adapter's conf (``sam_clip`` has them at its top level)."""
-
-NESTED_SAM_CONF = {k: v for k, v in SAM_CONF.items() if k not in ("weights", "seed")}
-"""SAM keys under ``features.<model>.sam`` of ``llama3`` and ``seem`` (their own ``weights`` and
-``seed`` apply to SAM too)."""
+"""Where to download the checkpoint of each SAM architecture (:data:`pipeline.features.config.SamType`)."""
 
 
 def _build_sam_arch(embed_dim: int, depth: int, num_heads: int, global_attn_indexes: list[int], img_size: int) -> Any:
@@ -83,30 +65,11 @@ def _build_sam_arch(embed_dim: int, depth: int, num_heads: int, global_attn_inde
     )
 
 
-def check_sam_type(conf: dict[str, Any], where: str) -> None:
-    """A ``sam_type`` SAM does not have -> :class:`M3Error` (``where``: the conf's params key)."""
-    if conf["sam_type"] not in SAM_URLS:
-        raise M3Error(f"{where}.sam_type: {conf['sam_type']!r} is not one of {', '.join(SAM_URLS)}; fix it")
-
-
-def check_sam_conf(conf: dict[str, Any], where: str = "features.sam_clip") -> None:
-    """A bad ``sam_type`` / ``weights`` or a missing checkpoint file -> :class:`M3Error`."""
-    check_sam_type(conf, where)
-    if conf["weights"] not in ("pretrained", "random"):
-        raise M3Error(f"{where}.weights: {conf['weights']!r} is not 'pretrained' or 'random'; fix it")
-    path = Path(conf["checkpoint"]).expanduser()
-    if conf["weights"] == "pretrained" and not path.is_file():
-        raise M3Error(
-            f"{where}.checkpoint: SAM checkpoint '{path}' not found; download it once "
-            f"({SAM_URLS[conf['sam_type']]}) and set {where}.checkpoint to its path"
-        )
-
-
 def load_sam(conf: dict[str, Any], where: str = "features.sam_clip") -> Any:
-    """The SAM model of ``conf``: ``sam_type`` + ``checkpoint`` file, or random init (``random_arch``)."""
+    """The SAM model of ``conf``: ``sam_type`` + ``checkpoint`` file, or random init (``random_arch``);
+    a missing checkpoint file is an :class:`M3Error` naming ``where``'s key and the download."""
     from segment_anything import sam_model_registry
 
-    check_sam_conf(conf, where)
     sam_type = conf["sam_type"]
     if conf["weights"] == "random":
         with torch.random.fork_rng(devices=[]):
@@ -115,6 +78,11 @@ def load_sam(conf: dict[str, Any], where: str = "features.sam_clip") -> Any:
             sam = _build_sam_arch(**arch) if arch is not None else sam_model_registry[sam_type]()
         return sam.eval()
     path = Path(conf["checkpoint"]).expanduser()
+    if not path.is_file():
+        raise M3Error(
+            f"{where}.checkpoint: SAM checkpoint '{path}' not found; download it once "
+            f"({SAM_URLS[sam_type]}) and set {where}.checkpoint to its path"
+        )
     sam = sam_model_registry[sam_type]()
     try:
         sam.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -129,11 +97,11 @@ def load_sam(conf: dict[str, Any], where: str = "features.sam_clip") -> Any:
 class SamMasks:
     """SAM automatic masks of a view; SAM is loaded on first use (text queries never need it).
 
-    ``conf`` holds the keys of :data:`SAM_CONF`; ``where`` is its params key for error messages.
+    ``conf`` holds the keys of :class:`~pipeline.features.config.SamConf` plus ``weights`` and
+    ``seed``; ``where`` is its params key for error messages.
     """
 
     def __init__(self, conf: dict[str, Any], device: torch.device, where: str) -> None:
-        check_sam_type(conf, where)
         self.conf, self.device, self.where = conf, device, where
         self._generator: Any = None
 

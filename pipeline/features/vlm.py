@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.core.errors import M3Error
-from pipeline.features.models.base import DTYPES, check_weights, hub_load_error
+from pipeline.features.models.base import DTYPES, OPENAI_MEAN, OPENAI_STD, hub_load_error
 from pipeline.features.tokenizers import BPE_VOCAB, BpeTokenizer, HfTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 IMAGE = "<image>"
 """Where the image goes in a prompt template (``features.llamav.prompt``)."""
 DEFAULT_PROMPTS = {"llava": "USER: <image>\n{question} ASSISTANT:", "mllama": "<image>{question}"}
-OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -337,7 +336,7 @@ def _random_model(conf: dict[str, Any]) -> tuple[Any, Tokenizer]:
             vision_feature_select_strategy=a["select_strategy"],
         )
         cls: Any = LlavaForConditionalGeneration
-    elif family == "mllama":
+    else:  # mllama
         layers = int(a["vision_layers"])
         config = MllamaConfig(
             vision_config={
@@ -352,8 +351,6 @@ def _random_model(conf: dict[str, Any]) -> tuple[Any, Tokenizer]:
             image_token_index=image_id,  # < vocab + 8: Mllama's embedding has 8 extra rows
         )
         cls = MllamaForConditionalGeneration
-    else:
-        raise M3Error(f"features.llamav.family: {family!r} is not one of {', '.join(FAMILIES)}; fix it")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(conf["seed"]))
         model = cls(config)
@@ -366,9 +363,6 @@ def _random_model(conf: dict[str, Any]) -> tuple[Any, Tokenizer]:
 def load_vlm(conf: dict[str, Any], device: torch.device) -> VisionLanguageModel:
     """The VLM of ``features.llamav`` ``conf``: a checkpoint (HF id or local folder; its
     ``model_type`` picks the family) or, with ``weights: random``, ``family`` at ``random_arch``."""
-    if conf["dtype"] not in DTYPES:
-        raise M3Error(f"features.llamav.dtype: {conf['dtype']!r} is not one of {', '.join(DTYPES)}; fix it")
-    check_weights(conf, "features.llamav")
     if conf["weights"] == "random":
         model, tokenizer = _random_model(conf)
         return FAMILIES[conf["family"]](model.to(DTYPES[conf["dtype"]]), tokenizer, conf, device, None)

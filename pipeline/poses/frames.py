@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.ndimage import median_filter
 
 from pipeline.core.errors import M3Error
+from pipeline.core.progress import progress
 from pipeline.core.scene import IMAGE_EXTS, VIDEO_EXTS
 from pipeline.poses.config import FramesConfig
 
@@ -204,12 +205,10 @@ def select_frames(
 def extract_frames(kind: str, paths: list[Path], root: Path, out_dir: Path, cfg: FramesConfig) -> dict[str, Any]:
     """Write the selected frames of ``paths`` (found by :func:`find_input` in ``root``) into
     ``out_dir`` as ``00000.png ...``; returns the ``frames.json`` record (without provenance)."""
-    from tqdm import tqdm
-
     source = iter_video(paths[0], cfg.video_candidates) if kind == "video" else iter_images(paths, root, cfg.max_side)
     total = cfg.video_candidates if kind == "video" else len(paths)
     cands: list[Candidate] = []
-    for name, t, image in tqdm(source, total=total, desc="frames", unit="frame", disable=None):
+    for name, t, image in progress(source, total=total, desc="frames", unit="frame"):
         image = downscale(image, cfg.max_side)
         sharpness, thumb = measure(image)
         path = out_dir / f".candidate_{len(cands):06d}.png"

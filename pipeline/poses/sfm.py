@@ -14,8 +14,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.core.scene import import_pycolmap
 from pipeline.poses.config import PosesConfig
 
@@ -204,8 +202,3 @@ def model_stats(rec: Any, n_total: int) -> dict[str, Any]:
         "mean_track_length": float(rec.compute_mean_track_length()),
         "cameras": int(rec.num_cameras()),
     }
-
-
-def pinhole_params(K: np.ndarray) -> list[float]:
-    """COLMAP PINHOLE params ``[fx, fy, cx, cy]`` from intrinsics ``K [3, 3]``."""
-    return [float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])]

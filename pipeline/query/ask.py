@@ -1,4 +1,4 @@
-"""Ask the memory about a view (``m3 ask``): rendered VLM image tokens in place of the VLM's own.
+"""``m3 ask``: ask the memory about a view; a VLM answers from rendered image tokens in place of its own.
 
 The memory renders the ``llamav`` features at a camera: the per-patch image tokens of the VLM
 whose tokens were stored (same checkpoint, its conf read from the feature store's attrs). They go
@@ -7,7 +7,8 @@ to that VLM's language model in place of the tokens its vision tower would compu
 which is not a per-patch token and cannot be rendered: the stored one of the view asked about, or
 for a novel camera of the nearest registered view). A region restricts the image tokens to the
 cells inside it: a pixel box ``x0,y0,x1,y1``, or the cells a text query finds (its relevance in a
-language model of the memory, e.g. ``clip``, ``llama3`` or ``seem``).
+language model of the memory, e.g. ``clip``, ``llama3`` or ``seem``). :func:`ask` answers one
+question and writes ``render.png`` (+ ``region.png``) and ``answer.json`` to an output folder.
 """
 
 from __future__ import annotations
@@ -20,11 +21,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
+from pipeline.core.config import to_dict
 from pipeline.core.errors import M3Error
-from pipeline.core.scene import View
-from pipeline.evaluate.query import build_query, normalize_relevance, upsample
+from pipeline.core.io import output_dir, output_listing, slug, write_json
+from pipeline.core.runtime import resolve_device
+from pipeline.core.scene import Scene, View, load_views, views_named
 from pipeline.features.store import FeatureStore
+from pipeline.features.vlm import ImageTokens
+from pipeline.query.colors import normalize_relevance, upsample
+from pipeline.query.config import AskConfig
+from pipeline.query.encode import Encoder, load_adapter, pick_model
+from pipeline.splat.trained import RenderOut, TrainedMemory
 
 _BOX = re.compile(r"^\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*$")
 
@@ -99,7 +108,7 @@ def text_cells(
 ) -> torch.Tensor:
     """``keep [h, w]`` bool: where ``text`` is found in ``model``'s rendered ``relevance_features
     [h', w', d]`` (cosine relevance, bilinear to ``grid``, min-max normalised, >= ``threshold``)."""
-    qv = build_query(model, attrs, text=text, mode="cosine", device=device)
+    qv = Encoder(model, attrs, mode="cosine", device=device).text(text)
     rel = upsample(qv(relevance_features.detach().float().cpu()), *grid)
     return normalize_relevance(rel) >= threshold
 
@@ -117,3 +126,88 @@ def region_overlay(rgb: torch.Tensor, keep: torch.Tensor) -> np.ndarray:
     inside = upsample(keep.float(), rgb.shape[0], rgb.shape[1]) >= 0.5
     img = rgb.detach().float().cpu() * torch.where(inside, 1.0, 0.25)[..., None]
     return (img.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def camera_of(views: list[View], view: str | None, pose: Path | None) -> View:
+    """The camera asked about: a registered ``view`` (default the first), or a ``pose`` file."""
+    if view is not None and pose is not None:
+        raise M3Error("ask: give --view or --pose, not both")
+    if pose is not None:
+        return read_pose(pose, nearest_view(read_pose(pose, views[0]), views))
+    return views_named(views, [view], "ask --view")[0] if view is not None else views[0]
+
+
+def region_cells(
+    region: str, rendered: RenderOut, model: str, region_model: str | None, camera: View, scene: Scene,
+    threshold: float, device: str,
+) -> torch.Tensor:  # fmt: skip
+    """``keep [h, w]`` bool over ``model``'s rendered grid: a pixel box, or where a text is found in
+    ``region_model``'s rendered features."""
+    grid = tuple(rendered.features[model].shape[:2])
+    box = parse_box(region)
+    if box is not None:
+        keep = box_cells(box, grid, camera.width, camera.height)
+    else:
+        attrs = FeatureStore.open(scene.features_path(region_model)).attrs
+        keep = text_cells(rendered.features[region_model], region_model, attrs, region, grid, threshold, device)
+    if not bool(keep.any()):
+        raise M3Error(f"ask: region {region!r} holds no feature cell of the view; widen it")
+    return keep
+
+
+def ask(
+    config: AskConfig,
+    scene: Scene,
+    question: str,
+    view: str | None = None,
+    pose: Path | None = None,
+    region: str | None = None,
+    out_dir: Path | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Answer ``question`` about a camera of ``scene``'s memory; writes ``render.png`` (+
+    ``region.png``) and ``answer.json`` to ``out_dir`` (default
+    ``<scene>/ask/<view>-<question>[-in-<region>]``); returns answer.json's content and the folder."""
+    if not question.strip():
+        raise M3Error('ask: the question is empty; e.g. m3 ask <scene> "What is on the table?"')
+    device = resolve_device(config.device, "ask")
+    memory = TrainedMemory.load(scene, device=device)
+    if config.model not in memory.models:
+        raise M3Error(f"ask: the memory holds no '{config.model}' ({', '.join(memory.models)}); add it to models:")
+    views = load_views(scene)
+    camera = camera_of(views, view, pose)
+    name = f"{Path(camera.name).stem}-{slug(question)}" + (f"-in-{slug(region)}" if region else "")
+    out_dir = Path(out_dir or scene.root / "ask" / name)
+    output_listing(out_dir, "ask")  # refused before any work: never replaces what m3 did not write
+    source = nearest_view(camera, views) if pose is not None else camera  # whose global tokens
+    store = FeatureStore.open(scene.features_path(config.model))
+    vlm = getattr(load_adapter(config.model, store.attrs, device), "vlm", None)
+    if vlm is None:
+        raise M3Error(f"ask.model: '{config.model}' stores no VLM image tokens; use llamav")
+    region_model = pick_model(memory.models, config.region_model, "ask") if region and not parse_box(region) else None
+    rendered = memory.render(camera, [config.model] + ([region_model] if region_model else []))
+    keep = None
+    if region:
+        threshold = config.region_threshold
+        keep = region_cells(region, rendered, config.model, region_model, camera, scene, threshold, device)
+    tokens = ImageTokens(rendered.features[config.model], global_tokens(store, source.name, vlm.dim))
+    grid = rendered.features[config.model].shape[:2]
+    result = {
+        "question": question,
+        "answer": vlm.generate(question, tokens, keep, config.max_new_tokens),
+        "camera": {"view": camera.name, "pose": str(pose) if pose else None, "global_tokens_from": source.name},
+        "region": region,
+        "region_model": region_model,
+        "image_tokens": int(keep.sum()) if keep is not None else int(grid[0] * grid[1]),
+        "global_tokens": len(tokens.globals),
+        "model": config.model,
+        "checkpoint": store.attrs.get("checkpoint"),
+        "weights": store.attrs.get("weights"),
+        "config": to_dict(config),
+    }
+    with output_dir(out_dir, "ask") as tmp:
+        rgb = rendered.rgb.detach().float().cpu()
+        Image.fromarray((rgb.numpy() * 255 + 0.5).astype(np.uint8)).save(tmp / "render.png")
+        if keep is not None:
+            Image.fromarray(region_overlay(rgb, keep)).save(tmp / "region.png")
+        write_json(tmp / "answer.json", result)
+    return result, out_dir

@@ -1,4 +1,4 @@
-"""Ask a trained memory where something is: text or vector -> relevance in 2D and 3D.
+"""Texts and vectors as queries in one model's feature space, and their relevance to features.
 
 A query is a vector ``q [d]`` in one stored model's feature space: a text encoded with that
 model's own text tower (same checkpoint as the stored features, read from the feature store's
@@ -11,13 +11,13 @@ pixel, or one Gaussian's own query mapped through memory attention) is one of
   in ``[0, 1]`` (0.5 = as close to the query as to the hardest negative). Needs the text tower
   for the negatives.
 
-3D localisation (:func:`localize`) ranks Gaussians by relevance, keeps the top ones (top-k or a
-quantile), drops outliers far from their median (robust trimming) and reports the
-opacity-weighted centroid and the axis-aligned box of the rest in world coordinates.
+:class:`Encoder` turns texts (or raw vectors) into :class:`QueryVector`; the text tower behind it
+is loaded once per model and process (:func:`load_adapter`), however many encoders use it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -30,24 +30,22 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.core.errors import M3Error
-from pipeline.evaluate.config import CANONICAL_NEGATIVES
+from pipeline.core.io import canonical_json
+from pipeline.core.scene import Scene
+from pipeline.query.config import CANONICAL_NEGATIVES, RelevanceConfig
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["canonical", "cosine"]
 
 
-def model_conf_from_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    """The adapter conf that produced a feature store (so the text tower is the same checkpoint).
-
-    Looks in ``attrs["provenance"]["config"]`` (the stage config), then ``attrs["model_conf"]``.
-    """
-    prov = attrs.get("provenance") or {}
-    cfg = prov.get("config") if isinstance(prov, dict) else None
-    for cand in (cfg.get("model") if isinstance(cfg, dict) else None, cfg, attrs.get("model_conf")):
-        if isinstance(cand, dict) and cand:
-            return dict(cand)
-    raise M3Error("feature store attrs: no model config recorded; rerun the features stage")
+def recorded_conf(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The adapter conf that produced a feature store (its provenance's config), so that a text
+    tower or a VLM is built from the same checkpoint."""
+    cfg = (attrs.get("provenance") or {}).get("config")
+    if not isinstance(cfg, dict) or not cfg:
+        raise M3Error("feature store attrs: no model config recorded; rerun the features stage")
+    return dict(cfg)
 
 
 @dataclass
@@ -102,129 +100,18 @@ class QueryVector:
         return self.from_cosines(f @ self.phrases().to(f.device).T)
 
 
-def load_text_model(name: str, attrs: dict[str, Any], device: str = "cpu") -> Any:
-    """Adapter ``name`` built with the conf recorded in its feature store ``attrs``."""
+def load_adapter(name: str, attrs: dict[str, Any], device: str = "cpu") -> Any:
+    """Adapter ``name`` (its text tower, or for ``llamav`` its VLM) built with the conf recorded in
+    its feature store ``attrs``; built once per conf and device in a process, then shared."""
+    return _adapter(name, canonical_json(recorded_conf(attrs)), str(device))
+
+
+@functools.cache
+def _adapter(name: str, conf_json: str, device: str) -> Any:
     from pipeline.features.models import build_model, model_class
 
-    conf = model_conf_from_attrs(attrs)
     known = set(model_class(name).default_conf)
-    return build_model(name, {k: v for k, v in conf.items() if k in known}, device)
-
-
-@dataclass
-class Localization:
-    """Where a query is in 3D: ``centroid [3]``, ``box_min/box_max [3]`` (world), selected ids."""
-
-    centroid: np.ndarray
-    box_min: np.ndarray
-    box_max: np.ndarray
-    selected: np.ndarray
-    inliers: np.ndarray
-    threshold: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "centroid": self.centroid.tolist(),
-            "box_min": self.box_min.tolist(),
-            "box_max": self.box_max.tolist(),
-            "n_selected": int(self.selected.size),
-            "n_inliers": int(self.inliers.size),
-            "relevance_threshold": self.threshold,
-        }
-
-
-def localize(
-    means: np.ndarray | torch.Tensor,
-    relevance: np.ndarray | torch.Tensor,
-    opacities: np.ndarray | torch.Tensor | None = None,
-    top_k: int | None = None,
-    quantile: float = 0.99,
-    min_opacity: float = 0.1,
-    trim: float = 3.0,
-    threshold: float | None = None,
-) -> Localization:
-    """Centroid and box of the most relevant Gaussians.
-
-    ``means [N, 3]``, ``relevance [N]``, ``opacities [N]`` in [0, 1] (None: all 1). Gaussians with
-    opacity below ``min_opacity`` are ignored (they barely render). Those with relevance at or
-    above ``threshold`` (else the top ``top_k``, else those at or above the ``quantile`` of
-    relevance) are selected (at least the most relevant one); those farther from the selection's
-    median than ``median + trim * 1.4826 * MAD`` of the distances are dropped. The centroid is the
-    opacity-weighted mean of the rest, the box their min/max.
-    """
-    xyz = torch.as_tensor(means).detach().double().cpu().numpy().reshape(-1, 3)
-    rel = torch.as_tensor(relevance).detach().double().cpu().numpy().reshape(-1)
-    op = (
-        np.ones(len(xyz))
-        if opacities is None
-        else torch.as_tensor(opacities).detach().double().cpu().numpy().reshape(-1)
-    )
-    if not (len(xyz) == len(rel) == len(op)):
-        raise ValueError(f"localize: sizes differ: means {len(xyz)}, relevance {len(rel)}, opacities {len(op)}")
-    cand = np.flatnonzero(op >= min_opacity)
-    if cand.size == 0:
-        raise M3Error(f"query: no Gaussian has opacity >= {min_opacity}; lower query.min_opacity")
-    order = cand[np.argsort(-rel[cand], kind="stable")]
-    if threshold is not None:
-        selected = order[: max(1, int((rel[order] >= threshold).sum()))]
-    elif top_k is not None:
-        selected = order[: max(1, min(top_k, order.size))]
-    else:
-        thr_q = np.quantile(rel[cand], quantile)
-        selected = order[rel[order] >= thr_q]
-    threshold = float(rel[selected].min())
-    pts = xyz[selected]
-    med = np.median(pts, axis=0)
-    dist = np.linalg.norm(pts - med, axis=1)
-    d_med = np.median(dist)
-    mad = np.median(np.abs(dist - d_med))
-    keep = dist <= d_med + trim * 1.4826 * mad + 1e-12
-    inliers = selected[keep]
-    w = op[inliers] / op[inliers].sum()
-    p = xyz[inliers]
-    return Localization(
-        centroid=(w[:, None] * p).sum(axis=0),
-        box_min=p.min(axis=0),
-        box_max=p.max(axis=0),
-        selected=selected,
-        inliers=inliers,
-        threshold=threshold,
-    )
-
-
-def turbo(x: np.ndarray) -> np.ndarray:
-    """Turbo colormap (polynomial fit by A. Mikhailov): ``x [...]`` in [0, 1] -> RGB ``[..., 3]`` in [0, 1]."""
-    x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)[..., None]
-    r = np.array([0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943])
-    g = np.array([0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604])
-    b = np.array([0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973])
-    powers = x ** np.arange(6)
-    return np.clip(np.stack([powers @ r, powers @ g, powers @ b], axis=-1), 0.0, 1.0)
-
-
-def normalize_relevance(rel: torch.Tensor, lo: float | None = None, hi: float | None = None) -> torch.Tensor:
-    """Relevance ``[...]`` mapped to [0, 1] between ``lo`` and ``hi`` (default: its min and max)."""
-    lo = float(rel.min()) if lo is None else lo
-    hi = float(rel.max()) if hi is None else hi
-    return ((rel - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
-
-
-def upsample(rel: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Relevance ``[h, w]`` resized bilinearly to ``[height, width]``."""
-    return F.interpolate(rel[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-
-
-def heatmap_overlay(rgb: torch.Tensor | np.ndarray, rel01: torch.Tensor | np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """The RGB render ``[H, W, 3]`` in [0, 1] with relevance ``[H, W]`` in [0, 1] as a turbo overlay.
-
-    Returns ``[H, W, 3] uint8``; the overlay's opacity grows with relevance (irrelevant pixels keep
-    a dimmed render).
-    """
-    img = torch.as_tensor(rgb).detach().float().cpu().numpy()
-    r = torch.as_tensor(rel01).detach().float().cpu().numpy()
-    a = (alpha * r)[..., None]
-    out = (1 - a) * (0.6 * img) + a * turbo(r)
-    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return build_model(name, {k: v for k, v in json.loads(conf_json).items() if k in known}, device)
 
 
 def has_text_tower(name: str) -> bool:
@@ -234,20 +121,21 @@ def has_text_tower(name: str) -> bool:
     return model_class(name).encode_text is not FeatureModel.encode_text
 
 
-def pick_model(models: Sequence[str], requested: str | None) -> str:
-    """``requested`` if the memory holds it, else the first model with a text tower."""
+def pick_model(models: Sequence[str], requested: str | None, section: str = "query") -> str:
+    """``requested`` if the memory holds it, else the first model with a text tower (``section``:
+    the params section that chose, named in errors)."""
     if requested is not None:
         if requested not in models:
             raise M3Error(
-                f"query: model '{requested}' is not in the trained memory ({', '.join(models)}); pick one of those"
+                f"{section}.model: '{requested}' is not in the trained memory ({', '.join(models)}); pick one of those"
             )
         return requested
     for m in models:
         if has_text_tower(m):
             return m
     raise M3Error(
-        f"query: none of the memory's models ({', '.join(models)}) has a text encoder; "
-        "pass --model and a query vector (--vector)"
+        f"{section}: none of the memory's models ({', '.join(models)}) has a text encoder; set {section}.model "
+        f"and query with vectors ({section}.vectors, or --vector where the command takes one)"
     )
 
 
@@ -257,6 +145,21 @@ def check_query(text: str | None, vector: np.ndarray | None) -> None:
         raise M3Error("query: give either a text or a query vector, not both or neither")
     if text is not None and not text.strip():
         raise M3Error('query: the text is empty; say what to look for, e.g. m3 query <scene> "a yellow duck"')
+
+
+def load_vector(path: Path) -> np.ndarray:
+    """A query vector ``[d]`` from ``.npy`` (never unpickled) or a JSON list of numbers."""
+    if not path.is_file():
+        raise M3Error(f"{path}: query vector file not found; pass a .npy or .json file")
+    try:
+        raw = np.load(path, allow_pickle=False) if path.suffix == ".npy" else json.loads(path.read_text())
+        vec = np.asarray(raw, dtype=np.float32).reshape(-1)
+    except (ValueError, TypeError, OSError) as exc:  # object arrays, bad JSON, strings, mappings
+        why = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise M3Error(f"{path}: not a query vector ({why}); give a .npy array or a JSON list of d numbers") from None
+    if vec.size == 0 or not np.isfinite(vec).all() or not vec.any():
+        raise M3Error(f"{path}: the query vector is empty, all zero or not finite; give d finite numbers")
+    return vec
 
 
 def load_vectors(path: Path) -> dict[str, np.ndarray]:
@@ -278,8 +181,8 @@ class Encoder:
     """Phrases or raw vectors -> :class:`QueryVector` in one model's space.
 
     A phrase found in ``vectors`` is queried with its vector; any other is encoded by the model's
-    text tower (built once, with the conf recorded in the feature store ``attrs``). Canonical mode
-    encodes the negatives with the text tower too.
+    text tower (:func:`load_adapter`: the conf recorded in the feature store ``attrs``, loaded once
+    per process). Canonical mode encodes the negatives with the text tower too.
     """
 
     def __init__(
@@ -298,6 +201,15 @@ class Encoder:
         self._tower: Any = None
         self._negs: torch.Tensor | None = None
 
+    @classmethod
+    def from_store(cls, scene: Scene, model: str, relevance: RelevanceConfig, device: str = "cpu") -> Encoder:
+        """The encoder of ``scene``'s stored ``model`` with ``relevance``'s mode, phrases and vectors file."""
+        from pipeline.features.store import FeatureStore
+
+        attrs = FeatureStore.open(scene.features_path(model)).attrs
+        vectors = load_vectors(scene.path_of(relevance.vectors)) if relevance.vectors else None
+        return cls(model, attrs, relevance.mode, relevance.negatives, relevance.scale, vectors, device)
+
     def _encode(self, phrases: list[str]) -> torch.Tensor:
         if self._tower is None:
             if not has_text_tower(self.model):
@@ -305,7 +217,7 @@ class Encoder:
                     f"query: model '{self.model}' has no text encoder; use mode cosine with a vector "
                     "(--vector or a vectors file)"
                 )
-            self._tower = load_text_model(self.model, self.attrs, self.device)
+            self._tower = load_adapter(self.model, self.attrs, self.device)
         limit = self._tower.max_text_tokens
         for phrase in phrases:
             # at least a token per word (or per 16 characters of a long word), plus start and end tokens
@@ -332,35 +244,3 @@ class Encoder:
     def vector(self, vector: np.ndarray | torch.Tensor, text: str | None = None) -> QueryVector:
         """The query of a raw ``vector [d]``."""
         return QueryVector(torch.as_tensor(vector), self._negatives(), self.mode, self.scale, text)
-
-
-def build_query(
-    model: str,
-    attrs: dict[str, Any],
-    text: str | None = None,
-    vector: np.ndarray | None = None,
-    mode: Mode = "canonical",
-    negatives: Sequence[str] = CANONICAL_NEGATIVES,
-    scale: float = 10.0,
-    device: str = "cpu",
-) -> QueryVector:
-    """A query for ``model`` from ``text`` (its text tower, conf from the feature store ``attrs``)
-    or from a raw ``vector [d]`` (canonical mode still encodes the negatives with the text tower)."""
-    check_query(text, vector)
-    enc = Encoder(model, attrs, mode, negatives, scale, device=device)
-    return enc.text(text) if text is not None else enc.vector(vector)
-
-
-@torch.no_grad()
-def relevance_maps(
-    memory: Any, views: Sequence[Any], model: str, qv: QueryVector
-) -> list[tuple[Any, torch.Tensor, torch.Tensor]]:
-    """``(view, rgb [H, W, 3], relevance [H, W])`` per view: relevance of the rendered ``model``
-    features (at the stored feature size), upsampled bilinearly to the render."""
-    out = []
-    for view in views:
-        r = memory.render(view)
-        rgb = r.rgb.detach().float().cpu().clamp(0, 1)
-        rel = qv(r.features[model].detach().float().cpu())
-        out.append((view, rgb, upsample(rel, rgb.shape[0], rgb.shape[1])))
-    return out

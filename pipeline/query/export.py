@@ -1,37 +1,33 @@
-"""A query's answer as Gaussians: the relevant ones on their own, and the scene coloured by relevance.
+"""``m3 export``: a query's answer as Gaussians: the relevant ones alone, and the scene coloured by relevance.
 
 Both are parameter dicts in the layout of :mod:`pipeline.splat.gaussians` (``save_ply`` writes
 them as standard 3DGS PLYs that common splat viewers open):
 
 * :func:`subset`: the selected Gaussians with all their parameters (object extraction);
 * :func:`recolored`: every Gaussian with view-independent colours (SH DC only, higher bands 0),
-  e.g. :func:`relevance_colors`: LangSplat's composite, the Gaussians in the upper half of the
-  relevance range in the turbo colormap, the others their RGB dimmed to 30%.
+  e.g. :func:`~pipeline.query.colors.relevance_colors`: LangSplat's composite.
+
+:func:`export` answers one query and writes ``object.ply``, ``relevance.ply`` and
+``selection.json`` into an output folder (:func:`pipeline.core.io.output_dir`).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.evaluate.query import turbo
-from pipeline.splat.gaussians import SH_C0, rgb_to_sh
-
-DIM = 0.3  # brightness of the Gaussians a query does not select (LangSplat's composite)
-
-
-def base_colors(params: dict[str, Tensor]) -> np.ndarray:
-    """View-independent RGB ``[N, 3]`` in [0, 1] (the SH DC term)."""
-    return (params["sh0"][:, 0].detach().float().cpu() * SH_C0 + 0.5).clamp(0, 1).numpy()
-
-
-def relevance_colors(rgb: np.ndarray, relevance: np.ndarray) -> np.ndarray:
-    """LangSplat's composite on min-max normalised ``relevance [N]``: where it is >= 0.5, turbo of
-    ``2 r - 1``; elsewhere ``rgb [N, 3]`` dimmed. Returns ``[N, 3]`` in [0, 1]."""
-    rel = np.asarray(relevance, np.float64)
-    r = (rel - rel.min()) / max(float(rel.max() - rel.min()), 1e-12)
-    return np.where((r >= 0.5)[:, None], turbo(2 * r - 1), DIM * np.asarray(rgb, np.float64))
+from pipeline.core.config import to_dict
+from pipeline.core.io import output_dir, output_listing, slug, write_json
+from pipeline.core.scene import Scene
+from pipeline.query.colors import base_colors, relevance_colors
+from pipeline.query.config import ExportConfig
+from pipeline.query.encode import check_query
+from pipeline.query.session import QuerySession
+from pipeline.splat.gaussians import rgb_to_sh, save_ply
 
 
 def subset(params: dict[str, Tensor], ids: np.ndarray) -> dict[str, Tensor]:
@@ -46,3 +42,35 @@ def recolored(params: dict[str, Tensor], colors: np.ndarray) -> dict[str, Tensor
     out["sh0"] = rgb_to_sh(torch.as_tensor(np.asarray(colors), dtype=torch.float32))[:, None, :]
     out["shN"] = torch.zeros_like(out["shN"])
     return out
+
+
+def export(
+    config: ExportConfig,
+    scene: Scene,
+    text: str | None = None,
+    vector: np.ndarray | None = None,
+    out_dir: Path | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Export the answer to ``text`` (or ``vector [d]``) to ``out_dir`` (default
+    ``<scene>/export/<text>``); returns ``selection.json``'s content and the folder."""
+    check_query(text, vector)
+    out_dir = Path(out_dir or scene.root / "export" / slug(text or "vector"))
+    output_listing(out_dir, "export")  # refused before any work: never replaces what m3 did not write
+    session = QuerySession(scene, config, "export")
+    rel = session.relevance(session.encode(text, vector))
+    loc = session.localize(rel)
+    params = session.memory.params
+    result = {
+        "query": text if text is not None else "<vector>",
+        "model": session.model,
+        "mode": config.mode,
+        "method": session.memory.method,
+        "gaussians": int(len(rel)),
+        **loc.to_json(),
+        "config": to_dict(config),
+    }
+    with output_dir(out_dir, "export") as tmp:
+        save_ply(tmp / "object.ply", subset(params, loc.inliers))
+        save_ply(tmp / "relevance.ply", recolored(params, relevance_colors(base_colors(params), rel.numpy())))
+        write_json(tmp / "selection.json", result)
+    return result, out_dir

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.evaluate.query import QueryVector
+from pipeline.query.encode import QueryVector
 from pipeline.splat.memory import MemoryAttention
 
 log = logging.getLogger(__name__)

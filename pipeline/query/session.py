@@ -1,15 +1,14 @@
-"""A trained memory ready to answer queries: the query tools' (``query``, ``export``, ``view``) common part.
+"""A trained memory ready to answer queries: what the query tools (``query``, ``export``, ``view``) share.
 
 :class:`QuerySession` loads the memory once, picks the model, builds the :class:`Encoder` (text
 tower and/or the vectors file) and the per-Gaussian relevance engine
-(:class:`~pipeline.evaluate.relevance.GaussianRelevance`), then answers any number of queries:
+(:class:`~pipeline.query.relevance.GaussianRelevance`), then answers any number of queries:
 relevance of every Gaussian, the selected Gaussians and their 3D box (:func:`localize`).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,20 +16,14 @@ from torch import Tensor
 
 from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene
-from pipeline.evaluate.config import SelectConfig
-from pipeline.evaluate.query import Encoder, Localization, QueryVector, check_query, load_vectors, localize, pick_model
-from pipeline.evaluate.relevance import GaussianRelevance
-from pipeline.features.store import FeatureStore
+from pipeline.query.config import SelectConfig
+from pipeline.query.encode import Encoder, QueryVector, check_query, pick_model
+from pipeline.query.localize import Localization, localize
+from pipeline.query.relevance import GaussianRelevance
 from pipeline.splat.gaussians import QUERY_PREFIX
 from pipeline.splat.trained import TrainedMemory
 
 log = logging.getLogger(__name__)
-
-
-def scene_path(scene: Scene, path: str) -> Path:
-    """``path`` relative to the scene folder (an absolute path is kept)."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else scene.root / p
 
 
 def relevance_engine(memory: TrainedMemory, model: str, attention_k: int | None = None) -> GaussianRelevance:
@@ -42,13 +35,11 @@ class QuerySession:
     """``scene``'s trained memory, one model, an encoder and a relevance engine (see the module doc)."""
 
     def __init__(self, scene: Scene, config: SelectConfig, section: str = "query"):
-        self.scene, self.config = scene, config
+        self.scene, self.config, self.section = scene, config, section
         device = resolve_device(config.device, section)
         self.memory = TrainedMemory.load(scene, device=device)
-        self.model = pick_model(self.memory.models, config.model)
-        attrs = FeatureStore.open(scene.features_path(self.model)).attrs
-        vectors = load_vectors(scene_path(scene, config.vectors)) if config.vectors else None
-        self.encoder = Encoder(self.model, attrs, config.mode, config.negatives, config.scale, vectors, device)
+        self.model = pick_model(self.memory.models, config.model, section)
+        self.encoder = Encoder.from_store(scene, self.model, config, device)
         self.engine = relevance_engine(self.memory, self.model, config.attention_k)
 
     def encode(self, text: str | None = None, vector: np.ndarray | None = None) -> QueryVector:
@@ -66,5 +57,13 @@ class QuerySession:
         with torch.no_grad():
             opacities = self.memory.opacities.detach().cpu()
         return localize(
-            self.memory.means, relevance, opacities, c.top_k, c.quantile, c.min_opacity, c.trim, c.threshold
+            self.memory.means,
+            relevance,
+            opacities,
+            c.top_k,
+            c.quantile,
+            c.min_opacity,
+            c.trim,
+            c.threshold,
+            self.section,
         )

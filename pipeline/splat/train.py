@@ -1,11 +1,15 @@
 """The training loop: 3D Gaussians + per-model principal queries + memory attention (or decoders).
 
-Each step renders one training view: RGB at full size (loss 0.8 L1 + 0.2 (1 - SSIM)), and every
-model's query map at that model's feature-map size (K scaled by (w/W, h/H)), with geometry
-detached unless ``feature_grad_geometry``. ``pixels`` valid cells per model are sampled, mapped
-through the model's head and compared with the stored features (0.5 (mean(1 - cos) + MSE)),
-read one view at a time from the feature store. Densification and pruning: gsplat's
-``DefaultStrategy`` (queries are params entries, so they are cloned/split/pruned too).
+Each step renders one training view at the step's resolution (the schedule's coarse-to-fine
+start, :meth:`Trainer.step_view`), in a random ``patch`` of it when the schedule has one
+(:meth:`Trainer.patch`): RGB (loss 0.8 L1 + 0.2 (1 - SSIM)) and every model's principal-query
+map, at the pixels of that window (``feature_render: pixels``, the stored features interpolated
+bilinearly at pixel centres) or at the model's feature-map size (``cells``), with geometry
+detached unless ``feature_grad_geometry`` (:mod:`pipeline.splat.principal_queries`). ``pixels``
+valid samples per model are mapped through the model's head and compared with the stored
+features (0.5 (mean(1 - cos) + MSE)), read one view at a time from the feature store.
+Densification and pruning: gsplat's ``DefaultStrategy`` (queries are params entries, so they are
+cloned/split/pruned too).
 
 The schedule (:class:`~pipeline.splat.config.Schedule`: iterations, image size, learning rates,
 densification) is the CPU one on the CPU and the M3 reference on CUDA unless ``train.schedule``
@@ -13,16 +17,16 @@ names one. Views (images and intrinsics) are resampled so their longer side is t
 ``max_side`` (:func:`training_views`; evaluate renders at that same size). Opacities are reset
 every ``reset_every`` steps while densifying (:meth:`Trainer.reset_opacities`).
 
-Every ``checkpoint_every`` steps, and at least every ``checkpoint_minutes``, ``checkpoint.safetensors``
-is replaced atomically (:mod:`pipeline.splat.checkpoint`); a rerun with the same config, inputs, code, device and image
-size resumes from it. A non-finite loss raises :class:`M3Error` naming the step and the term,
-leaving the last good checkpoint in place.
+Every ``checkpoint_every`` steps, and at least every ``checkpoint_minutes``,
+``checkpoint.safetensors`` is replaced atomically (:mod:`pipeline.splat.checkpoint`); a rerun with
+the same config, inputs, code, device and image size resumes from it. A non-finite loss raises
+:class:`M3Error` naming the step and the term, leaving the last good checkpoint in place.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from pipeline.bank.store import FEATURES_IDENTITY, check_bank_matches, load_bank
 from pipeline.core.code import code_hash
@@ -38,23 +41,23 @@ from pipeline.core.config import to_dict
 from pipeline.core.errors import M3Error
 from pipeline.core.images import load_image
 from pipeline.core.io import config_hash, hash_files, provenance
+from pipeline.core.progress import progress as progress_bar
 from pipeline.core.runtime import peak_ram_mb, resolve_device
 from pipeline.core.scene import Scene, View, load_points, load_views, resampled_views, split_views
 from pipeline.features.store import FeatureStore
 from pipeline.splat.checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from pipeline.splat.config import TrainConfig
+from pipeline.splat.config import Schedule, TrainConfig
 from pipeline.splat.gaussians import init_params, render_rgb
 from pipeline.splat.losses import feature_loss, rgb_loss
 from pipeline.splat.memory import build_heads
-from pipeline.splat.queries import Camera, Window, supervised_queries, window_K
+from pipeline.splat.principal_queries import Camera, Window, supervised_queries, window_K
 
 log = logging.getLogger(__name__)
 
 
-def training_views(scene: Scene, cfg: TrainConfig) -> list[View]:
-    """The scene's views at the training resolution (the resolved schedule's ``max_side``)."""
-    device = resolve_device(cfg.device, "train")
-    return resampled_views(load_views(scene), cfg.resolved(torch.device(device).type).max_side)
+def training_views(scene: Scene, schedule: Schedule) -> list[View]:
+    """The scene's views at the training resolution (the schedule's ``max_side``)."""
+    return resampled_views(load_views(scene), schedule.max_side)
 
 
 def scene_scale(views: list[View]) -> float:
@@ -65,8 +68,11 @@ def scene_scale(views: list[View]) -> float:
 
 @dataclass
 class Inputs:
-    """Everything training reads: views, open feature stores, banks and the provenance."""
+    """Everything a training run reads: the device and schedule it resolved to, views, open feature
+    stores, banks and the provenance."""
 
+    device: str
+    schedule: Schedule
     train: list[View]
     test: list[View]
     stores: dict[str, FeatureStore]
@@ -76,13 +82,16 @@ class Inputs:
     provenance: dict[str, Any]
 
 
-def open_inputs(scene: Scene, cfg: TrainConfig, models: list[str]) -> Inputs:
-    """Views split, feature stores opened (not read), banks loaded and checked against them.
+def open_inputs(scene: Scene, cfg: TrainConfig, models: list[str], device: str) -> Inputs:
+    """The run's inputs on ``device`` (resolved: ``cpu``, ``cuda`` or ``cuda:<n>``): its schedule,
+    views split, feature stores opened (not read), banks loaded and checked against them.
 
     The provenance holds what the run depends on: the config with the device and schedule it
     resolves to and the training image sizes, the COLMAP model, the banks and features, the code.
     """
-    views = training_views(scene, cfg)
+    kind = torch.device(device).type
+    schedule = cfg.resolved(kind)
+    views = training_views(scene, schedule)
     train, test = split_views(views, cfg.test_every)
     if not train:
         raise M3Error(f"{scene.sparse_dir}: no training views after holding out every {cfg.test_every}th; add views")
@@ -107,29 +116,29 @@ def open_inputs(scene: Scene, cfg: TrainConfig, models: list[str]) -> Inputs:
         hashes[m] = (attrs.get("provenance") or {}).get("bank_hash") or attrs.get("bank_hash") or ""
         fp = fs.attrs.get("provenance") or {}
         feats[m] = {k: fp.get(k) for k in FEATURES_IDENTITY}
-    device = torch.device(resolve_device(cfg.device, "train")).type
     config = {
         "train": to_dict(cfg),
         "models": models,
-        "device": device,
-        "schedule": to_dict(cfg.resolved(device)),
+        "device": kind,
+        "schedule": to_dict(schedule),
         "image_sizes": sorted({(v.width, v.height) for v in views}),
     }
     inputs_hash = config_hash(
         {"colmap": hash_files(sorted(scene.sparse_dir.glob("*.bin"))), "banks": hashes, "features": feats}
     )
     prov = provenance("train", config, inputs_hash, code_hash(__name__), banks=hashes, features=feats)
-    return Inputs(train, test, stores, index, banks, hashes, prov)
+    return Inputs(device, schedule, train, test, stores, index, banks, hashes, prov)
 
 
 class Trainer:
     """State of one training run (params, heads, optimisers, densification) and its step."""
 
-    def __init__(self, scene: Scene, cfg: TrainConfig, models: list[str], inputs: Inputs, device: str):
+    def __init__(self, scene: Scene, cfg: TrainConfig, models: list[str], inputs: Inputs):
         from gsplat.strategy import DefaultStrategy
 
-        self.scene, self.cfg, self.models, self.inp, self.device = scene, cfg, models, inputs, device
-        self.sched = sched = cfg.resolved(torch.device(device).type)
+        self.scene, self.cfg, self.models, self.inp, self.device = scene, cfg, models, inputs, inputs.device
+        self.sched = sched = inputs.schedule
+        device = self.device
         dims = {m: cfg.query_dims[m] for m in models}
         xyz, rgb = load_points(scene)
         self.params = init_params(
@@ -144,7 +153,7 @@ class Trainer:
         self.head_opt = torch.optim.Adam(head_params, lr=cfg.lr_heads, eps=1e-15) if head_params else None
         # gsplat 1.5.3 never resets opacities itself (`step % reset_every == 0 & step > 0` is a chained
         # comparison that is always false); reset_every still gates its large-Gaussian pruning, and
-        # the reset happens in train_step (reset_opacities)
+        # the reset happens in train_step (reset_opacities) unless the installed gsplat does it
         self.strategy = DefaultStrategy(
             prune_opa=cfg.prune_opacity,
             grow_grad2d=sched.grad_threshold,
@@ -156,6 +165,7 @@ class Trainer:
         self.strategy.check_sanity(self.params, self.optimizers)
         self.state = self.strategy.initialize_state(scene_scale=self.scale)
         self.step, self.elapsed, self.cpu_elapsed, self.curves = 0, 0.0, 0.0, []
+        self.peak_ram_mb = 0.0
         self.images: dict[str, torch.Tensor] = {}
         self.gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -293,14 +303,34 @@ class Trainer:
 
     def reset_opacities(self) -> bool:
         """Every ``reset_every`` steps while densifying, clamp opacities to 2x the prune threshold
-        (3DGS's opacity reset, which gsplat 1.5.3's DefaultStrategy never reaches); returns whether it did."""
+        (3DGS's opacity reset, which gsplat 1.5.3's DefaultStrategy never reaches; not when the
+        installed gsplat does it itself, :func:`gsplat_resets_opacities`); returns whether it did."""
         from gsplat.strategy.ops import reset_opa
 
         s = self.sched
-        if not (0 < self.step < s.densify_stop and self.step % s.reset_every == 0):
+        if gsplat_resets_opacities() or not (0 < self.step < s.densify_stop and self.step % s.reset_every == 0):
             return False
         reset_opa(self.params, self.optimizers, self.state, value=2.0 * self.cfg.prune_opacity)
         return True
+
+
+@functools.cache
+def gsplat_resets_opacities() -> bool:
+    """Whether the installed gsplat's ``DefaultStrategy`` resets opacities itself at a reset step
+    (1.5.3 never does: a chained comparison; a fixed release will), asked of its behaviour: one
+    post-backward callback at step ``reset_every``, its statistics update and ``reset_opa`` stubbed."""
+    import gsplat.strategy.default as gs_default
+
+    calls: list[dict[str, Any]] = []
+    strategy = gs_default.DefaultStrategy(refine_start_iter=10**9, refine_stop_iter=10**9, reset_every=2)
+    strategy._update_state = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    real = gs_default.reset_opa
+    gs_default.reset_opa = lambda **kwargs: calls.append(kwargs)
+    try:
+        strategy.step_post_backward({}, {}, {}, step=2, info={})
+    finally:
+        gs_default.reset_opa = real
+    return bool(calls)
 
 
 def view_order(n: int, step: int, seed: int) -> int:
@@ -317,18 +347,21 @@ def set_threads(cfg: TrainConfig, device: str) -> None:
         torch.set_num_threads(cfg.cpu_threads)
 
 
-def train(scene: Scene, cfg: TrainConfig, models: list[str], progress: bool = True) -> Trainer:
-    """Train (or resume) ``scene``'s Gaussians; returns the trainer after the schedule's iterations."""
+def train(scene: Scene, cfg: TrainConfig, models: list[str], progress: bool | None = None) -> Trainer:
+    """Train (or resume) ``scene``'s Gaussians; returns the trainer after the schedule's iterations.
+
+    The device and the schedule are resolved once, here. ``progress``: show the bar (None: the
+    policy of :mod:`pipeline.core.progress`)."""
     device = resolve_device(cfg.device, "train")
     torch.manual_seed(cfg.seed)
     set_threads(cfg, device)
-    inputs = open_inputs(scene, cfg, models)
-    tr = Trainer(scene, cfg, models, inputs, device)
+    inputs = open_inputs(scene, cfg, models, device)
+    tr = Trainer(scene, cfg, models, inputs)
     iterations = tr.sched.iterations
     ckpt = scene.model_dir / CHECKPOINT_FILE
     load_checkpoint(tr, ckpt)
     saved_at = time.perf_counter()
-    bar = tqdm(total=iterations, initial=tr.step, desc=f"train {scene.name}", unit="step", disable=not progress)
+    bar = progress_bar(total=iterations, initial=tr.step, desc=f"train {scene.name}", unit="step", show=progress)
     start, cpu_start = time.perf_counter() - tr.elapsed, time.process_time() - tr.cpu_elapsed
     while tr.step < iterations:
         view = inputs.train[view_order(len(inputs.train), tr.step, cfg.seed)]
@@ -350,9 +383,7 @@ def train(scene: Scene, cfg: TrainConfig, models: list[str], progress: bool = Tr
             save_checkpoint(tr, ckpt)
             saved_at = time.perf_counter()
     bar.close()
-    if not math.isfinite(tr.elapsed):
-        tr.elapsed = 0.0
-    tr.peak_ram_mb = peak_ram_mb()  # type: ignore[attr-defined]
+    tr.peak_ram_mb = peak_ram_mb()
     return tr
 
 

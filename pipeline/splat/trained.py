@@ -27,7 +27,7 @@ from pipeline.core.io import atomic_write, read_json, write_json
 from pipeline.core.scene import Scene, View
 from pipeline.splat.gaussians import QUERY_PREFIX, load_ply, render_rgb, save_ply, scaled_K, sh_degree_of
 from pipeline.splat.memory import load_heads, save_heads
-from pipeline.splat.queries import Camera, feature_grid_queries
+from pipeline.splat.principal_queries import Camera, feature_grid_queries
 
 HEADS_FILE = "memory.safetensors"
 LEGACY_HEADS_FILE = "memory.pt"  # pickles of m3 before 2026-12: never loaded

@@ -8,7 +8,7 @@ machine running ``m3 view`` needs no GPU. The page shows:
   ``relevance`` (the last query: turbo on the upper half of the relevance range, the rest
   dimmed, as ``m3 export``'s relevance.ply);
 * a **Query** text box and a **Search** button: the text (or a phrase of the vectors file) runs
-  the query engine (:class:`~pipeline.evaluate.session.QuerySession`), recolours by relevance
+  the query engine (:class:`~pipeline.query.session.QuerySession`), recolours by relevance
   and draws the selected Gaussians' 3D box (red wireframe); the status line says how many;
 * the scene's cameras: a **Camera** list (pick one to look through it) and clickable frustums.
 
@@ -35,8 +35,8 @@ from torch import Tensor
 from pipeline.core.errors import M3Error
 from pipeline.core.images import PCA3
 from pipeline.core.scene import View
-from pipeline.evaluate.export import base_colors, relevance_colors
-from pipeline.evaluate.session import QuerySession
+from pipeline.query.colors import base_colors, relevance_colors
+from pipeline.query.session import QuerySession
 from pipeline.splat.gaussians import QUERY_PREFIX, activated
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.bank.config import BankConfig
+from pipeline.bank.stage import METRICS
 from pipeline.bank.store import check_bank_matches, load_bank
 from pipeline.core.config import load_config
 from pipeline.core.errors import M3Error
@@ -70,7 +71,7 @@ def test_stage_writes_a_covering_bank_and_stats(tmp_path: Path) -> None:
     norms, row_norms = np.linalg.norm(bank, axis=1), np.linalg.norm(valid_rows.astype(np.float32), axis=1)
     assert row_norms.min() * 0.5 < norms.min() and norms.max() <= row_norms.max() and norms.mean() > 3
     assert stats["passes"] == 6 and 0 < stats["centre_entries"] <= len(bank)
-    written = read_json(bank_stage.stats_path(scene, "clip"))
+    written = read_json(scene.stats_path("bank", "clip"))
     assert written["t"] == len(bank) and "provenance" not in written
     prov = attrs["provenance"]
     assert prov["features"] == {k: store.attrs["provenance"][k] for k in ("config_hash", "inputs_hash", "code_hash")}
@@ -125,7 +126,7 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stats = json.loads(Path("data/demo/stats/bank-clip.json").read_text())
     bank, attrs = load_bank(Path("data/demo/bank/clip.zarr"))
     assert attrs["provenance"]["config"]["threshold"] == 0.7 and attrs["provenance"]["config"]["dtype"] == "float32"
-    assert set(stats) == set(bank_stage.METRICS) and stats["t"] == len(bank)
+    assert set(stats) == set(METRICS) and stats["t"] == len(bank)
     assert bank.shape[1] == 48
 
 

@@ -118,9 +118,7 @@ def test_misspelled_model_names_say_which_one_was_meant(tmp_path: Path) -> None:
             listed_models(params)
     params.write_text("models: [clip]\n")
     assert listed_models(params) == ["clip"]
-    with pytest.raises(
-        M3Error, match=r"features.dinov2.input_size: expected int like the default 448, got '448' \(a quoted"
-    ):
+    with pytest.raises(M3Error, match=r"features.dinov2.input_size: expected int, got '448' \(a quoted"):
         resolve_conf("dinov2", {"input_size": "448"})
     runner = CliRunner()
     params.write_text("models: [clip]\nbank:\n  clipp: {threshold: 0.8}\n")

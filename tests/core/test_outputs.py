@@ -136,7 +136,7 @@ def test_out_never_deletes_data(trained: Scene, tmp_path: Path, command: str, mo
 
 
 def test_query_folder_names_keep_different_texts_apart() -> None:
-    from stages.query import slug
+    from pipeline.core.io import slug
 
     assert slug("a yellow duck") == "a-yellow-duck"
     names = {slug(t) for t in ("黄色的鸭子", "红色的盒子", "кот", "a duck?", "a duck!", "x" * 61, "x" * 62)}

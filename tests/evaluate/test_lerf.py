@@ -12,7 +12,7 @@ import torch
 from pipeline.core.errors import M3Error
 from pipeline.core.scene import View
 from pipeline.evaluate import lerf as L
-from pipeline.evaluate.query import QueryVector
+from pipeline.query.encode import QueryVector
 from pipeline.splat.trained import RenderOut
 
 
@@ -133,7 +133,7 @@ class PlantedMemory:
         obj &= (row >= view.height // 3) & (row <= 2 * view.height // 3 - 1)
         self.object = np.concatenate([obj, obj])  # the hidden ones are relevant too, but never seen
 
-    def render(self, view: View) -> RenderOut:
+    def render(self, view: View, models: list[str] | None = None) -> RenderOut:
         return RenderOut(
             torch.zeros(view.height, view.width, 3), torch.ones(view.height, view.width), {"m": self.feats}
         )

@@ -12,9 +12,10 @@ from PIL import Image
 
 from pipeline.core.errors import M3Error
 from pipeline.core.scene import Scene, View
-from pipeline.evaluate.evaluation import evaluate_grounding, evaluate_views, load_grounding, mean_features
-from pipeline.evaluate.query import QueryVector
+from pipeline.evaluate.evaluation import evaluate_views, mean_features
+from pipeline.evaluate.grounding import evaluate_grounding, load_grounding
 from pipeline.features.store import FeatureStore
+from pipeline.query.encode import QueryVector
 from pipeline.splat.trained import RenderOut
 
 H, W, h, w, D = 16, 20, 4, 5, 8
@@ -26,7 +27,7 @@ class KnownRenders:
     def __init__(self, renders: dict[str, RenderOut]) -> None:
         self.renders = renders
 
-    def render(self, view: View) -> RenderOut:
+    def render(self, view: View, models: list[str] | None = None) -> RenderOut:
         return self.renders[view.name]
 
 
@@ -114,7 +115,7 @@ def test_grounding_from_json_and_masks(tmp_path: Path) -> None:
         encoded.append(text)
         return QueryVector(q)
 
-    result, per = evaluate_grounding(memory, {"v0.png": views[0]}, samples, "clip", encode, threshold=0.5)
+    result, per = evaluate_grounding(memory, views, samples, "clip", encode, threshold=0.5)
     assert encoded == ["thing"]  # one encoding per distinct text
     # bilinear upsampling blurs the square's border symmetrically: at 0.5 it is nearly exact
     assert per[0]["iou"] > 0.8 and per[1]["iou"] == 0.0
@@ -130,7 +131,7 @@ TARGET = "blue sphere"
 
 @pytest.mark.slow
 def test_planted_vector_is_localised_inside_its_object(trained_planted, tmp_path: Path) -> None:
-    from pipeline.evaluate.config import QueryConfig
+    from pipeline.query.config import QueryConfig
     from stages.query import run as query_run
 
     scene, planted, box = trained_planted.scene, trained_planted.vectors[TARGET], trained_planted.boxes[TARGET]

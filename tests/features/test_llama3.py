@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -90,7 +92,7 @@ def test_llama3_offline_errors_name_the_checkpoints(monkeypatch, tmp_path):
     with pytest.raises(M3Error, match=r"features\.llama3\.embedder.*Meta-Llama-3-8B.*hf download meta-llama/Meta-Ll"):
         build_model("llama3", {})
     # SAM and the captioner load on first use (text queries need only the language model)
-    from pipeline.features.captioner import CAPTIONER_CONF, Captioner
+    from pipeline.features.captioner import Captioner, CaptionerConf
     from pipeline.features.models import resolve_conf
     from pipeline.features.regions import nested_sam
 
@@ -98,7 +100,7 @@ def test_llama3_offline_errors_name_the_checkpoints(monkeypatch, tmp_path):
     segment = nested_sam(conf, torch.device("cpu"), "llama3")
     with pytest.raises(M3Error, match=r"features\.llama3\.sam\.checkpoint: SAM checkpoint .*sam\.pth' not found"):
         segment(smooth_image(60, 80))
-    absent = {**CAPTIONER_CONF, "checkpoint": "m3-tests/absent"}
+    absent = dataclasses.asdict(CaptionerConf(checkpoint="m3-tests/absent"))
     with pytest.raises(M3Error, match=r"features\.llama3\.captioner.*m3-tests/absent.*hf download m3-tests/absent"):
         Captioner(absent, "pretrained", 0, torch.device("cpu"), "features.llama3.captioner")
 

@@ -77,7 +77,7 @@ def test_llamav_errors_name_the_key_and_fix():
         build_model("llamav", {**FAMILIES["mllama"], "tiles": [1, 2], "random_arch": {}})
     with pytest.raises(M3Error, match=r"prompt: .*needs both '<image>' and '\{question\}'"):
         build_model("llamav", {**FAMILIES["llava"], "prompt": "USER: {question}"})
-    with pytest.raises(M3Error, match="family: 'qwen' is not one of llava, mllama"):
+    with pytest.raises(M3Error, match="family: 'qwen' is not one of 'llava', 'mllama'"):
         build_model("llamav", {"weights": "random", "family": "qwen"})
     with pytest.raises(M3Error, match="dtype: 'int8'"):
         build_model("llamav", {**FAMILIES["llava"], "dtype": "int8"})

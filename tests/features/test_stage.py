@@ -268,6 +268,32 @@ def test_cli_features_uses_params_section_and_reports_errors(scene4, tmp_path):
     assert result.exit_code == 2 and "unknown key 'input_sise'" in result.output
 
 
+def test_cli_options_override_the_model_section(demo_input, tmp_path):
+    """`--<model>.<key>` options are the adapter config's fields: given ones override params.yaml."""
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    scene = posed_scene(tmp_path / "two", demo_input, 2)
+    params = tmp_path / "params.yaml"
+    params.write_text("models: [clip]\nfeatures:\n  clip: {input_size: 56, random_arch: {embed_dim: 16}}\n")
+    runner = CliRunner()
+    base = ["features", str(scene.root), "--params", str(params), "--device", "cpu"]
+    result = runner.invoke(app, [*base, "--clip.input-size", "28", "--clip.weights", "random"])
+    assert result.exit_code == 0, result.output
+    store = FeatureStore.open(scene.features_path("clip"))
+    assert store.n_views == 2 and store.shape == (2, 3, 16)
+    assert store.attrs["input_size"] == 28 and store.attrs["weights"] == "random"
+    assert store.attrs["config"]["random_arch"]["embed_dim"] == 16  # the params section's other keys stay
+    for option, error in (
+        (["--clip.input-size", "0"], "features.clip (with options --clip.input-size).input_size: 0 is out of range"),
+        (["--clip.random_arch.layers", "0"], "(with options --clip.random_arch.layers).random_arch.layers: 0 is out"),
+        (["--siglip.input-size", "28"], "--siglip.<key> options given, but model siglip is not extracted"),
+    ):
+        result = runner.invoke(app, [*base, *option])
+        assert result.exit_code == 2 and error in result.output, result.output
+
+
 @pytest.mark.slow
 def test_peak_ram_does_not_grow_with_views(demo_input, tmp_path):
     """10 vs 40 views, each map 32 x 43 x 512 (2.8 MB in float32): holding the 30 extra views would

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.core.errors import M3Error
 from pipeline.core.scene import Scene, View, load_views
-from pipeline.evaluate import ask as A
+from pipeline.query import ask as A
 from tests.helpers.scenes import gt_scene
 
 LLAMAV = {
@@ -104,9 +104,9 @@ def test_stored_tokens_of_a_training_view_give_exactly_the_vlms_own_logits(small
     import shutil
 
     from pipeline.core.images import load_image, to_float
-    from pipeline.evaluate.query import load_text_model
     from pipeline.features.store import FeatureStore
     from pipeline.features.vlm import ImageTokens
+    from pipeline.query.encode import load_adapter
     from stages.features import run as features_run
 
     scene = Scene(tmp_path / "demo")
@@ -114,7 +114,7 @@ def test_stored_tokens_of_a_training_view_give_exactly_the_vlms_own_logits(small
     views = load_views(scene)[:4]
     features_run(LLAMAV[family], scene, "llamav", views=views)
     store = FeatureStore.open(scene.features_path("llamav"))
-    adapter = load_text_model("llamav", store.attrs, "cpu")  # as m3 ask builds it
+    adapter = load_adapter("llamav", store.attrs, "cpu")  # as m3 ask builds it
     vlm = adapter.vlm
     stored, _ = store.read(2)
     tokens = ImageTokens(torch.from_numpy(stored), A.global_tokens(store, views[2].name, vlm.dim))

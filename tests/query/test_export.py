@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluate.export import base_colors, recolored, relevance_colors, subset
-from pipeline.evaluate.query import turbo
+from pipeline.query.colors import base_colors, relevance_colors, turbo
+from pipeline.query.export import recolored, subset
 from pipeline.splat.gaussians import init_params, load_ply, save_ply
 
 

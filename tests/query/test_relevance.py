@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.evaluate.query import QueryVector
-from pipeline.evaluate.relevance import GaussianRelevance, direct_relevance
+from pipeline.query.encode import QueryVector
+from pipeline.query.relevance import GaussianRelevance, direct_relevance
 from pipeline.splat.memory import Decoder, MemoryAttention
 
 

@@ -40,8 +40,7 @@ def test_resume_on_another_device_keeps_generator_states_on_the_cpu(scene: Scene
     cfg = quick_config(iterations=2, checkpoint_every=2, seed=3)
     (scene.model_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     T.train(scene, cfg, ["clip"], progress=False)
-    inputs = T.open_inputs(scene, cfg, ["clip"])
-    tr = T.Trainer(scene, cfg, ["clip"], inputs, "cpu")
+    tr = T.Trainer(scene, cfg, ["clip"], T.open_inputs(scene, cfg, ["clip"], "cpu"))
     tr.device = "meta"
     assert load_checkpoint(tr, scene.model_dir / CHECKPOINT_FILE)
     assert tr.step == 2 and tr.params["means"].device.type == "meta"
@@ -113,6 +112,40 @@ def test_opacity_reset_fires_every_reset_every_steps(scene: Scene, monkeypatch) 
     assert all(v <= 2 * cfg.prune_opacity + 1e-6 for v in seen.values()), seen
 
 
+def test_opacities_reset_once_whether_or_not_gsplat_does_it(scene: Scene, monkeypatch) -> None:
+    """With gsplat 1.5.3 (its reset never fires) the trainer resets; with a gsplat whose reset fires
+    (the upstream fix, simulated) the trainer leaves it to gsplat: one reset per reset step either way."""
+    import gsplat.strategy.default as gs_default
+
+    resets: list[int] = []
+    real = gs_default.reset_opa
+
+    def counted(*args, **kwargs):
+        resets.append(1)
+        return real(*args, **kwargs)
+
+    def fixed(self, params, optimizers, state, step, info, packed=False):  # 1.5.3's, the comparison fixed
+        if step >= self.refine_stop_iter:
+            return
+        self._update_state(params, state, info, packed=packed)
+        if step % self.reset_every == 0 and step > 0:
+            gs_default.reset_opa(params=params, optimizers=optimizers, state=state, value=self.prune_opa * 2.0)
+
+    monkeypatch.setattr(gs_default, "reset_opa", counted)
+    monkeypatch.setattr("gsplat.strategy.ops.reset_opa", counted)
+    cfg = quick_config(iterations=7, densify_start=100, densify_stop=7, reset_every=3, checkpoint_every=100)
+    for strategy_fixed in (False, True):
+        if strategy_fixed:
+            monkeypatch.setattr(gs_default.DefaultStrategy, "step_post_backward", fixed)
+        T.gsplat_resets_opacities.cache_clear()
+        assert T.gsplat_resets_opacities() is strategy_fixed
+        resets.clear()
+        (scene.model_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+        T.train(scene, cfg, ["clip"], progress=False)
+        assert len(resets) == 2, (strategy_fixed, resets)  # steps 3 and 6
+    T.gsplat_resets_opacities.cache_clear()
+
+
 def test_schedules_follow_the_device_and_params_show_both() -> None:
     cfg = load_config(TrainConfig, "train", REPO / "params.yaml")
     assert cfg.cpu == cpu_schedule() and cfg.reference == Schedule()  # params.yaml shows both
@@ -124,14 +157,13 @@ def test_schedules_follow_the_device_and_params_show_both() -> None:
     assert forced.resolved("cpu") == forced.reference
 
 
-def test_provenance_records_device_and_resolution(scene: Scene, monkeypatch) -> None:
+def test_provenance_records_device_and_resolution(scene: Scene) -> None:
     """A checkpoint only resumes on the device and at the image size it was trained with."""
-    small = T.open_inputs(scene, quick_config(max_side=32), ["clip"]).provenance
-    full = T.open_inputs(scene, quick_config(max_side=0), ["clip"]).provenance
+    small = T.open_inputs(scene, quick_config(max_side=32), ["clip"], "cpu").provenance
+    full = T.open_inputs(scene, quick_config(max_side=0), ["clip"], "cpu").provenance
     assert small["config"]["image_sizes"] == [[32, 24]] and full["config"]["image_sizes"] == [[64, 48]]
     assert small["config"]["device"] == "cpu" and small["config_hash"] != full["config_hash"]
-    monkeypatch.setattr(T, "resolve_device", lambda device, section: "cuda")
-    on_gpu = T.open_inputs(scene, quick_config(max_side=32), ["clip"]).provenance
+    on_gpu = T.open_inputs(scene, quick_config(max_side=32), ["clip"], "cuda").provenance
     assert on_gpu["config"]["device"] == "cuda" and on_gpu["config_hash"] != small["config_hash"]
 
 

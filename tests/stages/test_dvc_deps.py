@@ -69,10 +69,18 @@ def test_removing_a_dependency_is_caught(dvc: dict) -> None:
     assert {stage for stage, file in uncovered(broken) if file == "stages/command.py"} == set(broken["stages"])
 
 
+def test_the_query_tools_are_no_dependency_of_evaluate(dvc: dict) -> None:
+    """``m3 ask``, ``export`` and ``query`` live in ``pipeline/query`` beside what evaluate uses:
+    changing them must not rerun the evaluate stage."""
+    deps = stage_specs(dvc)["evaluate"]["deps"]
+    for tool in ("pipeline/query/ask.py", "pipeline/query/export.py", "pipeline/query/find.py"):
+        assert not any(tool == d or tool.startswith(d.rstrip("/") + "/") for d in deps), tool
+
+
 def test_closure_follows_function_level_and_registry_imports() -> None:
     files = {p.relative_to(REPO).as_posix() for p in import_closure("stages.features")}
     assert "pipeline/features/models/sam_clip.py" in files  # loaded by the registry (pkgutil)
     assert "pipeline/core/errors.py" in files and "pipeline/__init__.py" in files
-    assert not any(re.match(r"pipeline/(splat|evaluate|demo)/", f) for f in files)
-    query = {p.relative_to(REPO).as_posix() for p in import_closure("pipeline.evaluate.query")}
+    assert not any(re.match(r"pipeline/(splat|query|evaluate|demo)/", f) for f in files)
+    query = {p.relative_to(REPO).as_posix() for p in import_closure("pipeline.query.encode")}
     assert "pipeline/features/models/clip.py" in query  # imported inside a function

@@ -137,9 +137,9 @@ def test_seem_llama3_llamav_through_dvc_repro(tmp_path: Path) -> None:
 
     from pipeline.core.images import load_image, to_float
     from pipeline.core.scene import Scene, load_views
-    from pipeline.evaluate.query import build_query
     from pipeline.features.models import build_model
     from pipeline.features.store import FeatureStore
+    from pipeline.query.encode import Encoder
     from stages.features import run as features_run
 
     root = tmp_path / "proj"
@@ -166,7 +166,7 @@ def test_seem_llama3_llamav_through_dvc_repro(tmp_path: Path) -> None:
         np.testing.assert_allclose(feats.astype(np.float32), direct.features.numpy(), rtol=1e-3, atol=1e-3)
         np.testing.assert_array_equal(valid, direct.valid.numpy())
         if name != "llamav":
-            query = build_query(name, a, text="a yellow box", mode="cosine")
+            query = Encoder(name, a, mode="cosine").text("a yellow box")
             assert torch.allclose(query.query, model.encode_text(["a yellow box"])[0], atol=1e-6)
     captions = FeatureStore.open(scene.features_path("llama3")).records("captions")
     assert {r["view"] for r in captions} == {v.name for v in views}

@@ -1,12 +1,15 @@
 """Registry of foundation-model adapters.
 
-Each adapter is one module in this package that defines a :class:`FeatureModel` subclass and
+Each adapter is one module in this package that defines a :class:`FeatureModel` subclass, with
+the frozen dataclass of its ``params.yaml: features.<name>`` section as ``config_class``, and
 decorates it with :func:`register`. Modules are imported on first use, so adding a model is
-adding a file: no stage or pipeline code changes.
+adding a file: no stage or pipeline code changes (``m3 params features`` and the ``--<name>.<key>``
+options of ``m3 features`` come from the config class).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import pkgutil
@@ -17,7 +20,7 @@ from typing import Any
 
 import torch
 
-from pipeline.core.config import load_params, merge_conf, section_of
+from pipeline.core.config import from_dict, load_params, section_of
 from pipeline.core.errors import M3Error
 from pipeline.features.models.base import FeatureMap, FeatureModel
 
@@ -25,7 +28,8 @@ _REGISTRY: dict[str, type[FeatureModel]] = {}
 
 
 def register(name: str) -> Callable[[type[FeatureModel]], type[FeatureModel]]:
-    """Class decorator: make an adapter available as ``name`` in ``params.yaml``."""
+    """Class decorator: make an adapter available as ``name`` in ``params.yaml`` (its section is
+    its ``config_class``; ``default_conf`` is set to that class's defaults as a dict)."""
 
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):  # it ends DVC stage names: features@<scene>-<model>
         raise ValueError(f"model name '{name}': use lower-case letters, digits and '_'")
@@ -34,6 +38,7 @@ def register(name: str) -> Callable[[type[FeatureModel]], type[FeatureModel]]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"model name '{name}' registered twice")
         cls.name = name
+        cls.default_conf = dataclasses.asdict(cls.config_class())
         _REGISTRY[name] = cls
         return cls
 
@@ -82,8 +87,13 @@ def listed_models(params: Path) -> list[str]:
 
 
 def resolve_conf(name: str, user: dict[str, Any] | None) -> dict[str, Any]:
-    """``default_conf`` of ``name`` with the user's ``features.<name>`` section merged over it."""
-    return merge_conf(model_class(name, "features").default_conf, user, f"params.yaml: features.{name}")
+    """The conf adapter ``name`` receives: the user's ``features.<name>`` section (None: all defaults)
+    built as its ``config_class`` (unknown keys, types and ranges are checked; a partial nested
+    section keeps its other defaults), as a plain dict."""
+    where = f"params.yaml: features.{name}"
+    if user is not None and not isinstance(user, dict):
+        raise M3Error(f"{where}: expected a mapping of settings, got {user!r}")
+    return dataclasses.asdict(from_dict(model_class(name, "features").config_class, user or {}, where))
 
 
 def build_model(name: str, user_conf: dict[str, Any] | None, device: str | torch.device = "cpu") -> FeatureModel:

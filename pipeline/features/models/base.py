@@ -7,6 +7,7 @@ An adapter turns one RGB view into a dense feature map covering the **whole** im
 
 from __future__ import annotations
 
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -15,15 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.core.errors import M3Error
+from pipeline.features.config import AdapterConf, Dtype
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+"""CLIP's (OpenAI's) image normalisation mean per RGB channel, used by its descendants too."""
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+"""CLIP's (OpenAI's) image normalisation standard deviation per RGB channel."""
+
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in typing.get_args(Dtype)}
 """torch dtypes by the names adapters' ``dtype`` keys take."""
-
-
-def check_weights(conf: dict[str, Any], where: str) -> None:
-    """``conf["weights"]`` must be ``pretrained`` or ``random``, else :class:`M3Error` naming ``where``."""
-    if conf["weights"] not in ("pretrained", "random"):
-        raise M3Error(f"{where}.weights: {conf['weights']!r} is not 'pretrained' or 'random'; fix it")
 
 
 def hub_load_error(model: str, checkpoint: str, what: str, exc: Exception, local: str) -> M3Error:
@@ -56,14 +57,18 @@ class FeatureMap:
 class FeatureModel(ABC):
     """A registered foundation-model adapter.
 
-    ``default_conf`` holds every key the adapter accepts (``params.yaml: features.<name>`` is merged
-    over it and unknown keys are errors). Common keys: ``checkpoint`` (HF hub id, open_clip name or
-    local path), ``weights`` (``pretrained`` | ``random``: same architecture, random init, for tests),
-    ``input_size``.
+    ``config_class`` is the frozen dataclass of its ``params.yaml: features.<name>`` section (every
+    key, with its type, range, default and help; see :mod:`pipeline.features.config`). The adapter
+    receives the section checked and completed by it as a plain dict (``conf``, the
+    :func:`dataclasses.asdict` of the config; :func:`pipeline.features.models.resolve_conf`).
+    Common keys: ``checkpoint`` (HF hub id, open_clip name or local path), ``weights``
+    (``pretrained`` | ``random``: same architecture, random init, for tests), ``input_size``.
     """
 
     name: ClassVar[str]
+    config_class: ClassVar[type[AdapterConf]]
     default_conf: ClassVar[dict[str, Any]]
+    """The defaults of ``config_class`` as a dict, every key the adapter accepts (set by ``register``)."""
     has_mask: ClassVar[bool] = False
     record_names: ClassVar[tuple[str, ...]] = ()
     """Names of the per-view records ``extract`` returns (:attr:`FeatureMap.records`)."""

@@ -22,6 +22,7 @@ cell ``(i, j)`` covers pixels ``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``; no cr
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,37 +30,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.core.config import Count
 from pipeline.core.errors import M3Error
+from pipeline.features.config import ClipModelConf
 from pipeline.features.models import register
-from pipeline.features.models.base import FeatureMap, FeatureModel, grid_for, hf_tower_configs, resize_to_grid
+from pipeline.features.models.base import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    FeatureMap,
+    FeatureModel,
+    grid_for,
+    hf_tower_configs,
+    resize_to_grid,
+)
 
 log = logging.getLogger(__name__)
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
-DEFAULT_CONF: dict[str, Any] = {
-    "source": "open_clip",  # open_clip (architecture name + pretrained tag/file) | hf (HF id or local folder)
-    "checkpoint": "ViT-L-14-336",  # open_clip model name, or HF CLIP id / local folder when source: hf
-    "pretrained": "openai",  # open_clip pretrained tag or local weights file (source: open_clip only)
-    "weights": "pretrained",  # pretrained | random (same classes, random_arch config, no download)
-    "input_size": None,  # short side in pixels fed to the model (null: the checkpoint's native size)
-    "random_arch": {  # small architecture for weights: random
-        "image_size": 56,
-        "patch_size": 14,
-        "width": 64,
-        "layers": 2,
-        "heads": 2,
-        "embed_dim": 32,
-        "text_width": 32,
-        "text_layers": 2,
-        "text_heads": 2,
-        "context_length": 77,
-    },
-    "seed": 0,  # random init seed (weights: random)
-    "mean": None,  # normalisation (null: the checkpoint's, OpenAI's for random weights)
-    "std": None,
-}
+@dataclass(frozen=True)
+class ClipConf(ClipModelConf):
+    """``params.yaml: features.clip``: the CLIP model and the size of its dense input."""
+
+    input_size: Count | None = None
+    """Short side in pixels of the whole image fed to the model (rounded to whole patches; the long
+    side follows the aspect ratio); null: the checkpoint's native size."""
 
 
 def _load_error(conf: dict[str, Any], exc: Exception) -> M3Error:
@@ -301,23 +295,20 @@ def _pretrained(conf: dict[str, Any]) -> tuple[ClipBackbone, tuple[float, ...], 
 def load_clip(
     conf: dict[str, Any], device: torch.device | str = "cpu"
 ) -> tuple[ClipBackbone, torch.Tensor, torch.Tensor]:
-    """The CLIP model named by ``conf`` (keys of :data:`DEFAULT_CONF`), in eval mode on ``device``.
+    """The CLIP model named by ``conf`` (keys of :class:`~pipeline.features.config.ClipModelConf`),
+    in eval mode on ``device``.
 
     Returns ``(model, mean [3, 1, 1], std [3, 1, 1])``: normalise images ``[3, H, W]`` in [0, 1] as
     ``(x - mean) / std`` before ``model.encode_image`` / ``model.dense``.
     """
-    if conf["source"] not in ("open_clip", "hf"):
-        raise M3Error(f"features.clip.source: {conf['source']!r} is not 'open_clip' or 'hf'; fix it")
     if conf["weights"] == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(conf["seed"]))
             model, tok = (_random_hf if conf["source"] == "hf" else _random_open_clip)(conf["random_arch"])
         wrapped = (HFClipBackbone if conf["source"] == "hf" else OpenClipBackbone)(model, tok)
         mean, std = OPENAI_MEAN, OPENAI_STD
-    elif conf["weights"] == "pretrained":
-        wrapped, mean, std = _pretrained(conf)
     else:
-        raise M3Error(f"features.clip.weights: {conf['weights']!r} is not 'pretrained' or 'random'; fix it")
+        wrapped, mean, std = _pretrained(conf)
     mean = conf["mean"] or mean
     std = conf["std"] or std
     wrapped = wrapped.to(device).eval()
@@ -330,7 +321,7 @@ class Clip(FeatureModel):
     max_text_tokens = 77
     """Dense CLIP (MaskCLIP) features ``[h, w, d]`` over the whole image, plus ``encode_text``."""
 
-    default_conf = DEFAULT_CONF
+    config_class = ClipConf
 
     def __init__(self, conf: dict[str, Any], device: torch.device | str = "cpu") -> None:
         super().__init__(conf, device)

@@ -10,17 +10,51 @@ exactly pixels ``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.config import Checked, Count
 from pipeline.core.errors import M3Error
+from pipeline.features.config import AdapterConf
 from pipeline.features.models import register
 from pipeline.features.models.base import FeatureMap, FeatureModel, hub_load_error
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dinov2Arch(Checked):
+    """The small DINOv2 ``weights: random`` builds (the feature dimension d is ``hidden_size``)."""
+
+    hidden_size: Count = 64
+    """Transformer width."""
+    num_hidden_layers: Count = 2
+    """Transformer blocks."""
+    num_attention_heads: Count = 2
+    """Attention heads (must divide hidden_size)."""
+
+
+@dataclass(frozen=True)
+class Dinov2Conf(AdapterConf):
+    """``params.yaml: features.dinov2``."""
+
+    checkpoint: str = "facebook/dinov2-giant"
+    """Hugging Face id (facebook/dinov2-small, -base, -large, -giant) or local folder of a Dinov2Model."""
+    input_size: Count = 448
+    """Short side in pixels of the whole image fed to the model (rounded to whole patches; the long
+    side follows the aspect ratio)."""
+    patch_size: Count = 14
+    """Pixels per patch side of random_arch (a checkpoint has its own)."""
+    random_arch: Dinov2Arch | None = field(default_factory=Dinov2Arch)
+    """The architecture weights: random builds (null: the checkpoint's config, randomly initialised)."""
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    """Per-channel (RGB) normalisation mean of the input in [0, 1] (ImageNet's, as DINOv2 was trained)."""
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    """Per-channel (RGB) normalisation standard deviation (ImageNet's)."""
 
 
 def _hub_error(checkpoint: str, what: str, exc: Exception) -> M3Error:
@@ -43,8 +77,6 @@ def load_dinov2(conf: dict[str, Any]) -> Any:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(conf["seed"]))
             return Dinov2Model(config)
-    if conf["weights"] != "pretrained":
-        raise M3Error(f"features.dinov2.weights: {conf['weights']!r} is not 'pretrained' or 'random'; fix it")
     local = Path(checkpoint).expanduser()
     if local.is_dir() and not (local / "config.json").is_file():
         raise M3Error(
@@ -66,16 +98,7 @@ class Dinov2(FeatureModel):
     the long side follows the image's aspect ratio.
     """
 
-    default_conf = {
-        "checkpoint": "facebook/dinov2-giant",  # HF id (dinov2-small/base/large/giant) or local folder
-        "weights": "pretrained",  # pretrained | random (same class, random_arch config, no download)
-        "input_size": 448,  # short side in pixels fed to the model
-        "patch_size": 14,  # only used to build random_arch (pretrained reads the checkpoint's)
-        "random_arch": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
-        "seed": 0,  # random init seed (weights: random)
-        "mean": [0.485, 0.456, 0.406],  # ImageNet normalisation DINOv2 was trained with
-        "std": [0.229, 0.224, 0.225],
-    }
+    config_class = Dinov2Conf
 
     def __init__(self, conf: dict[str, Any], device: torch.device | str = "cpu") -> None:
         super().__init__(conf, device)

@@ -15,18 +15,19 @@ cells no mask covers are zero and invalid. The captions are the view's ``caption
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.errors import M3Error
-from pipeline.features.captioner import CAPTIONER_CONF, Captioner
+from pipeline.core.config import Checked, Count
+from pipeline.features.captioner import Captioner, CaptionerConf
+from pipeline.features.config import Dtype, RegionConf, SamConf
 from pipeline.features.models import register
-from pipeline.features.models.base import DTYPES, FeatureMap, FeatureModel, check_weights, hub_load_error
+from pipeline.features.models.base import DTYPES, FeatureMap, FeatureModel, hub_load_error
 from pipeline.features.regions import (
-    NESTED_SAM_CONF,
     broadcast_regions,
     mask_boxes,
     nested_sam,
@@ -39,6 +40,47 @@ from pipeline.features.tokenizers import BPE_VOCAB, BpeTokenizer, HfTokenizer, T
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class LlamaArch(Checked):
+    """The small LLaMA ``weights: random`` builds (open_clip's BPE vocabulary; d is ``width``)."""
+
+    width: Count = 64
+    """Hidden size: the feature dimension d."""
+    layers: Count = 2
+    """Decoder blocks."""
+    heads: Count = 2
+    """Attention heads (must divide width)."""
+
+
+@dataclass(frozen=True)
+class EmbedderConf(Checked):
+    """``params.yaml: features.llama3.embedder``: the language model embedding each caption."""
+
+    checkpoint: str = "meta-llama/Meta-Llama-3-8B"
+    """Hugging Face id or local folder of any causal LM or text encoder (with its tokenizer)."""
+    dtype: Dtype = "bfloat16"
+    """The dtype the language model runs in: float16 | bfloat16 | float32."""
+    batch_size: Count = 16
+    """Captions per forward pass (memory vs speed)."""
+    random_arch: LlamaArch = field(default_factory=LlamaArch)
+    """The architecture weights: random builds."""
+
+
+@dataclass(frozen=True)
+class Llama3Conf(RegionConf):
+    """``params.yaml: features.llama3``: SAM, the captioner, the language model, the region grid.
+    ``weights`` and ``seed`` apply to all three models alike."""
+
+    blank_background: bool = True
+    """Black out the pixels of a mask's box outside the mask before the captioner sees the crop."""
+    sam: SamConf = field(default_factory=SamConf)
+    """SAM checkpoint and automatic mask generator settings (keys as features.sam_clip)."""
+    captioner: CaptionerConf = field(default_factory=CaptionerConf)
+    """The local captioning model describing each region's crop (Florence-2)."""
+    embedder: EmbedderConf = field(default_factory=EmbedderConf)
+    """The language model embedding each caption (and query texts)."""
+
+
 class TextEmbedder:
     """``embed(texts) -> [T, d]``: unit mean of a language model's last hidden states per text."""
 
@@ -46,8 +88,6 @@ class TextEmbedder:
         from transformers import AutoModel, AutoTokenizer, LlamaConfig, LlamaModel
 
         self.conf, self.device = conf, device
-        if conf["dtype"] not in DTYPES:
-            raise M3Error(f"features.llama3.embedder.dtype: {conf['dtype']!r} is not one of {', '.join(DTYPES)}")
         if weights == "random":
             a = conf["random_arch"]
             config = LlamaConfig(
@@ -105,25 +145,10 @@ class Llama3(FeatureModel):
 
     has_mask = True
     record_names = ("captions",)
-    default_conf = {
-        "weights": "pretrained",  # pretrained | random: SAM, captioner and language model alike
-        "seed": 0,  # random init seed (weights: random)
-        "stride": 4,  # feature grid = image downscaled by this factor
-        "cell_coverage": 0.5,  # a mask covers a grid cell when it holds this fraction of its pixels
-        "blank_background": True,  # black out the pixels of a mask's box outside the mask before captioning
-        "sam": NESTED_SAM_CONF,  # SAM checkpoint and automatic mask generator settings (keys as features.sam_clip)
-        "captioner": CAPTIONER_CONF,
-        "embedder": {
-            "checkpoint": "meta-llama/Meta-Llama-3-8B",  # HF id or local folder: any causal LM or text encoder
-            "dtype": "bfloat16",  # float16 | bfloat16 | float32
-            "batch_size": 16,  # captions per forward pass
-            "random_arch": {"width": 64, "layers": 2, "heads": 2},
-        },
-    }
+    config_class = Llama3Conf
 
     def __init__(self, conf: dict[str, Any], device: torch.device | str = "cpu") -> None:
         super().__init__(conf, device)
-        check_weights(conf, "features.llama3")
         self.segment = nested_sam(conf, self.device, "llama3")  # SAM and the captioner load on first use
         self._captioner: Captioner | None = None
         self.embed = TextEmbedder(conf["embedder"], conf["weights"], int(conf["seed"]), self.device)

@@ -11,18 +11,19 @@ use it too).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.config import Count
 from pipeline.core.errors import M3Error
+from pipeline.features.config import ClipModelConf, RegionConf, SamConf
 from pipeline.features.models import register
 from pipeline.features.models.base import FeatureMap, FeatureModel
-from pipeline.features.models.clip import DEFAULT_CONF as CLIP_CONF
 from pipeline.features.models.clip import load_clip
 from pipeline.features.regions import (
-    SAM_CONF,
     SamMasks,
     assign_masks,
     broadcast_regions,
@@ -33,7 +34,21 @@ from pipeline.features.regions import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SamClip", "assign_masks"]
+__all__ = ["SamClip", "SamClipConf", "assign_masks"]
+
+
+@dataclass(frozen=True)
+class SamClipConf(RegionConf, SamConf):
+    """``params.yaml: features.sam_clip``: SAM's keys at the top level (weights and seed are SAM's),
+    the region grid, and the CLIP that encodes each mask's crop."""
+
+    blank_background: bool = True
+    """Black out the pixels of a mask's box outside the mask before CLIP sees the crop."""
+    batch_size: Count = 32
+    """Mask crops per CLIP forward pass (memory vs speed; no effect on the features)."""
+    clip: ClipModelConf = field(default_factory=ClipModelConf)
+    """The CLIP encoding each mask crop, at its native input size (keys as features.clip, without
+    input_size); its text tower embeds queries, so the regions and texts share its space."""
 
 
 @register("sam_clip")
@@ -42,15 +57,7 @@ class SamClip(FeatureModel):
     """SAM masks + CLIP crop embeddings on a grid of ``(round(H/stride), round(W/stride))`` cells."""
 
     has_mask = True
-    default_conf = {
-        **SAM_CONF,
-        "stride": 4,  # feature grid = image downscaled by this factor
-        "cell_coverage": 0.5,  # a mask covers a grid cell when it holds this fraction of its pixels
-        "blank_background": True,  # black out the pixels of a mask's box outside the mask before CLIP
-        "batch_size": 32,  # mask crops per CLIP forward pass
-        # the CLIP that encodes the crops: keys as in features.clip (its dense input_size is not used)
-        "clip": {k: v for k, v in CLIP_CONF.items() if k != "input_size"},
-    }
+    config_class = SamClipConf
 
     def __init__(self, conf: dict[str, Any], device: torch.device | str = "cpu") -> None:
         super().__init__(conf, device)

@@ -17,20 +17,52 @@ OWLv2's own text tower (normalised), the space its detector scores boxes in, so 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.config import Checked, Count
+from pipeline.features.config import RegionConf, SamConf
 from pipeline.features.models import register
-from pipeline.features.models.base import FeatureMap, FeatureModel, check_weights, hub_load_error
-from pipeline.features.regions import NESTED_SAM_CONF, broadcast_regions, nested_sam, owned_masks, stride_grid
+from pipeline.features.models.base import OPENAI_MEAN, OPENAI_STD, FeatureMap, FeatureModel, hub_load_error
+from pipeline.features.regions import broadcast_regions, nested_sam, owned_masks, stride_grid
 from pipeline.features.tokenizers import BpeTokenizer, HfTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
 
-OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+@dataclass(frozen=True)
+class OwlArch(Checked):
+    """The small OWLv2 ``weights: random`` builds (the feature dimension d is ``text_width``)."""
+
+    image_size: Count = 128
+    """Input side in pixels (the view is padded square and resized to it)."""
+    patch_size: Count = 16
+    """Pixels per patch side: one predicted box and class embedding per patch."""
+    width: Count = 48
+    """Image transformer width."""
+    text_width: Count = 32
+    """Text transformer width, also the class embedding dimension."""
+    layers: Count = 2
+    """Blocks of each transformer."""
+    heads: Count = 2
+    """Attention heads of each transformer (must divide width and text_width)."""
+
+
+@dataclass(frozen=True)
+class SeemConf(RegionConf):
+    """``params.yaml: features.seem``: the OWLv2 detector, SAM, the region grid. ``weights`` and
+    ``seed`` apply to SAM and OWLv2 alike."""
+
+    checkpoint: str = "google/owlv2-base-patch16-ensemble"
+    """Hugging Face id or local folder of an Owlv2ForObjectDetection (with its processor)."""
+    sam: SamConf = field(default_factory=SamConf)
+    """SAM checkpoint and automatic mask generator settings (keys as features.sam_clip)."""
+    random_arch: OwlArch = field(default_factory=OwlArch)
+    """The OWLv2 architecture weights: random builds."""
 
 
 def load_owlv2(conf: dict[str, Any]) -> tuple[Any, Tokenizer, int]:
@@ -94,19 +126,10 @@ class Seem(FeatureModel):
     """OWLv2 class embeddings of SAM regions on a grid of ``(round(H/stride), round(W/stride))`` cells."""
 
     has_mask = True
-    default_conf = {
-        "checkpoint": "google/owlv2-base-patch16-ensemble",  # HF id or local folder (Owlv2ForObjectDetection)
-        "weights": "pretrained",  # pretrained | random: SAM and OWLv2 alike
-        "seed": 0,  # random init seed (weights: random)
-        "stride": 4,  # feature grid = image downscaled by this factor
-        "cell_coverage": 0.5,  # a mask covers a grid cell when it holds this fraction of its pixels
-        "sam": NESTED_SAM_CONF,  # SAM checkpoint and automatic mask generator settings (keys as features.sam_clip)
-        "random_arch": {"image_size": 128, "patch_size": 16, "width": 48, "text_width": 32, "layers": 2, "heads": 2},
-    }
+    config_class = SeemConf
 
     def __init__(self, conf: dict[str, Any], device: torch.device | str = "cpu") -> None:
         super().__init__(conf, device)
-        check_weights(conf, "features.seem")
         self.segment = nested_sam(conf, self.device, "seem")  # SAM loads on first use
         model, self.tokenizer, self.text_length = load_owlv2(conf)
         self.max_text_tokens = self.text_length

@@ -18,13 +18,16 @@ patch) and the position embeddings are interpolated to that grid by the model
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.config import Count
 from pipeline.core.errors import M3Error
+from pipeline.features.config import AdapterConf, TowersArch
 from pipeline.features.models import register
 from pipeline.features.models.base import (
     FeatureMap,
@@ -36,6 +39,31 @@ from pipeline.features.models.base import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SiglipArch(TowersArch):
+    """The small SigLIP ``weights: random`` builds (the feature dimension d is ``width``)."""
+
+    context_length: Count = 64
+    """Text tokens the text tower reads (SigLIP's 64)."""
+
+
+@dataclass(frozen=True)
+class SiglipConf(AdapterConf):
+    """``params.yaml: features.siglip``."""
+
+    checkpoint: str = "google/siglip-so400m-patch14-384"
+    """Hugging Face id or local folder of a SiglipModel with an attention-pooling head."""
+    input_size: Count | None = None
+    """Short side in pixels of the whole image fed to the model (rounded to whole patches; the long
+    side follows the aspect ratio); null: the checkpoint's image_size."""
+    random_arch: SiglipArch = field(default_factory=SiglipArch)
+    """The architecture weights: random builds."""
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    """Per-channel (RGB) normalisation mean of the input in [0, 1] (SigLIP's)."""
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    """Per-channel (RGB) normalisation standard deviation (SigLIP's)."""
 
 
 def _load_error(checkpoint: str, what: str, exc: Exception) -> M3Error:
@@ -61,8 +89,6 @@ def load_siglip(conf: dict[str, Any]) -> tuple[Any, Any]:
             torch.manual_seed(int(conf["seed"]))
             model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
         return model, open_clip.SimpleTokenizer(context_length=int(a["context_length"]))
-    if conf["weights"] != "pretrained":
-        raise M3Error(f"features.siglip.weights: {conf['weights']!r} is not 'pretrained' or 'random'; fix it")
     local = Path(checkpoint).expanduser()
     source = str(local) if local.is_dir() else checkpoint
     try:
@@ -85,25 +111,7 @@ class Siglip(FeatureModel):
     max_text_tokens = 64
     """Dense SigLIP features ``[h, w, d]`` (MAP head per patch token) over the whole image."""
 
-    default_conf = {
-        "checkpoint": "google/siglip-so400m-patch14-384",  # HF id or local folder (SiglipModel)
-        "weights": "pretrained",  # pretrained | random (same class, random_arch config, no download)
-        "input_size": None,  # short side in pixels fed to the model (null: the checkpoint's image_size)
-        "random_arch": {
-            "image_size": 56,
-            "patch_size": 14,
-            "width": 64,
-            "layers": 2,
-            "heads": 2,
-            "text_width": 32,
-            "text_layers": 2,
-            "text_heads": 2,
-            "context_length": 64,
-        },
-        "seed": 0,  # random init seed (weights: random)
-        "mean": [0.5, 0.5, 0.5],  # SigLIP normalisation
-        "std": [0.5, 0.5, 0.5],
-    }
+    config_class = SiglipConf
 
     def __init__(self, conf: dict[str, Any], device: torch.device | str = "cpu") -> None:
         super().__init__(conf, device)

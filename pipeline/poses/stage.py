@@ -1,0 +1,99 @@
+"""The ``frames`` and ``poses`` stages' work on one scene.
+
+:func:`make_frames`: ``input/`` (a video or photos) -> ``frames/`` (+ ``frames.json``).
+:func:`estimate_poses`: ``frames/`` -> ``colmap/`` by SfM (``source: sfm``), or an import of known
+cameras (``colmap`` / ``transforms``, triangulated when the import has no points), undistorted to
+PINHOLE; ``poses/stats.json`` with the registered views, points, reprojection error and seconds.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.code import code_hash
+from pipeline.core.errors import M3Error
+from pipeline.core.io import atomic_dir, hash_files, provenance, read_json, write_json
+from pipeline.core.scene import Scene
+from pipeline.poses.colmap_import import Imported, load_colmap, load_transforms
+from pipeline.poses.config import FramesConfig, PosesConfig
+from pipeline.poses.frames import extract_frames, find_input
+from pipeline.poses.sfm import choose_matcher, model_stats, run_sfm, triangulate_known, undistort
+
+
+def make_frames(config: FramesConfig, scene: Scene) -> dict[str, Any]:
+    """Frames of ``scene`` from its ``input/`` into ``frames/`` (atomically); returns the
+    ``frames.json`` record."""
+    root = scene.input_dir
+    kind, paths = find_input(root)
+    prov = provenance("frames", config, hash_files(paths, root), code_hash(__name__))
+    with atomic_dir(scene.frames_dir) as out:
+        meta = extract_frames(kind, paths, root, out, config)
+        meta["provenance"] = prov
+        write_json(out / "frames.json", meta)
+    return meta
+
+
+def _frames(scene: Scene) -> tuple[list[str], str, list[Path]]:
+    """Frame names, ``source_kind`` (video|images) and the files that identify the frames."""
+    meta_path = scene.frames_dir / "frames.json"
+    if not meta_path.is_file():
+        raise M3Error(f"{scene.frames_dir}: no frames (frames.json missing); run `m3 frames {scene.name}` first")
+    meta = read_json(meta_path)
+    names = [f["name"] for f in meta.get("frames", [])]
+    missing = [n for n in names if not (scene.frames_dir / n).is_file()]
+    if missing:
+        raise M3Error(
+            f"{scene.frames_dir / missing[0]}: frame listed in frames.json is missing; rerun `m3 frames {scene.name}`"
+        )
+    return names, str(meta.get("source_kind", "images")), [meta_path, *(scene.frames_dir / n for n in names)]
+
+
+def _sfm(config: PosesConfig, scene: Scene, work: Path) -> tuple[Imported, int, str]:
+    names, kind, files = _frames(scene)
+    if len(names) < config.min_registered:
+        raise M3Error(
+            f"{scene.frames_dir}: only {len(names)} frame(s), need at least {config.min_registered}; "
+            "add more images/video or lower frames.blur_ratio / raise frames.target_count"
+        )
+    matcher = choose_matcher(config, kind, len(names))
+    rec = run_sfm(scene.frames_dir, names, work, config, matcher)
+    registered = rec.num_reg_images() if rec is not None else 0
+    if registered < config.min_registered:
+        raise M3Error(
+            f"{scene.frames_dir}: only {registered} of {len(names)} views registered (need >= "
+            f"{config.min_registered}); the frames do not overlap enough - capture more overlapping views of the "
+            "scene, or try poses.matcher: exhaustive and a higher poses.max_num_features"
+        )
+    return Imported(rec, scene.frames_dir, files), len(names), f"sfm ({kind}, {matcher} matching)"
+
+
+def _import(config: PosesConfig, scene: Scene, work: Path) -> tuple[Imported, int, str]:
+    if config.source == "colmap":
+        imported = load_colmap(scene.root, config.import_path, config.import_images)
+    else:
+        imported = load_transforms(scene.root, config.import_path)
+    total = imported.rec.num_reg_images()
+    if imported.rec.num_points3D() == 0:
+        imported.rec = triangulate_known(imported.rec, imported.images_dir, work, config)
+    return imported, total, f"{config.source} ({config.import_path})"
+
+
+def estimate_poses(config: PosesConfig, scene: Scene) -> dict[str, Any]:
+    """Poses of ``scene`` (SfM or an import); writes ``colmap/`` atomically and ``poses/stats.json``;
+    returns the stats."""
+    start = time.perf_counter()
+    scene.root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scene.root, prefix=".poses-work-") as tmp:
+        work = Path(tmp)
+        result, total, source = (_sfm if config.source == "sfm" else _import)(config, scene, work)
+        stats = model_stats(result.rec, total)
+        prov = provenance("poses", config, hash_files(result.files), code_hash(__name__), source=source)
+        with atomic_dir(scene.colmap_dir) as out:
+            undistort(result.rec, result.images_dir, work, out)
+            write_json(out / "provenance.json", prov)
+    stats["seconds"] = round(time.perf_counter() - start, 2)
+    write_json(scene.poses_dir / "stats.json", stats)
+    return stats
