@@ -16,30 +16,12 @@ folder, or an earlier output of ``m3 ask``)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from pipeline.core.scene import Scene
 from pipeline.query.ask import ask
 from pipeline.query.config import AskConfig
 from stages.command import PARAMS, SCENE_HELP, Options, command, resolve_scene
-
-
-def run(
-    config: AskConfig,
-    scene: Scene,
-    question: str,
-    view: str | None = None,
-    pose: Path | None = None,
-    region: str | None = None,
-    out_dir: Path | None = None,
-) -> dict[str, Any]:
-    """Answer ``question`` about a camera of ``scene``'s memory (:func:`~pipeline.query.ask.ask`) and print it."""
-    result, out_dir = ask(config, scene, question, view, pose, region, out_dir)
-    where = f"{result['camera']['view']}; {result['image_tokens']} image tokens; saved in {out_dir}"
-    print(f"Q: {question}\nA: {result['answer']}\n({where})")
-    return result
 
 
 @command(AskConfig)
@@ -63,4 +45,6 @@ def cli(
 
     Prints the answer and saves it (answer.json) with the rendered view (render.png).
     """
-    run(options.load("ask", params), resolve_scene(scene), question, view, pose, region, out)
+    result, out = ask(options.load("ask", params), resolve_scene(scene), question, view, pose, region, out)
+    where = f"{result['camera']['view']}; {result['image_tokens']} image tokens; saved in {out}"
+    print(f"Q: {question}\nA: {result['answer']}\n({where})")

@@ -18,7 +18,6 @@ kept as it is, and any config or input change recomputes every view.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +26,9 @@ import typer
 from pipeline.cluster.config import ClusterConfig
 from pipeline.core.config import to_dict
 from pipeline.core.errors import M3Error
-from pipeline.core.scene import Scene, View
-from pipeline.features.models import FeatureModel, available, listed_models, model_class
-from pipeline.features.stage import extract_scene
+from pipeline.features.models import available, listed_models, model_class
+from pipeline.features.stage import extract_scene as run  # the stage: a thin alias, options parsed below
 from stages.command import PARAMS, SCENE, Options, command, scene_target
-
-
-def run(
-    config: dict[str, Any],
-    scene: Scene,
-    model_name: str,
-    *,
-    device: str = "auto",
-    views: list[View] | None = None,
-    model: FeatureModel | None = None,
-    cluster: ClusterConfig | None = None,
-    on_view: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Features of every view of ``scene`` for ``model_name`` (:func:`~pipeline.features.stage.extract_scene`);
-    returns the stats."""
-    return extract_scene(
-        config, scene, model_name, device=device, views=views, model=model, cluster=cluster, on_view=on_view
-    )
-
 
 ADAPTER_CONFIGS = {name: model_class(name).config_class for name in available()}
 FeaturesOptions = dataclasses.make_dataclass(
