@@ -23,12 +23,12 @@ from typing import Any
 
 import typer
 import yaml
-from tqdm import tqdm
 
 from pipeline.cluster.config import ClusterConfig
 from pipeline.cluster.session import alive_nodes, ray_session
 from pipeline.core.config import load_params
 from pipeline.core.errors import M3Error
+from pipeline.core.progress import progress
 from stages.cluster_scene import PIPELINE_ORDER, Board, SceneJob, run_scene
 from stages.command import Options, command
 from stages.share import stage_targets
@@ -190,7 +190,7 @@ def _run_scenes(
         )
         pending[task.remote(job, board)] = scene
     bars = {
-        scene: tqdm(total=len(stages), desc=scene, unit="stage", position=k, leave=True)
+        scene: progress(total=len(stages), desc=scene, unit="stage", position=k, leave=True)
         for k, (scene, (stages, _)) in enumerate(todo.items())
     }
     results, failed, shown = {}, {}, {}
