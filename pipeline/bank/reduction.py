@@ -300,6 +300,7 @@ def build_bank(
             if progress is not None:
                 progress(len(rows) + n_masked)
         if p < passes - 1:
+            assert isinstance(red, _Pass)  # several passes only for theta < 1
             seeds = red.centres()
             log.debug("bank pass %d: %d centres", p + 1, len(seeds))
     bank, entry_rows = red.result(d)

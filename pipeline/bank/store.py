@@ -52,7 +52,7 @@ def load_bank(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         arr = zarr.open_array(zarr.storage.LocalStore(path, read_only=True), mode="r")
     except FileNotFoundError:
         raise M3Error(f"{path}: no memory bank; run `m3 bank` for this scene and model first") from None
-    attrs = arr.attrs.asdict()
+    attrs: dict[str, Any] = arr.attrs.asdict()
     if "provenance" not in attrs:
         raise M3Error(f"{path}: bank without provenance (incomplete or foreign); delete it and rerun `m3 bank`")
     fix = f"restore it with `dvc checkout {path}` or rerun `m3 bank` (`dvc repro -f`)"

@@ -86,7 +86,10 @@ def token_auth() -> Iterator[None]:
     ``RAY_AUTH_MODE`` is unset; a private Ray has no other clients, so an opt-out meant for an old
     cluster (``RAY_AUTH_MODE=disabled``) does not apply to it. Its processes inherit the variable.
     """
-    from ray._raylet import AuthenticationMode, get_authentication_mode
+    from ray._raylet import (  # type: ignore[attr-defined]  # Ray's _raylet stub lists only its ID types
+        AuthenticationMode,
+        get_authentication_mode,
+    )
 
     previous = os.environ.get(AUTH_MODE)
     set_auth_mode("token")
@@ -104,7 +107,7 @@ def set_auth_mode(mode: str | None) -> None:
     Ray reads its config (the auth mode included) once per process, so it is refreshed here as Ray's own
     ``_enable_token_auth`` does (``ray._raylet.Config.initialize("")``; Ray is pinned).
     """
-    from ray._raylet import Config
+    from ray._raylet import Config  # type: ignore[attr-defined]  # Ray's _raylet stub lists only its ID types
 
     if mode is None:
         os.environ.pop(AUTH_MODE, None)

@@ -111,7 +111,8 @@ class Checked:
     as from the params file (which checks first, naming the file and section)."""
 
     def __post_init__(self) -> None:
-        hints = _hints(type(self))
+        cls: type = type(self)  # (to mypy a type[Checked] is not Hashable, which functools.cache asks)
+        hints = _hints(cls)
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             _check_range(getattr(self, f.name), hints[f.name], f"{type(self).__name__}.{f.name}")
 
@@ -177,7 +178,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if isinstance(bound, Range):
                 bound.check(value, where)
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise M3Error(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, where)
@@ -330,4 +331,4 @@ def field_help(cls: type) -> dict[str, str]:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A dataclass config as a plain dict (for provenance and logging)."""
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) else dict(cfg)

@@ -32,7 +32,7 @@ def load_image(path: Path, width: int, height: int, data: bytes | None = None) -
     except (OSError, ValueError) as exc:
         raise M3Error(f"{path}: cannot read the view's image ({exc}); rerun the poses stage") from exc
     if img.size != (width, height):
-        img = img.resize((width, height), Image.BICUBIC)
+        img = img.resize((width, height), Image.Resampling.BICUBIC)
     return np.asarray(img, dtype=np.uint8).copy()
 
 

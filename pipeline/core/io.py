@@ -215,7 +215,7 @@ def provenance(stage: str, config: Any, inputs_hash: str, code: str, **extra: An
     """The provenance record of an artifact: the stage, the canonical config (a dataclass or a
     mapping) and its hash, the hash of the inputs and the hash of the code that made it
     (:func:`pipeline.core.code.code_hash`), plus ``extra`` keys."""
-    config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) and not isinstance(config, type) else config
     return {
         "stage": stage,
         "config": json.loads(canonical_json(config)),

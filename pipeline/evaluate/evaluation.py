@@ -38,7 +38,7 @@ from pipeline.evaluate.grounding import grounding_on_scene
 from pipeline.evaluate.lerf import lerf_on_scene
 from pipeline.evaluate.metrics import FeatureErrors, LpipsUnavailable, load_lpips, lpips_metric, psnr, ssim
 from pipeline.features.store import FeatureStore
-from pipeline.splat.trained import HEADS_FILE, TrainedMemory
+from pipeline.splat.trained import HEADS_FILE, RenderOut, TrainedMemory
 
 log = logging.getLogger(__name__)
 MODEL_FILES = ("point_cloud.ply", HEADS_FILE)  # what a trained memory needs at query time
@@ -76,7 +76,7 @@ def evaluate_views(
     views: Sequence[View],
     stores: dict[str, FeatureStore],
     use_lpips: bool = True,
-    on_render: Callable[[int, View, Any, torch.Tensor], None] | None = None,
+    on_render: Callable[[int, View, RenderOut, torch.Tensor], None] | None = None,
     baselines: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, Any], list[ViewResult], list[str]]:
     """Render ``views`` through ``memory`` (a ``TrainedMemory``) and compare with ground truth.
@@ -161,8 +161,8 @@ def _sizes(scene: Scene, memory: TrainedMemory) -> dict[str, Any]:
     }
 
 
-def _save_render(renders: Path, n: int) -> Callable[[int, View, Any, torch.Tensor], None]:
-    def save(i: int, view: View, out: Any, gt: torch.Tensor) -> None:
+def _save_render(renders: Path, n: int) -> Callable[[int, View, RenderOut, torch.Tensor], None]:
+    def save(i: int, view: View, out: RenderOut, gt: torch.Tensor) -> None:
         if i < n:
             rgb = out.rgb.detach().float().cpu().clamp(0, 1)
             both = torch.cat([rgb, gt], dim=1).numpy()

@@ -88,7 +88,7 @@ def evaluate_grounding(
         pred = predicted_mask(memory, view, model, qv, threshold)
         gt_img = Image.open(s.mask).convert("L")
         if gt_img.size != (pred.shape[1], pred.shape[0]):
-            gt_img = gt_img.resize((pred.shape[1], pred.shape[0]), Image.NEAREST)
+            gt_img = gt_img.resize((pred.shape[1], pred.shape[0]), Image.Resampling.NEAREST)
         iou = scores.add(pred, np.asarray(gt_img) > 0)
         per.append({"view": s.view, "text": s.text, "iou": iou})
     return scores.result(), per

@@ -185,7 +185,9 @@ def selected_gaussians(relevance: np.ndarray, candidates: np.ndarray, threshold:
     return candidates & (v > threshold)
 
 
-def seen_pixels(memory: Any, view: View, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def seen_pixels(
+    memory: TrainedMemory, view: View, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gaussians whose centre ``view`` sees at size ``(height, width)``: ids ``[m]``, rows, columns."""
     depth = memory.render_depth(view, width, height).cpu().numpy()
     means = memory.means.detach().double().cpu().numpy()
@@ -204,7 +206,7 @@ def seen_pixels(memory: Any, view: View, height: int, width: int) -> tuple[np.nd
 
 
 def evaluate_lerf(
-    memory: Any,
+    memory: TrainedMemory,
     views: dict[str, View],
     frames: Sequence[FrameLabels],
     model: str,

@@ -102,7 +102,7 @@ def load_lpips(net: str = "vgg", device: str | torch.device = "cpu") -> torch.nn
     hub cache) when the package or the weights are missing.
     """
     try:
-        import lpips  # type: ignore[import-not-found]
+        import lpips
     except ImportError:
         raise LpipsUnavailable("LPIPS omitted: the 'lpips' package is not installed") from None
     try:

@@ -103,6 +103,7 @@ class Captioner:
     def __init__(self, conf: dict[str, Any], weights: str, seed: int, device: torch.device, where: str) -> None:
         self.conf, self.device = conf, device
         self.processor: Any = None
+        self.model: Any  # a Hugging Face Florence-2: its parts are read by name
         if weights == "random":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(seed))
@@ -121,7 +122,8 @@ class Captioner:
             local = Path(checkpoint).expanduser()
             source = str(local) if local.is_dir() else checkpoint
             try:
-                self.model = Florence2ForConditionalGeneration.from_pretrained(source).to(device).eval()
+                model: Any = Florence2ForConditionalGeneration.from_pretrained(source)
+                self.model = model.to(device).eval()
                 self.processor = AutoProcessor.from_pretrained(source)
             except OSError as exc:
                 raise hub_load_error(

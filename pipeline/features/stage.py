@@ -135,7 +135,7 @@ def _stats(
 ) -> dict[str, Any]:
     store = FeatureStore.open(final)
     h, w, d = store.shape
-    stats = {
+    stats: dict[str, Any] = {
         "views": store.n_views,
         "computed_views": computed,
         "map_size": [h, w, d],

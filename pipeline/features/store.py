@@ -34,7 +34,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import zarr
@@ -43,10 +43,14 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from pipeline.core.errors import M3Error
 from pipeline.core.io import canonical_json, read_json, same_provenance, write_json
 
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArrayConfigParams
+
 log = logging.getLogger(__name__)
 
 _COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"), Crc32cCodec())
-_EVERY_CHUNK = {"write_empty_chunks": True}  # an all-zero view still has a chunk: a missing one is an error
+# an all-zero view still has a chunk: a missing one is an error
+_EVERY_CHUNK: ArrayConfigParams = {"write_empty_chunks": True}
 
 
 def partial_path(path: Path) -> Path:
@@ -60,15 +64,23 @@ def store_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of a store's group (a group there is a corrupt store: ValueError)."""
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise ValueError(f"'{name}' is a group, not an array")
+    return node
+
+
 class FeatureStore:
     """One model's feature maps of a scene; see the module docstring for the layout."""
 
     def __init__(self, path: Path, group: zarr.Group) -> None:
         self.path = Path(path)
         self._group = group
-        self._features = group["features"].with_config(_EVERY_CHUNK)
-        self._valid = group["valid"].with_config(_EVERY_CHUNK) if "valid" in group else None
-        self._done = group["done"]
+        self._features = _array(group, "features").with_config(_EVERY_CHUNK)
+        self._valid = _array(group, "valid").with_config(_EVERY_CHUNK) if "valid" in group else None
+        self._done = _array(group, "done")
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.names: list[str] = list(self.attrs["names"])
 
@@ -108,7 +120,7 @@ class FeatureStore:
         return cls(path, group)
 
     @classmethod
-    def open(cls, path: Path, mode: str = "r") -> FeatureStore:
+    def open(cls, path: Path, mode: Literal["r", "r+"] = "r") -> FeatureStore:
         """Open an existing store: ``mode`` ``r`` (read) or ``r+`` (resume writing a partial store)."""
         path = Path(path)
         if not (path / "zarr.json").is_file():

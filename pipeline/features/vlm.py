@@ -263,7 +263,8 @@ class Mllama(VisionLanguageModel):
 
         def masks(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             per_token = (rows[:, None] & seen[None]).long()[None, :, None]  # [1, L, 1, T*P]
-            return _prepare_cross_attention_mask(per_token, num_vision_tokens=1, dtype=self.dtype)
+            # transformers annotates dtype as str; it is the torch.dtype of the mask
+            return _prepare_cross_attention_mask(per_token, num_vision_tokens=1, dtype=self.dtype)  # type: ignore[arg-type]
 
         lm = self.model.model.language_model
         cross, full_rows = masks(sees)
@@ -328,6 +329,7 @@ def _random_model(conf: dict[str, Any]) -> tuple[Any, Tokenizer]:
         "patch_size": int(a["patch_size"]),
     }
     image_id = BPE_VOCAB
+    config: LlavaConfig | MllamaConfig
     if family == "llava":
         config = LlavaConfig(
             vision_config={"model_type": "clip_vision_model", **vision, "num_attention_heads": int(a["vision_heads"])},
@@ -381,7 +383,11 @@ def load_vlm(conf: dict[str, Any], device: torch.device) -> VisionLanguageModel:
             f"features.llamav.checkpoint: '{checkpoint}' is a {family} model; llamav supports the families "
             f"{', '.join(FAMILIES)} (LLaVA-1.5-style and Llama-3.2-Vision checkpoints)"
         )
-    cls = {"llava": LlavaForConditionalGeneration, "mllama": MllamaForConditionalGeneration}[family]
+    classes: dict[str, type[LlavaForConditionalGeneration] | type[MllamaForConditionalGeneration]] = {
+        "llava": LlavaForConditionalGeneration,
+        "mllama": MllamaForConditionalGeneration,
+    }
+    cls = classes[family]
     try:
         model = cls.from_pretrained(source, dtype=DTYPES[conf["dtype"]])
         processor = AutoProcessor.from_pretrained(source)

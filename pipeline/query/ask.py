@@ -143,11 +143,14 @@ def region_cells(
 ) -> torch.Tensor:  # fmt: skip
     """``keep [h, w]`` bool over ``model``'s rendered grid: a pixel box, or where a text is found in
     ``region_model``'s rendered features."""
-    grid = tuple(rendered.features[model].shape[:2])
+    h, w = rendered.features[model].shape[:2]
+    grid = (h, w)
     box = parse_box(region)
     if box is not None:
         keep = box_cells(box, grid, camera.width, camera.height)
     else:
+        if region_model is None:
+            raise ValueError(f"region_cells: the text region {region!r} needs a region_model")
         attrs = FeatureStore.open(scene.features_path(region_model)).attrs
         keep = text_cells(rendered.features[region_model], region_model, attrs, region, grid, threshold, device)
     if not bool(keep.any()):

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from pipeline.core.errors import M3Error
 from pipeline.core.io import canonical_json
 from pipeline.core.scene import Scene
 from pipeline.query.config import CANONICAL_NEGATIVES, RelevanceConfig
+
+if TYPE_CHECKING:  # the adapters' registry is imported on first use
+    from pipeline.features.models import FeatureModel
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,9 @@ class QueryVector:
 
     def phrases(self) -> torch.Tensor:
         """Unit query, then unit negatives (canonical mode): ``[1 + k, d]``."""
-        rows = [self.query[None]] + ([self.negatives] if self.mode == "canonical" else [])
+        rows = [self.query[None]]
+        if self.mode == "canonical" and self.negatives is not None:  # never None in canonical mode
+            rows.append(self.negatives)
         return F.normalize(torch.cat(rows), dim=-1)
 
     def from_cosines(self, cos: torch.Tensor) -> torch.Tensor:
@@ -100,14 +105,14 @@ class QueryVector:
         return self.from_cosines(f @ self.phrases().to(f.device).T)
 
 
-def load_adapter(name: str, attrs: dict[str, Any], device: str = "cpu") -> Any:
+def load_adapter(name: str, attrs: dict[str, Any], device: str = "cpu") -> FeatureModel:
     """Adapter ``name`` (its text tower, or for ``llamav`` its VLM) built with the conf recorded in
     its feature store ``attrs``; built once per conf and device in a process, then shared."""
     return _adapter(name, canonical_json(recorded_conf(attrs)), str(device))
 
 
 @functools.cache
-def _adapter(name: str, conf_json: str, device: str) -> Any:
+def _adapter(name: str, conf_json: str, device: str) -> FeatureModel:
     from pipeline.features.models import build_model, model_class
 
     known = set(model_class(name).default_conf)
@@ -198,7 +203,7 @@ class Encoder:
         self.model, self.attrs, self.mode, self.scale, self.device = model, attrs, mode, scale, device
         self.negatives = list(negatives)
         self.vectors = dict(vectors or {})
-        self._tower: Any = None
+        self._tower: FeatureModel | None = None
         self._negs: torch.Tensor | None = None
 
     @classmethod

@@ -57,7 +57,7 @@ class GaussianRelevance:
         self.bank_path = isinstance(head, MemoryAttention)
         self._norms: Tensor | None = None
         self._sparse: tuple[Tensor, Tensor, Tensor] | None = None
-        if not self.bank_path:
+        if not isinstance(head, MemoryAttention):
             return
         with torch.no_grad():
             bank, w = head.bank.detach().float(), head.proj.detach().float()
@@ -110,6 +110,8 @@ class GaussianRelevance:
         """Top-k attention: indices ``[N, k]``, renormalised weights ``[N, k]`` and ``|f_k| [N]``."""
         if self._sparse is None:
             n, k = len(self), self.k
+            if k is None:
+                raise ValueError("GaussianRelevance.sparse: built without attention_k (exact attention)")
             idx = torch.empty(n, k, dtype=torch.int64, device=self.device)
             wts = torch.empty(n, k, device=self.device)
             sq = torch.empty(n, device=self.device)
@@ -122,7 +124,7 @@ class GaussianRelevance:
                     sq[s : s + len(w)] = (w[:, :, None] * g * w[:, None, :]).sum((1, 2))
                     idx[s : s + len(w)], wts[s : s + len(w)] = ids, w
             self._sparse = (idx, wts, sq.clamp_min(0).sqrt().clamp_min(EPS))
-        return self._sparse  # type: ignore[return-value]
+        return self._sparse
 
     @torch.no_grad()
     def __call__(self, qv: QueryVector) -> Tensor:

@@ -45,7 +45,10 @@ class QuerySession:
     def encode(self, text: str | None = None, vector: np.ndarray | None = None) -> QueryVector:
         """The query of a ``text`` or a raw ``vector [d]`` (exactly one of them)."""
         check_query(text, vector)
-        return self.encoder.text(text) if text is not None else self.encoder.vector(vector)
+        if text is not None:
+            return self.encoder.text(text)
+        assert vector is not None  # check_query: exactly one of them
+        return self.encoder.vector(vector)
 
     def relevance(self, qv: QueryVector) -> Tensor:
         """Relevance ``[N]`` of every Gaussian (on the CPU)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,17 +25,20 @@ from pipeline.core.errors import M3Error
 from pipeline.core.io import same_provenance
 from pipeline.core.tensorfile import load_state, save_state
 
+if TYPE_CHECKING:  # train imports this module
+    from pipeline.splat.train import Trainer
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
-def save_checkpoint(tr: Any, path: Path) -> None:
+def save_checkpoint(tr: Trainer, path: Path) -> None:
     """Write trainer ``tr``'s state to ``path`` (atomically)."""
     save_state(path, tr.state_dict())
 
 
-def load_checkpoint(tr: Any, path: Path) -> bool:
+def load_checkpoint(tr: Trainer, path: Path) -> bool:
     """Restore trainer ``tr`` from ``path`` when the checkpoint was made by the same run; returns
     whether it resumed (an unreadable or foreign checkpoint means training from scratch)."""
     if not path.is_file():

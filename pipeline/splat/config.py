@@ -142,7 +142,8 @@ class TrainConfig(Checked):
 
     def with_schedule(self, name: Literal["cpu", "reference"] = "cpu", **changes: Any) -> TrainConfig:
         """This config running schedule ``name`` with ``changes`` to its keys (scripts and tests)."""
-        return dataclasses.replace(self, schedule=name, **{name: dataclasses.replace(getattr(self, name), **changes)})
+        schedule: dict[str, Any] = {name: dataclasses.replace(getattr(self, name), **changes)}
+        return dataclasses.replace(self, schedule=name, **schedule)
 
     def resolved(self, device: str) -> Schedule:
         """The schedule that runs on ``device`` (``cpu`` or ``cuda``)."""

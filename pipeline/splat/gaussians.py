@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,8 +28,13 @@ from torch import Tensor
 
 from pipeline.core.errors import M3Error
 
+if TYPE_CHECKING:
+    from pipeline.splat.raster import Backend
+
 SH_C0 = 0.28209479177387814
 QUERY_PREFIX = "q_"
+Params = dict[str, Tensor] | torch.nn.ParameterDict
+"""The Gaussians' entries by name (the layout above): the trainer's ``ParameterDict`` or a plain dict."""
 
 
 def rgb_to_sh(rgb: Tensor) -> Tensor:
@@ -85,12 +91,12 @@ def init_params(
     return torch.nn.ParameterDict({k: torch.nn.Parameter(v.contiguous()) for k, v in params.items()})
 
 
-def sh_degree_of(params: dict[str, Tensor]) -> int:
+def sh_degree_of(params: Params) -> int:
     """The SH degree stored in ``params`` (from the size of ``shN``)."""
     return int(round(math.sqrt(params["shN"].shape[1] + 1))) - 1
 
 
-def colors_from_sh(params: dict[str, Tensor], viewmat: Tensor, degree: int, backend: str = "auto") -> Tensor:
+def colors_from_sh(params: Params, viewmat: Tensor, degree: int, backend: Backend = "auto") -> Tensor:
     """View-dependent RGB ``[N, 3]`` (>= 0) seen from camera ``viewmat [4, 4]`` using ``degree`` bands.
 
     gsplat's CUDA kernel evaluates the SH when ``backend`` resolves to gsplat (CUDA, extension
@@ -110,12 +116,12 @@ def colors_from_sh(params: dict[str, Tensor], viewmat: Tensor, degree: int, back
     return (spherical_harmonics(degree, dirs, coeffs) + 0.5).clamp_min(0.0)
 
 
-def query_models(params: dict[str, Tensor]) -> list[str]:
+def query_models(params: Params) -> list[str]:
     """Models that have a query entry in ``params``, in order."""
     return [k[len(QUERY_PREFIX) :] for k in params if k.startswith(QUERY_PREFIX)]
 
 
-def save_ply(path: Path, params: dict[str, Tensor]) -> None:
+def save_ply(path: Path, params: Params) -> None:
     """Write ``params`` as a standard 3DGS PLY (binary) with ``q_<model>_<k>`` extra attributes."""
     from plyfile import PlyData, PlyElement
 
@@ -180,7 +186,7 @@ def load_ply(path: Path) -> dict[str, Tensor]:
     return out
 
 
-def activated(params: dict[str, Tensor], detach: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def activated(params: Params, detach: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(means [N, 3], quats [N, 4], scales [N, 3] linear, opacities [N] in [0, 1])``."""
     out = (params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]))
     return tuple(t.detach() for t in out) if detach else out  # type: ignore[return-value]
@@ -193,7 +199,7 @@ def scaled_K(K: Tensor, width: int, height: int, new_w: int, new_h: int) -> Tens
 
 
 def render_rgb(
-    params: dict[str, Tensor], viewmat: Tensor, K: Tensor, width: int, height: int, degree: int, backend: str = "auto"
+    params: Params, viewmat: Tensor, K: Tensor, width: int, height: int, degree: int, backend: Backend = "auto"
 ) -> tuple[Tensor, Tensor, dict]:
     """RGB ``[H, W, 3]``, alpha ``[H, W]`` and the rasterizer meta of one camera."""
     from pipeline.splat.raster import rasterize
@@ -207,14 +213,14 @@ def render_rgb(
 
 
 def render_query(
-    params: dict[str, Tensor],
+    params: Params,
     model: str,
     viewmat: Tensor,
     K: Tensor,
     width: int,
     height: int,
     detach_geometry: bool = True,
-    backend: str = "auto",
+    backend: Backend = "auto",
 ) -> Tensor:
     """The rendered principal query of ``model`` ``[h, w, l]`` (geometry detached when asked)."""
     from pipeline.splat.raster import rasterize

@@ -29,6 +29,10 @@ CHUNK = 8192  # query rows per attention step (bounds the [rows, t] similarity m
 class MemoryAttention(nn.Module):
     """``R = softmax(cos(q W, PSC) / tau) PSC`` with ``bank [t, d]`` fixed and ``W [l, d]``."""
 
+    bank: Tensor
+    bank_unit: Tensor
+    proj: Tensor
+
     def __init__(self, bank: Tensor, query_dim: int, tau: float = 0.05, learn_projection: bool = False, seed: int = 0):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
@@ -57,6 +61,7 @@ class Decoder(nn.Module):
 
     def __init__(self, query_dim: int, out_dim: int, hidden: int = 0):
         super().__init__()
+        self.net: nn.Module
         if hidden > 0:
             self.net = nn.Sequential(nn.Linear(query_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
         else:
@@ -76,7 +81,7 @@ def build_heads(
     seed: int = 0,
 ) -> nn.ModuleDict:
     """One head per model: memory attention over ``banks[m] [t, d]`` or a decoder to ``d``."""
-    heads = {}
+    heads: dict[str, nn.Module] = {}
     for i, (model, bank) in enumerate(banks.items()):
         if method == "memory":
             heads[model] = MemoryAttention(bank, query_dims[model], tau, learn_projection, seed + i)

@@ -11,14 +11,17 @@ rendering the queries at the image size and averaging them over each cell.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.splat.gaussians import render_query, scaled_K
+from pipeline.splat.gaussians import Params, render_query, scaled_K
+
+if TYPE_CHECKING:
+    from pipeline.splat.raster import Backend
 
 FeatureRender = Literal["cells", "pixels"]
 Window = tuple[int, int, int, int]  # x0, y0, width, height in pixels of the view
@@ -40,9 +43,9 @@ def window_K(K: Tensor, window: Window) -> Tensor:
 
 
 def supervised_queries(
-    params: dict[str, Tensor], model: str, camera: Camera, stored: tuple[np.ndarray, np.ndarray],
+    params: Params, model: str, camera: Camera, stored: tuple[np.ndarray, np.ndarray],
     mode: FeatureRender, window: Window, n: int, generator: torch.Generator, detach_geometry: bool = True,
-    backend: str = "auto",
+    backend: Backend = "auto",
 ) -> tuple[Tensor, Tensor] | None:  # fmt: skip
     """Up to ``n`` random supervised samples of one view: ``(queries [P, l], targets [P, d])``, or
     None when nothing is valid. ``stored`` = (features [h, w, d], valid [h, w]) of the view;
@@ -76,12 +79,12 @@ def supervised_queries(
 
 
 def feature_grid_queries(
-    params: dict[str, Tensor],
+    params: Params,
     model: str,
     camera: Camera,
     grid_size: tuple[int, int],
     mode: FeatureRender,
-    backend: str = "auto",
+    backend: Backend = "auto",
 ) -> Tensor:
     """The queries of a feature map ``[h, w, l]`` at ``grid_size`` (h, w): rendered at that size
     (``cells``) or at the view's size and averaged over each cell (``pixels``)."""

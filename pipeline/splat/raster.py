@@ -55,7 +55,7 @@ def _warn_fallback(why: str) -> None:
     log.warning("gsplat's CUDA rasterizer is unavailable (%s): using the torch backend (slower); %s", why, GSPLAT_BUILD)
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
+def resolve_backend(backend: str, device: torch.device | str) -> Literal["cpp", "torch", "gsplat"]:
     """The rasterizer that runs for ``backend`` (auto | cpp | torch | gsplat) on ``device``.
 
     ``auto`` is gsplat on CUDA when its extension is built, else torch (warning once), and on the
@@ -211,6 +211,9 @@ def _rasterize_cpu(
     )
     opac = opacities[None].expand(b, n)
     cols = colors if colors.dim() == 3 else colors[None].expand(b, n, colors.shape[-1])
+    camera_ids: Tensor | None
+    gaussian_ids: Tensor | None
+    rows: tuple[Tensor, ...]
     if packed:  # one row per visible (camera, Gaussian) pair
         camera_ids, gaussian_ids = torch.nonzero((radii > 0).all(dim=-1), as_tuple=True)
         radii, means2d, depths, conics, opac, cols = (
@@ -232,7 +235,7 @@ def _rasterize_cpu(
         render_colors = render_colors + transmittance * backgrounds[:, None, None, :]
     counts = torch.bincount(tile_index(isect_ids, tw * th), minlength=b * tw * th)
     meta = {
-        "batch_ids": None if not packed else torch.zeros_like(camera_ids),
+        "batch_ids": None if camera_ids is None else torch.zeros_like(camera_ids),  # None unless packed
         "camera_ids": camera_ids,
         "gaussian_ids": gaussian_ids,
         "radii": radii,

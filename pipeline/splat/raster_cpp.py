@@ -72,12 +72,20 @@ def kernel() -> Any | None:
         return None
 
 
+def _loaded() -> Any:
+    """The compiled extension, which the callers of :func:`rasterize_tiles` have checked builds."""
+    ext = kernel()
+    if ext is None:
+        raise RuntimeError("the compiled CPU rasterizer is unavailable; use the torch backend")
+    return ext
+
+
 class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, *grid: Any) -> Any:
         offsets, ids, width, height, tile, tw, th = grid
         args = [t.contiguous() for t in (means2d, conics, opacities, colors)]
-        out, trans, last = kernel().forward(*args, offsets, ids, width, height, tile, tw, th)
+        out, trans, last = _loaded().forward(*args, offsets, ids, width, height, tile, tw, th)
         ctx.save_for_backward(*args, offsets, ids, trans, last)
         ctx.grid = (width, height, tile, tw, th)
         ctx.mark_non_differentiable(last)
@@ -86,7 +94,7 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, v_out: Tensor, v_trans: Tensor, _: Tensor) -> Any:
         means2d, conics, opacities, colors, offsets, ids, trans, last = ctx.saved_tensors
-        grads = kernel().backward(
+        grads = _loaded().backward(
             means2d, conics, opacities, colors, offsets, ids, *ctx.grid, trans, last,
             v_out.contiguous(), v_trans.contiguous(),
         )  # fmt: skip

@@ -265,7 +265,9 @@ def rasterize_tiles(
     idx, outs, log_ts = [], [], []
     for t, _, ids, _, centres, _ in batches(tile_of, flatten_ids, prepass=False):
         o, lt = _composite(ids, centres, quad, rows, col, max(1, budget // (len(t) * n_px)))
-        idx.append(t), outs.append(o), log_ts.append(lt)
+        idx.append(t)
+        outs.append(o)
+        log_ts.append(lt)
     if idx:
         out = out.index_copy(0, torch.cat(idx), torch.cat(outs))
         log_t = log_t.index_copy(0, torch.cat(idx), torch.cat(log_ts))

@@ -164,7 +164,8 @@ class Trainer:
         )
         self.strategy.check_sanity(self.params, self.optimizers)
         self.state = self.strategy.initialize_state(scene_scale=self.scale)
-        self.step, self.elapsed, self.cpu_elapsed, self.curves = 0, 0.0, 0.0, []
+        self.step, self.elapsed, self.cpu_elapsed = 0, 0.0, 0.0
+        self.curves: list[dict[str, float]] = []
         self.peak_ram_mb = 0.0
         self.images: dict[str, torch.Tensor] = {}
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -323,7 +324,7 @@ def gsplat_resets_opacities() -> bool:
 
     calls: list[dict[str, Any]] = []
     strategy = gs_default.DefaultStrategy(refine_start_iter=10**9, refine_stop_iter=10**9, reset_every=2)
-    strategy._update_state = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    strategy._update_state = lambda *args, **kwargs: None
     real = gs_default.reset_opa
     gs_default.reset_opa = lambda **kwargs: calls.append(kwargs)
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from pipeline.core.scene import Scene, View
 from pipeline.splat.gaussians import QUERY_PREFIX, load_ply, render_rgb, save_ply, scaled_K, sh_degree_of
 from pipeline.splat.memory import load_heads, save_heads
 from pipeline.splat.principal_queries import Camera, feature_grid_queries
+
+if TYPE_CHECKING:  # training's imports (feature stores, banks) are not needed to read a memory
+    from pipeline.splat.train import Trainer
 
 HEADS_FILE = "memory.safetensors"
 LEGACY_HEADS_FILE = "memory.pt"  # pickles of m3 before 2026-12: never loaded
@@ -42,7 +45,7 @@ class RenderOut:
     features: dict[str, Tensor]
 
 
-def write_model(model_dir: Path, trainer: Any, stats: dict[str, Any]) -> None:
+def write_model(model_dir: Path, trainer: Trainer, stats: dict[str, Any]) -> None:
     """Write the final Gaussians, heads, config, stats and curves of ``trainer`` (each file atomically)."""
     cfg, inp = trainer.cfg, trainer.inp
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def render_views(scene: Scene, names: list[str] | None, out: Path | None = None,
                 f = f.cpu()
                 if m not in pcas:  # fitted once, on the first view
                     pcas[m] = PCA3(f)
-                img = Image.fromarray(pcas[m](f)).resize((view.width, view.height), Image.NEAREST)
+                img = Image.fromarray(pcas[m](f)).resize((view.width, view.height), Image.Resampling.NEAREST)
                 img.save(tmp / f"{stem}_{m}_pca.png")
                 written.append(f"{stem}_{m}_pca.png")
     return [out / n for n in written]

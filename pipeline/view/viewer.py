@@ -38,6 +38,7 @@ from pipeline.core.scene import View
 from pipeline.query.colors import base_colors, relevance_colors
 from pipeline.query.session import QuerySession
 from pipeline.splat.gaussians import QUERY_PREFIX, activated
+from pipeline.splat.trained import TrainedMemory
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def covariances(params: dict[str, Tensor]) -> np.ndarray:
     return (m @ m.transpose(1, 2)).numpy()
 
 
-def feature_pca_colors(memory: Any, model: str, chunk: int = 8192) -> np.ndarray:
+def feature_pca_colors(memory: TrainedMemory, model: str, chunk: int = 8192) -> np.ndarray:
     """Each Gaussian's feature in ``model``'s space (chunked) as PCA colours ``[N, 3]`` in [0, 1]."""
     queries = memory.params[QUERY_PREFIX + model].detach()
     head = memory.heads[model]
@@ -220,9 +221,17 @@ class Viewer:
                 wxyz=tf.SO3.from_matrix(np.asarray(v.w2c)[:3, :3].T).wxyz,
                 position=v.center,
             )
-            frustum.on_click(lambda event, name=v.name: self.look_through(name, event.client))
+
+            def clicked(event: viser.SceneNodePointerEvent[viser.CameraFrustumHandle], name: str = v.name) -> None:
+                self.look_through(name, event.client)
+
+            frustum.on_click(clicked)
             self.frustums[v.name] = frustum
-        self.search.on_click(lambda event: self.query(self.text.value))
+
+        def search(event: viser.GuiEvent[viser.GuiButtonHandle]) -> None:
+            self.query(self.text.value)
+
+        self.search.on_click(search)
         self.mode.on_update(lambda event: self.draw(self.mode.value))
         self.camera.on_update(lambda event: self.look_through(self.camera.value, event.client))
         self.server.on_client_connect(lambda client: self.look_through(views[0].name, client))
@@ -237,7 +246,14 @@ class Viewer:
                     mode = RGB
                 else:
                     self.colors[mode] = feature_pca_colors(self.session.memory, mode.removesuffix(" PCA"))
-            self.server.scene.add_gaussian_splats("/gaussians", rgbs=self.colors[mode], **self.splat_args)
+            s = self.splat_args
+            self.server.scene.add_gaussian_splats(
+                "/gaussians",
+                centers=s["centers"],
+                covariances=s["covariances"],
+                rgbs=self.colors[mode],
+                opacities=s["opacities"],
+            )
 
     def query(self, text: str) -> dict[str, Any] | None:
         """Run ``text`` through the query engine, colour by relevance and draw the box; returns the answer."""
@@ -262,7 +278,8 @@ class Viewer:
             f"({', '.join(f'{c:.2f}' for c in loc.centroid)})"
         )
         if self.mode.value != RELEVANCE:
-            self.mode.value = RELEVANCE  # its update callback draws
+            # its update callback draws; viser defines value's setter apart from its getter: read-only to mypy
+            self.mode.value = RELEVANCE  # type: ignore[misc]
         else:
             self.draw(RELEVANCE)
         log.info("view: %r -> %d Gaussians, box %s .. %s", text, loc.inliers.size, lo.round(3), hi.round(3))

@@ -102,6 +102,10 @@ class ClipBackbone(nn.Module):
         """The last block as the model runs it (optional additive ``attn_mask [L, L]``)."""
         raise NotImplementedError
 
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Text embeddings ``[T, d]`` (unnormalised)."""
+        raise NotImplementedError
+
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled image embedding ``[B, d]`` (CLS token through the unchanged model)."""
         return self.head(self.full_last(self.tokens_before_last(x))[:, 0])
@@ -134,8 +138,9 @@ def _interp_pos(pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
 class OpenClipBackbone(ClipBackbone):
     def __init__(self, model: nn.Module, tokenizer: Any) -> None:
         super().__init__()
-        self.model, self.tokenizer = model, tokenizer
-        vis = model.visual
+        self.model: Any = model  # open_clip's CLIP: its submodules are read by name
+        self.tokenizer = tokenizer
+        vis: Any = model.visual
         if getattr(vis, "attn_pool", None) is not None or not hasattr(vis, "conv1"):
             raise M3Error("features.clip: only plain ViT CLIP image towers are supported; pick a ViT checkpoint")
         self.patch = int(vis.patch_size[0])
@@ -184,10 +189,12 @@ class OpenClipBackbone(ClipBackbone):
 class HFClipBackbone(ClipBackbone):
     def __init__(self, model: nn.Module, tokenizer: Any) -> None:
         super().__init__()
-        self.model, self.tokenizer = model, tokenizer
-        cfg = model.config.vision_config
+        self.model: Any = model  # Hugging Face's CLIPModel: its submodules are read by name
+        self.tokenizer = tokenizer
+        config: Any = model.config
+        cfg = config.vision_config
         self.patch, self.native_size = int(cfg.patch_size), int(cfg.image_size)
-        self.dim = int(model.config.projection_dim)
+        self.dim = int(config.projection_dim)
 
     def tokens_before_last(self, x: torch.Tensor) -> torch.Tensor:
         vm = self.model.vision_model
@@ -305,8 +312,9 @@ def load_clip(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(conf["seed"]))
             model, tok = (_random_hf if conf["source"] == "hf" else _random_open_clip)(conf["random_arch"])
-        wrapped = (HFClipBackbone if conf["source"] == "hf" else OpenClipBackbone)(model, tok)
-        mean, std = OPENAI_MEAN, OPENAI_STD
+        wrapped: ClipBackbone = (HFClipBackbone if conf["source"] == "hf" else OpenClipBackbone)(model, tok)
+        mean: tuple[float, ...] = OPENAI_MEAN
+        std: tuple[float, ...] = OPENAI_STD
     else:
         wrapped, mean, std = _pretrained(conf)
     mean = conf["mean"] or mean

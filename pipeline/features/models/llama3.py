@@ -103,7 +103,7 @@ class TextEmbedder:
             )
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(seed))
-                model = LlamaModel(config)
+                model: Any = LlamaModel(config)  # or AutoModel's: a Hugging Face model
             self.tokenizer: Tokenizer = BpeTokenizer()
             self.bos_id: int | None = BpeTokenizer.bos_id
         else:
