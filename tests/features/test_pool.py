@@ -43,7 +43,10 @@ def _gone(class_name: str, timeout: float = 20.0) -> bool:
 
 
 @pytest.mark.slow
-def test_two_actors_write_the_local_store_byte_for_byte(local_ray, local_digest, demo_input, tmp_path, capsys):
+def test_two_actors_write_the_local_store_byte_for_byte(
+    local_ray, local_digest, demo_input, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr("pipeline.core.progress._ENABLED", True)  # bars on, as at a terminal
     scene = posed_scene(tmp_path / "ray", demo_input, VIEWS)
     stats = run(CONF, scene, "clip", cluster=TWO)
     assert stats["views"] == VIEWS and stats["computed_views"] == VIEWS and stats["map_size"] == [16, 21, 32]

@@ -122,7 +122,7 @@ def test_two_scenes_on_a_local_ray_then_dvc_finds_everything_up_to_date(tmp_path
     remote.mkdir()
     run_tool(root, "m3", "share", "remote", "lab", str(remote))
 
-    bars = run_tool(root, "m3", "cluster", "repro").stderr  # starts a private Ray with 2 CPUs, stops it
+    bars = run_tool(root, "m3", "--progress", "cluster", "repro").stderr  # a private Ray with 2 CPUs, stopped
     assert "demo: 100%" in bars and "7/7" in bars and "demo2: 100%" in bars and "6/6" in bars, bars
     assert "workers 1" in bars  # live nodes on each scene's bar
 
