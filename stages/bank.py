@@ -50,9 +50,10 @@ def cli(
     """
     target, stage_model = scene_target(scene)
     models = list(model) if model else [stage_model] if stage_model else listed_models(params)
+    sections = section_of(load_params(params), "bank", str(params))
     for name in models:
         model_class(name, "--model")
-        if name not in section_of(load_params(params), "bank", str(params)):
+        if name not in sections:
             raise M3Error(f"{params}: no bank.{name} section; add one with its threshold (e.g. `bank: {{{name}: "
                           "{threshold: 0.8}}`)")  # fmt: skip
         config = options.load(f"bank.{name}", params)
