@@ -19,7 +19,6 @@ from pathlib import Path
 
 import typer
 
-from pipeline.query.ask import ask
 from pipeline.query.config import AskConfig
 from stages.command import PARAMS, SCENE_HELP, Options, command, resolve_scene
 
@@ -45,6 +44,8 @@ def cli(
 
     Prints the answer and saves it (answer.json) with the rendered view (render.png).
     """
+    from pipeline.query.ask import ask
+
     result, out = ask(options.load("ask", params), resolve_scene(scene), question, view, pose, region, out)
     where = f"{result['camera']['view']}; {result['image_tokens']} image tokens; saved in {out}"
     print(f"Q: {question}\nA: {result['answer']}\n({where})")

@@ -17,21 +17,23 @@ The provenance records the features' config, inputs and code hashes; consumers c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from pipeline.bank.config import BankConfig
-from pipeline.bank.stage import bank_scene
 from pipeline.core.config import load_params, section_of
 from pipeline.core.errors import M3Error
-from pipeline.core.scene import Scene
-from pipeline.features.models import listed_models, model_class
 from stages.command import PARAMS, SCENE, Options, command, scene_target
+
+if TYPE_CHECKING:
+    from pipeline.core.scene import Scene
 
 
 def run(config: BankConfig, scene: Scene, model: str) -> dict[str, Any]:
     """Build ``scene``'s bank for ``model`` (:func:`~pipeline.bank.stage.bank_scene`); returns the stats."""
+    from pipeline.bank.stage import bank_scene
+
     return bank_scene(config, scene, model)
 
 
@@ -48,6 +50,8 @@ def cli(
 
     Writes data/<scene>/bank/<model>.zarr and data/<scene>/stats/bank-<model>.json.
     """
+    from pipeline.features.models import listed_models, model_class
+
     target, stage_model = scene_target(scene)
     models = list(model) if model else [stage_model] if stage_model else listed_models(params)
     sections = section_of(load_params(params), "bank", str(params))

@@ -34,13 +34,15 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import typer
 
 from pipeline.core.config import PARAMS_FILE, check_scene_name, field_help, load_config, section_class
 from pipeline.core.errors import M3Error
-from pipeline.core.scene import Scene
+
+if TYPE_CHECKING:
+    from pipeline.core.scene import Scene
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -63,6 +65,8 @@ def scene_target(value: str) -> tuple[Scene, str | None]:
     None)``, ``path/to/scene`` -> that folder. A scene *name* that is not valid
     (:data:`pipeline.core.config.SCENE_NAME`) is an :class:`M3Error`.
     """
+    from pipeline.core.scene import Scene  # (numpy: not for `m3 <command> --help`)
+
     model = None
     address = _STAGE_ADDRESS.fullmatch(value) if value == os.environ.get("DVC_STAGE") else None
     if address:

@@ -15,7 +15,6 @@ from pathlib import Path
 import typer
 
 from pipeline.demo.config import DemoConfig
-from pipeline.demo.stage import render_demo
 from stages.command import PARAMS, Options, command, resolve_scene
 
 log = logging.getLogger(__name__)
@@ -23,6 +22,8 @@ log = logging.getLogger(__name__)
 
 def run(config: DemoConfig, out_dir: Path) -> Path:
     """Render the demo scene into ``out_dir/input`` (``out_dir`` is the scene folder); returns it."""
+    from pipeline.demo.stage import render_demo
+
     start = time.perf_counter()
     input_dir = render_demo(config, out_dir)
     log.info("demo: %d views in %.1f s -> %s", config.n_views, time.perf_counter() - start, input_dir)

@@ -28,18 +28,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.core.scene import Scene
 from pipeline.evaluate.config import EvaluateConfig
-from pipeline.evaluate.evaluation import evaluate_scene
 from stages.command import PARAMS, SCENE, Options, command, resolve_scene
+
+if TYPE_CHECKING:
+    from pipeline.core.scene import Scene
 
 log = logging.getLogger(__name__)
 
 
 def run(config: EvaluateConfig, scene: Scene) -> dict[str, Any]:
     """Evaluate ``scene``'s trained memory; returns the metrics plus method, image_size and notes."""
+    from pipeline.evaluate.evaluation import evaluate_scene
+
     metrics, details = evaluate_scene(config, scene)
     feats = ", ".join(
         f"{m} cos {v['cosine']:.4f} (mean feature {v['baseline_cosine']:.4f}) / L2 {v['l2']:.4f}"

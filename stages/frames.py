@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.core.scene import Scene
 from pipeline.poses.config import FramesConfig
-from pipeline.poses.stage import make_frames
 from stages.command import PARAMS, SCENE, Options, command, resolve_scene
+
+if TYPE_CHECKING:
+    from pipeline.core.scene import Scene
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 def run(config: FramesConfig, scene: Scene) -> dict[str, Any]:
     """Frames of ``scene`` from its ``input/`` (:func:`~pipeline.poses.stage.make_frames`); returns
     the ``frames.json`` record."""
+    from pipeline.poses.stage import make_frames
+
     start = time.perf_counter()
     meta = make_frames(config, scene)
     st = meta["stats"]

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.core.scene import Scene
 from pipeline.poses.config import PosesConfig
-from pipeline.poses.stage import estimate_poses
 from stages.command import PARAMS, SCENE, Options, command, resolve_scene
+
+if TYPE_CHECKING:
+    from pipeline.core.scene import Scene
 
 log = logging.getLogger(__name__)
 
 
 def run(config: PosesConfig, scene: Scene) -> dict[str, Any]:
     """Poses of ``scene`` (:func:`~pipeline.poses.stage.estimate_poses`); returns the stats."""
+    from pipeline.poses.stage import estimate_poses
+
     stats = estimate_poses(config, scene)
     log.info(
         "%s: %d/%d views registered, %d points, reprojection error %.3f px, %.1f s", scene.name,

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.core.scene import Scene
-from pipeline.features.models import listed_models
 from pipeline.splat.config import TrainConfig
-from pipeline.splat.stage import train_scene
 from stages.command import PARAMS, SCENE, Options, command, resolve_scene
+
+if TYPE_CHECKING:
+    from pipeline.core.scene import Scene
 
 log = logging.getLogger(__name__)
 
 
 def run(config: TrainConfig, scene: Scene, models: list[str], progress: bool | None = None) -> dict[str, Any]:
     """Train (or resume) ``scene`` (:func:`~pipeline.splat.stage.train_scene`); returns the stats."""
+    from pipeline.splat.stage import train_scene
+
     stats = train_scene(config, scene, models, progress)
     log.info(
         "%s: %d steps in %.0f s, %d Gaussians, losses %s, peak RAM %.0f MB", scene.name, stats["steps"],
@@ -41,4 +43,6 @@ def cli(
     params: Path = PARAMS,
 ) -> None:
     """Train the scene's Gaussians, principal queries and memory (data/<scene>/model/); resumes."""
+    from pipeline.features.models import listed_models
+
     run(options.load("train", params), resolve_scene(scene), listed_models(params))

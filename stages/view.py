@@ -12,19 +12,25 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.core.errors import M3Error
-from pipeline.core.scene import Scene, load_views
-from pipeline.query.session import QuerySession
 from pipeline.view.config import ViewConfig
-from pipeline.view.viewer import Viewer
 from stages.command import PARAMS, SCENE, Options, command, resolve_scene
+
+if TYPE_CHECKING:
+    from pipeline.core.scene import Scene
+    from pipeline.view.viewer import Viewer
 
 log = logging.getLogger(__name__)
 
 
 def start(config: ViewConfig, scene: Scene) -> Viewer:
     """Load ``scene``'s memory and start its viewer (returns at once; :meth:`Viewer.close` stops it)."""
+    from pipeline.core.scene import load_views
+    from pipeline.query.session import QuerySession
+    from pipeline.view.viewer import Viewer
+
     session = QuerySession(scene, config, "view")
     try:
         viewer = Viewer(session, load_views(scene), config.host, config.port)
