@@ -1,13 +1,20 @@
-"""`m3 --help` and every sub-command's `--help` describe every option and argument."""
+"""`m3 --help` and every sub-command's `--help` describe every option and argument, and load no
+heavy library (a fresh process runs each)."""
 
 from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
 
 import click
 import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from stages.cli import app
+from stages import cli as cli_module
+from stages.cli import app, source_help
+from tests.helpers.paths import REPO
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
@@ -90,3 +97,38 @@ def test_scene_arguments_names_paths_and_dvc_stage_addresses(tmp_path, monkeypat
     for bad in ("my scene", "..", "-rf", "x;y"):
         with pytest.raises(M3Error, match="is not allowed"):
             scene_target(bad)
+
+
+HEAVY = ("torch", "numpy", "zarr", "dvc", "pycolmap", "transformers")
+"""Libraries a command's help must not load (torch alone takes seconds)."""
+HELP_RUN = """
+import sys
+from stages.cli import app
+try:
+    app({args!r})
+except SystemExit as exc:
+    assert exc.code == 0, f"exit status {{exc.code}}"
+print("loaded:", *(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"]] + [[name, "--help"] for name in cli_module.COMMANDS], ids=" ".join)
+def test_help_loads_no_heavy_library(args: list[str]) -> None:
+    code = HELP_RUN.format(args=args, heavy=HEAVY)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loaded = proc.stdout.rpartition("loaded:")[2].split()
+    assert loaded == [], f"m3 {' '.join(args)} imports {', '.join(loaded)} (import it inside the command's function)"
+
+
+def test_root_help_is_read_from_the_sources() -> None:
+    for (name, *sub), cmd in COMMANDS:
+        if not sub:
+            assert source_help(cli_module.COMMANDS[name]) == inspect.cleandoc(cmd.help or ""), name
+
+
+def test_a_command_without_help_is_a_caller_bug(tmp_path, monkeypatch) -> None:
+    (tmp_path / "helpless_command.py").write_text("def cli() -> None:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TypeError, match="needs a docstring"):
+        source_help("helpless_command")
