@@ -8,7 +8,8 @@ them as standard 3DGS PLYs that common splat viewers open):
   e.g. :func:`~pipeline.query.colors.relevance_colors`: LangSplat's composite.
 
 :func:`export` answers one query and writes ``object.ply``, ``relevance.ply`` and
-``selection.json`` into an output folder (:func:`pipeline.core.io.output_dir`).
+``selection.json`` into an output folder (:func:`pipeline.core.io.output_dir`); :func:`extract`
+is its computing part, on an already loaded :class:`~pipeline.query.session.QuerySession`.
 """
 
 from __future__ import annotations
@@ -44,22 +45,14 @@ def recolored(params: dict[str, Tensor], colors: np.ndarray) -> dict[str, Tensor
     return out
 
 
-def export(
-    config: ExportConfig,
-    scene: Scene,
-    text: str | None = None,
-    vector: np.ndarray | None = None,
-    out_dir: Path | None = None,
-) -> tuple[dict[str, Any], Path]:
-    """Export the answer to ``text`` (or ``vector [d]``) to ``out_dir`` (default
-    ``<scene>/export/<text>``); returns ``selection.json``'s content and the folder."""
-    check_query(text, vector)
-    out_dir = Path(out_dir or scene.root / "export" / slug(text or "vector"))
-    output_listing(out_dir, "export")  # refused before any work: never replaces what m3 did not write
-    session = QuerySession(scene, config, "export")
+def extract(
+    session: QuerySession, config: ExportConfig, text: str | None = None, vector: np.ndarray | None = None
+) -> tuple[dict[str, Any], dict[str, Tensor], Tensor]:
+    """Answer ``text`` or ``vector [d]`` with an already loaded ``session``: ``selection.json``'s
+    content, the selected Gaussians' parameters (:func:`subset`: ``object.ply``) and every
+    Gaussian's relevance ``[N]`` (on the CPU)."""
     rel = session.relevance(session.encode(text, vector))
     loc = session.localize(rel)
-    params = session.memory.params
     result = {
         "query": text if text is not None else "<vector>",
         "model": session.model,
@@ -69,8 +62,26 @@ def export(
         **loc.to_json(),
         "config": to_dict(config),
     }
+    return result, subset(session.memory.params, loc.inliers), rel
+
+
+def export(
+    config: ExportConfig,
+    scene: Scene,
+    text: str | None = None,
+    vector: np.ndarray | None = None,
+    out_dir: Path | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Export the answer to ``text`` (or ``vector [d]``, :func:`extract`) to ``out_dir`` (default
+    ``<scene>/export/<text>``); returns ``selection.json``'s content and the folder."""
+    check_query(text, vector)
+    out_dir = Path(out_dir or scene.root / "export" / slug(text or "vector"))
+    output_listing(out_dir, "export")  # refused before any work: never replaces what m3 did not write
+    session = QuerySession(scene, config, "export")
+    result, obj, rel = extract(session, config, text, vector)
+    params = session.memory.params
     with output_dir(out_dir, "export") as tmp:
-        save_ply(tmp / "object.ply", subset(params, loc.inliers))
+        save_ply(tmp / "object.ply", obj)
         save_ply(tmp / "relevance.ply", recolored(params, relevance_colors(base_colors(params), rel.numpy())))
         write_json(tmp / "selection.json", result)
     return result, out_dir

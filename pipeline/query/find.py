@@ -4,11 +4,14 @@
 few rendered views (one colour scale over all of them) and the selected Gaussians' centroid and
 box, written as heatmap PNGs and ``localization.json`` into an output folder
 (:func:`pipeline.core.io.output_dir`: a new or empty folder, or an earlier ``m3 query`` output).
+:func:`answer` is the computing part, on an already loaded
+:class:`~pipeline.query.session.QuerySession` (``m3 serve`` keeps one warm per scene).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,24 +52,31 @@ def chosen_views(views: list[View], config: QueryConfig) -> list[View]:
     return [views[int(i)] for i in np.linspace(0, len(views) - 1, n).round()]
 
 
-def find(
+@dataclass
+class Answer:
+    """One query's answer: ``localization.json``'s content (``result``), the heatmaps ``{view name:
+    [H, W, 3] uint8}`` and every Gaussian's relevance ``[N]`` (on the CPU)."""
+
+    result: dict[str, Any]
+    heatmaps: dict[str, np.ndarray]
+    relevance: torch.Tensor
+
+
+def answer(
+    session: QuerySession,
     config: QueryConfig,
-    scene: Scene,
+    views: list[View],
     text: str | None = None,
     vector: np.ndarray | None = None,
-    out_dir: Path | None = None,
-) -> tuple[dict[str, Any], Path]:
-    """Query ``scene``'s trained memory with ``text`` or ``vector [d]``; writes the heatmaps and
-    ``localization.json`` to ``out_dir`` (default ``<scene>/query/<text>``); returns that JSON and
-    the folder."""
-    check_query(text, vector)
-    out_dir = Path(out_dir or scene.root / "query" / slug(text or "vector"))
-    output_listing(out_dir, "query")  # refused before any work: never replaces what m3 did not write
-    session = QuerySession(scene, config)
+) -> Answer:
+    """Answer ``text`` or ``vector [d]`` with an already loaded ``session`` (its memory, model,
+    encoder and relevance engine): heatmaps on :func:`chosen_views` of the registered ``views``
+    (one colour scale over all of them) and the selected Gaussians' centroid and box."""
     memory, model = session.memory, session.model
     qv = session.encode(text, vector)
-    maps = relevance_maps(memory, chosen_views(load_views(scene), config), model, qv)
-    loc = session.localize(session.relevance(qv))
+    maps = relevance_maps(memory, chosen_views(views, config), model, qv)
+    rel = session.relevance(qv)
+    loc = session.localize(rel)
     lo = min(float(r.min()) for _, _, r in maps)  # one colour scale over all views: comparable
     hi = max(float(r.max()) for _, _, r in maps)
     result = {
@@ -78,9 +88,26 @@ def find(
         "views": {v.name: {"max_relevance": float(r.max()), "mean_relevance": float(r.mean())} for v, _, r in maps},
         "config": to_dict(config),
     }
+    heatmaps = {v.name: heatmap_overlay(rgb, normalize_relevance(r, lo, hi), config.alpha) for v, rgb, r in maps}
+    return Answer(result, heatmaps, rel)
+
+
+def find(
+    config: QueryConfig,
+    scene: Scene,
+    text: str | None = None,
+    vector: np.ndarray | None = None,
+    out_dir: Path | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Query ``scene``'s trained memory with ``text`` or ``vector [d]`` (:func:`answer`); writes the
+    heatmaps and ``localization.json`` to ``out_dir`` (default ``<scene>/query/<text>``); returns
+    that JSON and the folder."""
+    check_query(text, vector)
+    out_dir = Path(out_dir or scene.root / "query" / slug(text or "vector"))
+    output_listing(out_dir, "query")  # refused before any work: never replaces what m3 did not write
+    found = answer(QuerySession(scene, config), config, load_views(scene), text, vector)
     with output_dir(out_dir, "query") as tmp:
-        for view, rgb, rel in maps:
-            img = heatmap_overlay(rgb, normalize_relevance(rel, lo, hi), config.alpha)
-            Image.fromarray(img).save(tmp / f"{Path(view.name).stem}.png")
-        write_json(tmp / "localization.json", result)
-    return result, out_dir
+        for name, img in found.heatmaps.items():
+            Image.fromarray(img).save(tmp / f"{Path(name).stem}.png")
+        write_json(tmp / "localization.json", found.result)
+    return found.result, out_dir

@@ -17,13 +17,29 @@ from PIL import Image
 from pipeline.core.images import PCA3
 from pipeline.core.io import output_dir, output_listing
 from pipeline.core.runtime import resolve_device
-from pipeline.core.scene import Scene, load_views, views_named
+from pipeline.core.scene import Scene, View, load_views, views_named
 from pipeline.splat.trained import TrainedMemory
+
+
+def render_images(
+    memory: TrainedMemory, view: View, pcas: dict[str, PCA3], models: list[str] | None = None
+) -> dict[str, Image.Image]:
+    """``{"rgb": the render at the view's size, "<model>_pca": the rendered features of each of
+    ``models`` (None: every model) on 3 principal components, upsampled nearest to the view's size}``.
+    A model's projection is taken from ``pcas``, or fitted on this view and added to it."""
+    r = memory.render(view, models)
+    images = {"rgb": Image.fromarray((r.rgb.cpu().numpy() * 255 + 0.5).astype(np.uint8))}
+    for m, f in r.features.items():
+        f = f.cpu()
+        if m not in pcas:  # fitted once, on the first view
+            pcas[m] = PCA3(f)
+        images[f"{m}_pca"] = Image.fromarray(pcas[m](f)).resize((view.width, view.height), Image.Resampling.NEAREST)
+    return images
 
 
 def render_views(scene: Scene, names: list[str] | None, out: Path | None = None, device: str = "auto") -> list[Path]:
     """Render the views ``names`` (None: every registered view) of ``scene``'s memory into ``out``
-    (default ``<scene>/renders``); returns the written files."""
+    (default ``<scene>/renders``, :func:`render_images`); returns the written files."""
     out = Path(out) if out else scene.root / "renders"
     output_listing(out, "render")  # refused before any work: never overwrites what m3 did not write
     memory = TrainedMemory.load(scene, device=resolve_device(device, "render"))
@@ -33,15 +49,8 @@ def render_views(scene: Scene, names: list[str] | None, out: Path | None = None,
     written = []
     with output_dir(out, "render", replace=False) as tmp:  # renders of other views stay
         for view in chosen:
-            r = memory.render(view)
-            stem = Path(view.name).stem
-            Image.fromarray((r.rgb.cpu().numpy() * 255 + 0.5).astype(np.uint8)).save(tmp / f"{stem}_rgb.png")
-            written.append(f"{stem}_rgb.png")
-            for m, f in r.features.items():
-                f = f.cpu()
-                if m not in pcas:  # fitted once, on the first view
-                    pcas[m] = PCA3(f)
-                img = Image.fromarray(pcas[m](f)).resize((view.width, view.height), Image.Resampling.NEAREST)
-                img.save(tmp / f"{stem}_{m}_pca.png")
-                written.append(f"{stem}_{m}_pca.png")
+            for suffix, img in render_images(memory, view, pcas).items():
+                name = f"{Path(view.name).stem}_{suffix}.png"
+                img.save(tmp / name)
+                written.append(name)
     return [out / n for n in written]
