@@ -36,6 +36,7 @@ COMMANDS = {
     "query": "stages.query",
     "export": "stages.export",
     "view": "stages.view",
+    "serve": "stages.serve",
     "ask": "stages.ask",
     "share": "stages.share",
     "cluster": "stages.cluster",

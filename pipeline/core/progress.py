@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 _ENABLED: bool | None = None  # None: when stderr is a terminal
 
@@ -30,4 +31,6 @@ def progress_enabled() -> bool:
 def progress(iterable: Iterable[Any] | None = None, show: bool | None = None, **kwargs: Any) -> tqdm:
     """A tqdm bar (``kwargs``: desc, total, unit, initial, ...) under the policy above (``show``
     overrides it for this bar)."""
+    from tqdm import tqdm  # (not for `m3 <command> --help`, which sets the policy)
+
     return tqdm(iterable, disable=not (progress_enabled() if show is None else show), **kwargs)
