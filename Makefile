@@ -21,8 +21,8 @@ $(BIN)/m3: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.15.0 torchvision==0.29.2
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,$(FAISS),ray,docs]"
-	$(BIN)/python -c "import torch, torchvision, gsplat, pycolmap, faiss, zarr, open_clip, transformers, segment_anything, ray, mkdocs, mkdocstrings; print('m3 environment ok: torch', torch.__version__)"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,$(FAISS),ray,serve,docs]"
+	$(BIN)/python -c "import torch, torchvision, gsplat, pycolmap, faiss, zarr, open_clip, transformers, segment_anything, ray, fastapi, uvicorn, mkdocs, mkdocstrings; print('m3 environment ok: torch', torch.__version__)"
 	$(BIN)/python -c "from pipeline.splat.raster_cpp import kernel; print('compiled CPU rasterizer:', 'ok' if kernel() else 'unavailable (torch backend)')"
 	touch $(BIN)/m3
 
