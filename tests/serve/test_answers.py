@@ -74,7 +74,8 @@ def test_render_equals_the_cli(served: Served, tmp_path: Path) -> None:
     stem = Path(view.name).stem
     rgb = served.client.render("alpha", view.name)
     assert rgb == (tmp_path / "r" / f"{stem}_rgb.png").read_bytes()
-    assert served.client.render("alpha", view.name, what="features") == (tmp_path / "r" / f"{stem}_clip_pca.png").read_bytes()
+    pca = served.client.render("alpha", view.name, what="features")
+    assert pca == (tmp_path / "r" / f"{stem}_clip_pca.png").read_bytes()
     camera = {"viewmat": view.w2c.tolist(), "K": view.K.tolist(), "width": view.width, "height": view.height}
     assert served.client.render("alpha", camera=camera) == rgb
     heat = served.client.render("alpha", view.name, what="relevance", text=PHRASES[0])
