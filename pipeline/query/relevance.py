@@ -8,10 +8,19 @@ only needs ``cos(f, p)`` for its phrases ``p`` (the query, plus the canonical ne
     |f|^2 = a^T G a          G = PSC PSC^T [t, t]  (query-independent: once per memory)
     logits = (q / |q W|) (W PSC_unit^T) / tau      |q W|^2 = q (W W^T) q^T
 
-so per Gaussian a query costs one ``[l] x [l, t]`` product, ``t`` exponentials and one
-``[t] x [t, 1 + k]`` product: O(N t l) instead of the O(N t d) of building every feature (twice:
-``q W`` against the bank and ``a PSC``). The norms ``|f|`` are computed once per memory (O(N t
-min(t, d)), with ``G`` or through ``PSC``, whichever is smaller) and reused by every query.
+Nothing but ``s`` depends on the query, so one pass per memory computes every Gaussian's ``|f|``
+(O(N t min(t, d)), with ``G`` or through ``PSC``, whichever is smaller) and caches its attention:
+the ``HEAD`` largest weights in float32 (indices ``[N, 16]``), the rest as a dense float16 tail
+``[N, t]`` (2 bytes per slot: 2 GB at 1M Gaussians and t = 1000; ``cache_mb`` caps it, the
+Gaussians beyond it are recomputed by every query). A query is then one ``[N, t] x [t, 2 + k]``
+product and an O(N 16) gather, no exponential. The tail's rounding is bounded per Gaussian and
+query: float16 rounds a weight ``w`` by at most ``2^-11 |w|`` (``2^-25`` below ``2^-14``), so
+each cosine is off by at most ``(2^-11 / (1 - 2^-11) tail . u + 2^-25 sum(u)) / |f|`` with
+``u = max |s|`` over the phrases, one more column of the same product. Gaussians whose bound
+exceeds ``tolerance`` (flat attention: small ``|f|``, mass spread over the tail) are recomputed
+exactly, in float32 from their logits: every cosine is within ``tolerance`` of the float32 dense
+computation, a canonical relevance within ``scale / 2 * tolerance`` (the sigmoid's slope is at
+most 1/4, of the difference of two cosines).
 
 ``attention_k`` keeps each Gaussian's ``k`` largest attention weights only (renormalised, the
 sparse attention of e.g. top-k retrieval): its indices ``[N, k]``, weights and norms
@@ -37,32 +46,55 @@ from pipeline.splat.memory import MemoryAttention
 log = logging.getLogger(__name__)
 
 CHUNK = 8192  # Gaussians per step: bounds the [rows, t] attention block (33 MB at t = 1000)
+BLOCK = 1024  # cached Gaussians per step of an exact query: their float32 tail [rows, t] stays in cache
+SPARSE_BLOCK = 65536  # Gaussians per step of a sparse query (bounds its [rows, 1 + k] temporaries)
 EPS = 1e-12  # F.normalize's floor on a norm
+TOLERANCE = 1e-4  # largest error of an exact query's cosines (see the module docstring)
+CACHE_MB = 4096  # largest attention cache of the exact path (MiB)
+HEAD = 16  # largest attention weights per Gaussian that the cache keeps in float32
+F16_REL = 2.0**-11 / (1 - 2.0**-11)  # float16 rounding of a normal weight, relative to the rounded weight
+F16_ABS = 2.0**-25  # float16 rounding of a subnormal weight (below 2^-14)
 
 
 class GaussianRelevance:
     """Relevance ``[N]`` of queries for every Gaussian of one model (see the module docstring).
 
     ``head`` is the model's head (:class:`MemoryAttention` or a decoder), ``queries [N, l]`` the
-    Gaussians' principal queries, ``attention_k`` the sparse attention size (None: exact). Runs
-    on the head's device; relevance comes back there.
+    Gaussians' principal queries, ``attention_k`` the sparse attention size (None: exact, each
+    cosine within ``tolerance``, through an attention cache of at most ``cache_mb`` MiB). Runs on
+    the head's device; relevance comes back there.
     """
 
-    def __init__(self, head: nn.Module, queries: Tensor, attention_k: int | None = None, chunk: int = CHUNK):
+    def __init__(
+        self,
+        head: nn.Module,
+        queries: Tensor,
+        attention_k: int | None = None,
+        chunk: int = CHUNK,
+        tolerance: float = TOLERANCE,
+        cache_mb: float = CACHE_MB,
+    ):
         if attention_k is not None and attention_k < 1:
             raise ValueError(f"GaussianRelevance: attention_k must be >= 1 or None, got {attention_k}")
-        self.head, self.chunk = head, int(chunk)
+        if not tolerance > 0 or cache_mb < 0:
+            raise ValueError(f"GaussianRelevance: needs tolerance > 0 and cache_mb >= 0, got {tolerance}, {cache_mb}")
+        self.head, self.chunk, self.tolerance = head, int(chunk), float(tolerance)
         self.device = next(itertools.chain(head.parameters(), head.buffers())).device
         self.queries = queries.detach().float().to(self.device)
         self.bank_path = isinstance(head, MemoryAttention)
         self._norms: Tensor | None = None
         self._sparse: tuple[Tensor, Tensor, Tensor] | None = None
+        self._cache: tuple[Tensor, Tensor, Tensor] | None = None
+        self.recomputed = 0  # Gaussians the last exact query recomputed from their logits
         if not isinstance(head, MemoryAttention):
             return
         with torch.no_grad():
             bank, w = head.bank.detach().float(), head.proj.detach().float()
             self.bank = bank
             self.k = None if attention_k is None or attention_k >= len(bank) else int(attention_k)
+            self.head_k = min(HEAD, len(bank))
+            row_bytes = 2 * len(bank) + 8 * self.head_k
+            self.cached = 0 if self.k is not None else min(len(self), int(cache_mb * 2**20) // row_bytes)
             proj = w @ head.bank_unit.detach().float().T / head.tau  # [l, t]
             # logits minus their bound 1/tau (|cos| <= 1) through one more row: exp never overflows
             # and underflows only below exp(-2/tau); for a small tau each row's max is taken instead
@@ -77,17 +109,17 @@ class GaussianRelevance:
     def __len__(self) -> int:
         return len(self.queries)
 
-    def _logits(self, s: int) -> Tensor:
-        """Attention logits ``[rows, t]`` of Gaussians ``s .. s + chunk``, shifted (by 1/tau or the row max)."""
-        q = self.queries[s : s + self.chunk] * self.inv_norm[s : s + self.chunk, None]
+    def _logits(self, rows: slice | Tensor) -> Tensor:
+        """Attention logits ``[rows, t]`` of the Gaussians ``rows``, shifted (by 1/tau or the row max)."""
+        q = self.queries[rows] * self.inv_norm[rows, None]
         if self.row_max:
             z = torch.mm(q, self.logits)
             return z.sub_(z.amax(-1, keepdim=True))
         return torch.mm(torch.cat([q, torch.ones(len(q), 1, device=self.device)], dim=1), self.logits)
 
-    def _attention(self, s: int) -> Tensor:
-        """Unnormalised attention ``[rows, t]`` of Gaussians ``s .. s + chunk``."""
-        return self._logits(s).exp_()
+    def _attention(self, rows: slice | Tensor) -> Tensor:
+        """Unnormalised attention ``[rows, t]`` of the Gaussians ``rows``."""
+        return self._logits(rows).exp_()
 
     def _sq_norm(self, a: Tensor) -> Tensor:
         """``|a PSC|^2 [rows]`` of normalised attention ``a [rows, t]``."""
@@ -96,29 +128,41 @@ class GaussianRelevance:
         return (a @ self.bank).square().sum(-1)
 
     def norms(self) -> Tensor:
-        """``|f| [N]`` of every Gaussian's feature under dense attention (computed once)."""
+        """``|f| [N]`` of every Gaussian's feature under dense attention (computed once; on the way,
+        the exact path caches the attention of its first ``cached`` Gaussians)."""
         if self._norms is None:
-            out = torch.empty(len(self), device=self.device)
+            n, m, h = len(self), self.cached, self.head_k
+            out = torch.empty(n, device=self.device)
+            idx = torch.empty(m, h, dtype=torch.int32, device=self.device)
+            wts = torch.empty(m, h, device=self.device)
+            tail = torch.empty(m, len(self.bank), dtype=torch.float16, device=self.device)
             with torch.no_grad():
-                for s in range(0, len(self), self.chunk):
-                    e = self._attention(s)
-                    out[s : s + len(e)] = self._sq_norm(e / e.sum(-1, keepdim=True))
+                for s in range(0, n, self.chunk):
+                    e = self._attention(slice(s, s + self.chunk))
+                    a = e.div_(e.sum(-1, keepdim=True))
+                    out[s : s + len(a)] = self._sq_norm(a)
+                    if s < m:
+                        a = a[: m - s]
+                        w, ids = torch.topk(a, h, dim=-1, sorted=False)
+                        idx[s : s + len(a)], wts[s : s + len(a)] = ids, w
+                        tail[s : s + len(a)] = a.scatter_(1, ids, 0.0)
             self._norms = out.clamp_min(0).sqrt().clamp_min(EPS)
+            self._cache = (idx, wts, tail) if m else None
         return self._norms
 
     def sparse(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Top-k attention: indices ``[N, k]``, renormalised weights ``[N, k]`` and ``|f_k| [N]``."""
+        """Top-k attention: indices ``[N, k]`` (int32), renormalised weights ``[N, k]`` and ``|f_k| [N]``."""
         if self._sparse is None:
             n, k = len(self), self.k
             if k is None:
                 raise ValueError("GaussianRelevance.sparse: built without attention_k (exact attention)")
-            idx = torch.empty(n, k, dtype=torch.int64, device=self.device)
+            idx = torch.empty(n, k, dtype=torch.int32, device=self.device)
             wts = torch.empty(n, k, device=self.device)
             sq = torch.empty(n, device=self.device)
             gram = self.bank @ self.bank.T if self.gram is None else self.gram
             with torch.no_grad():
                 for s in range(0, n, self.chunk):
-                    top, ids = torch.topk(self._logits(s), k, dim=-1, sorted=False)
+                    top, ids = torch.topk(self._logits(slice(s, s + self.chunk)), k, dim=-1, sorted=False)
                     w = torch.softmax(top, dim=-1)
                     g = gram[ids[:, :, None], ids[:, None, :]]  # [rows, k, k]
                     sq[s : s + len(w)] = (w[:, :, None] * g * w[:, None, :]).sum((1, 2))
@@ -133,17 +177,41 @@ class GaussianRelevance:
             return self._direct(qv)
         qv.check_dim(self.bank.shape[1])
         s = self.bank @ qv.phrases().to(self.device).T  # [t, 1 + k]
-        if self.k is not None:
-            idx, w, norm = self.sparse()
-            dots = F.embedding_bag(idx, s, per_sample_weights=w, mode="sum")  # [N, 1 + k] = w . s[idx]
-            return qv.from_cosines(dots / norm[:, None])
-        norm = self.norms()
-        s1 = torch.cat([s, torch.ones(len(s), 1, device=self.device)], dim=1)  # the last column sums the weights
+        if self.k is None:
+            return self._exact(qv, s)
+        idx, w, norm = self.sparse()
         out = torch.empty(len(self), device=self.device)
-        for a in range(0, len(self), self.chunk):
-            dots = self._attention(a) @ s1  # [rows, 2 + k]
-            cos = dots[:, :-1] / dots[:, -1:] / norm[a : a + len(dots), None]
-            out[a : a + len(dots)] = qv.from_cosines(cos)
+        for a in range(0, len(self), SPARSE_BLOCK):
+            dots = F.embedding_bag(idx[a : a + SPARSE_BLOCK], s, per_sample_weights=w[a : a + SPARSE_BLOCK], mode="sum")
+            out[a : a + len(dots)] = qv.from_cosines(dots / norm[a : a + len(dots), None])  # w . s[idx] / |f_k|
+        return out
+
+    def _exact(self, qv: QueryVector, s: Tensor) -> Tensor:
+        """Relevance ``[N]`` under dense attention from the phrases' ``s [t, 1 + k]``: the cached
+        Gaussians from their cache, those beyond it or over the tolerance from their logits."""
+        norm = self.norms()
+        out = torch.empty(len(self), device=self.device)
+        redo = torch.arange(self.cached, len(self), device=self.device)
+        if self._cache is not None:
+            idx, wts, tail = self._cache
+            m, p = len(tail), s.shape[1]
+            u = s.abs().amax(1)  # [t]: each slot's largest |s| over the phrases
+            cols = torch.cat([s, u[:, None]], dim=1)  # [t, 2 + k]: the last column bounds the rounding
+            dots = torch.empty(m, p + 1, device=self.device)
+            buf = torch.empty(min(BLOCK, self.chunk, m), len(s), device=self.device)
+            for a in range(0, m, len(buf)):
+                rows = min(len(buf), m - a)
+                torch.mm(buf[:rows].copy_(tail[a : a + rows]), cols, out=dots[a : a + rows])
+            cos = dots[:, :p].add_(F.embedding_bag(idx, s, per_sample_weights=wts, mode="sum")).div_(norm[:m, None])
+            out[:m] = qv.from_cosines(cos)
+            bound = (dots[:, p] * F16_REL + F16_ABS * float(u.sum())) / norm[:m]  # [m]
+            redo = torch.cat([torch.nonzero(bound > self.tolerance).squeeze(1), redo])
+        s1 = torch.cat([s, torch.ones(len(s), 1, device=self.device)], dim=1)  # the last column sums the weights
+        for a in range(0, len(redo), self.chunk):
+            rows = redo[a : a + self.chunk]
+            dots = self._attention(rows) @ s1  # [rows, 2 + k]
+            out[rows] = qv.from_cosines(dots[:, :-1] / dots[:, -1:] / norm[rows, None])
+        self.recomputed = len(redo)
         return out
 
     def _direct(self, qv: QueryVector) -> Tensor:
