@@ -6,7 +6,8 @@ and everything the stages produce beside it::
     input/                      video (mp4/mov/...) or images
     frames/                     numbered frames (stage ``frames``) + frames.json
     colmap/sparse/0/            COLMAP model, binary, PINHOLE cameras (stage ``poses``)
-    colmap/images/              undistorted images matching the model
+    colmap/images/              undistorted images matching the model (RGBA inputs keep their alpha)
+    colmap/split.json           views held out by the dataset's own split, when imported with one
     poses/stats.json            registered views, points, reprojection error, seconds
     features/<model>.zarr       dense features [V, h, w, d] (stage ``features``)
     bank/<model>.zarr           PSC memory bank [t, d] (stage ``bank``)
@@ -22,6 +23,7 @@ z forward). Conversions happen at the edges (``transforms.json`` import).
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ from pipeline.core.errors import M3Error
 
 DATA_ROOT = Path("data")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+SPLIT_FILE = "split.json"
 VIDEO_EXTS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm")
 
 
@@ -57,6 +60,7 @@ class Scene:
     colmap_dir = property(lambda self: self.root / "colmap")
     sparse_dir = property(lambda self: self.root / "colmap" / "sparse" / "0")
     images_dir = property(lambda self: self.root / "colmap" / "images")
+    split_path = property(lambda self: self.root / "colmap" / SPLIT_FILE)
     poses_dir = property(lambda self: self.root / "poses")
     features_dir = property(lambda self: self.root / "features")
     bank_dir = property(lambda self: self.root / "bank")
@@ -171,13 +175,32 @@ def views_named(views: list[View], names: list[str], where: str) -> list[View]:
     return [by_name[n] for n in names]
 
 
-def split_views(views: list[View], test_every: int) -> tuple[list[View], list[View]]:
-    """Train/test split: every ``test_every``-th view (0, 8, 16, ...) is held out."""
+def split_views(views: list[View], test_every: int, held_out: list[str] | None = None) -> tuple[list[View], list[View]]:
+    """Train/test split: the views named in ``held_out`` (a dataset's own split, :func:`load_split`)
+    when given, else every ``test_every``-th view (0, 8, 16, ...: LLFF's protocol with 8; 0: none)."""
+    if held_out is not None:
+        names = set(held_out)
+        return [v for v in views if v.name not in names], [v for v in views if v.name in names]
     if test_every <= 0:
         return list(views), []
     test = [v for i, v in enumerate(views) if i % test_every == 0]
     train = [v for i, v in enumerate(views) if i % test_every != 0]
     return train, test
+
+
+def load_split(scene: Scene) -> list[str] | None:
+    """The image names the poses stage recorded as held out (``colmap/split.json``, written when an
+    import brings the dataset's own test split), or None when the scene has no such split."""
+    path = scene.split_path
+    if not path.is_file():
+        return None
+    try:
+        test = json.loads(path.read_text())["test"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise M3Error(f"{path}: not a readable split file ({exc}); rerun `m3 poses {scene.name}`") from exc
+    if not isinstance(test, list) or not all(isinstance(n, str) for n in test):
+        raise M3Error(f"{path}: 'test' must be a list of image names; rerun `m3 poses {scene.name}`")
+    return test
 
 
 def resampled_views(views: list[View], max_side: int) -> list[View]:

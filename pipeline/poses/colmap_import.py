@@ -3,7 +3,9 @@
 Both return an in-memory ``pycolmap.Reconstruction`` (ids from 1, one trivial rig/frame per
 image), the folder its image names are relative to, and the input files (for provenance).
 ``transforms.json`` (instant-ngp / nerfstudio / Blender) stores camera-to-world with OpenGL
-axes; it is converted to COLMAP world-to-camera with OpenCV axes (flip y and z).
+axes; it is converted to COLMAP world-to-camera with OpenCV axes (flip y and z). With
+``poses.split: dataset`` the held-out file beside it (``transforms_test.json``) is imported too:
+its views are posed, and recorded as held out by the poses stage.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +28,29 @@ log = logging.getLogger(__name__)
 MODEL_FILES = ("cameras", "images", "points3D")
 
 
+@dataclass(frozen=True)
+class KnownView:
+    """A view with known camera: image ``name``, COLMAP camera ``model``, size, ``params`` and
+    world-to-camera ``w2c [4, 4]`` (OpenCV axes)."""
+
+    name: str
+    model: str
+    width: int
+    height: int
+    params: list[float]
+    w2c: np.ndarray
+
+
 @dataclass
 class Imported:
-    """A model with known poses: ``rec`` (pycolmap.Reconstruction), its images and input files."""
+    """A model with known poses: ``rec`` (pycolmap.Reconstruction), its images and input files;
+    ``held_out``: views of the dataset's test split, posed but not in ``rec`` (added after the
+    points are triangulated from the training views, :func:`add_views`)."""
 
     rec: Any
     images_dir: Path
     files: list[Path]
+    held_out: list[KnownView] = field(default_factory=list)
 
 
 def _resolve(root: Path, rel: str | None, what: str) -> Path:
@@ -144,41 +162,84 @@ def _intrinsics(meta: dict[str, Any], image: Path) -> tuple[str, int, int, list[
     return "PINHOLE", w, h, [fx, fy, cx, cy]
 
 
-def load_transforms(root: Path, import_path: str | None) -> Imported:
-    """A NeRF ``transforms.json`` at ``root/import_path`` as a reconstruction without points.
-
-    Intrinsics come from ``fl_x/fl_y/cx/cy`` (or ``camera_angle_x``), per frame or top level;
-    nonzero ``k1,k2,p1,p2`` give an OPENCV camera (undistorted later). Image names are the files'
-    paths relative to their common folder.
-    """
-    pycolmap = import_pycolmap()
-    path = _resolve(root, import_path, "transforms.json")
-    if path.is_dir():
-        path = path / "transforms.json"
+def _read_frames(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The top-level keys and the frames of the transforms file ``path`` (untrusted: checked)."""
     try:
         data = json.loads(path.read_text())
         frames = data["frames"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise M3Error(f"{path}: not a readable transforms.json with a 'frames' list ({exc}); fix the file") from exc
-    if not frames:
-        raise M3Error(f"{path}: 'frames' is empty; add the views")
-    files = [_image_file(path.parent, str(f.get("file_path", ""))) for f in frames]
-    images_dir = Path(os.path.commonpath([str(f.parent) for f in files]))
-    names = [f.relative_to(images_dir).as_posix() for f in files]
+    if not isinstance(frames, list) or not frames or not all(isinstance(f, dict) for f in frames):
+        raise M3Error(f"{path}: 'frames' is empty or not a list of frames; add the views")
+    return {k: v for k, v in data.items() if k != "frames"}, frames
+
+
+def held_out_file(train_file: Path) -> Path:
+    """The dataset's held-out split next to ``train_file``: ``transforms_test.json``, or
+    ``transforms_val.json`` when there is no test file (NeRF-synthetic layout)."""
+    for name in ("transforms_test.json", "transforms_val.json"):
+        if (train_file.parent / name).is_file():
+            return train_file.parent / name
+    raise M3Error(
+        f"{train_file.parent}: no transforms_test.json or transforms_val.json beside {train_file.name}; "
+        "add the held-out split or set poses.split: none"
+    )
+
+
+def add_views(rec: Any, views: list[KnownView]) -> None:
+    """Add ``views`` to ``rec`` (ids after its largest), one trivial rig/frame per image, a camera
+    per distinct intrinsics (reused when ``rec`` has an equal one)."""
+    pycolmap = import_pycolmap()
+    cameras = {(c.model.name, c.width, c.height, *c.params): cid for cid, c in rec.cameras.items()}
+    image_id = max(rec.images, default=0)
+    for v in views:
+        key = (v.model, v.width, v.height, *v.params)
+        if key not in cameras:
+            cameras[key] = max(cameras.values(), default=0) + 1
+            camera = pycolmap.Camera(
+                model=v.model, width=v.width, height=v.height, params=v.params, camera_id=cameras[key]
+            )
+            rec.add_camera_with_trivial_rig(camera)
+        image_id += 1
+        image = pycolmap.Image(name=v.name, camera_id=cameras[key], image_id=image_id)
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(v.w2c[:3, :4]))
+
+
+def load_transforms(root: Path, import_path: str | None, split: str = "none") -> Imported:
+    """A NeRF ``transforms.json`` at ``root/import_path`` as a reconstruction without points.
+
+    Intrinsics come from ``fl_x/fl_y/cx/cy`` (or ``camera_angle_x``), per frame or top level;
+    nonzero ``k1,k2,p1,p2`` give an OPENCV camera (undistorted later). Image names are the files'
+    paths relative to their common folder. ``split: dataset`` also reads the held-out file beside
+    it (:func:`held_out_file`): those views come back in ``held_out``, outside ``rec``, so that
+    points are triangulated from the training views only.
+    """
+    pycolmap = import_pycolmap()
+    path = _resolve(root, import_path, "transforms.json")
+    if path.is_dir():
+        path = path / "transforms.json"
+    sources = [path, held_out_file(path)] if split == "dataset" else [path]
+    parts = [(src, *_read_frames(src)) for src in sources]
+    files = [[_image_file(src.parent, str(f.get("file_path", ""))) for f in frames] for src, _, frames in parts]
+    images_dir = Path(os.path.commonpath([str(f.parent) for group in files for f in group]))
+    known: list[list[KnownView]] = []
+    for (src, top, frames), group in zip(parts, files):
+        views = []
+        for frame, file in zip(frames, group):
+            model, w, h, params = _intrinsics(top | frame, file)
+            try:
+                c2w = np.asarray(frame["transform_matrix"], dtype=np.float64).reshape(4, 4)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise M3Error(f"{src}: {file.name} has no 4x4 transform_matrix ({exc}); fix the frame") from exc
+            name = file.relative_to(images_dir).as_posix()
+            views.append(KnownView(name, model, w, h, params, w2c_from_opengl_c2w(c2w)))
+        known.append(views)
+    names = [v.name for views in known for v in views]
     if len(set(names)) != len(names):
         raise M3Error(f"{path}: the same image is listed twice; remove the duplicate frame")
     rec = pycolmap.Reconstruction()
-    cameras: dict[tuple, int] = {}
-    for image_id, (frame, file, name) in enumerate(zip(frames, files, names), start=1):
-        meta = {k: v for k, v in data.items() if k != "frames"} | frame
-        model, w, h, params = _intrinsics(meta, file)
-        key = (model, w, h, *params)
-        if key not in cameras:
-            cameras[key] = len(cameras) + 1
-            camera = pycolmap.Camera(model=model, width=w, height=h, params=params, camera_id=cameras[key])
-            rec.add_camera_with_trivial_rig(camera)
-        w2c = w2c_from_opengl_c2w(np.asarray(frame["transform_matrix"], dtype=np.float64))
-        image = pycolmap.Image(name=name, camera_id=cameras[key], image_id=image_id)
-        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(w2c[:3, :4]))
-    log.info("imported %s: %d views, %d camera(s)", path, len(frames), len(cameras))
-    return Imported(rec, images_dir, [path, *files])
+    add_views(rec, known[0])
+    held_out = known[1] if len(known) > 1 else []
+    log.info("imported %s: %d views (+%d held out), %d camera(s)", path, len(names) - len(held_out), len(held_out),
+             rec.num_cameras())  # fmt: skip
+    return Imported(rec, images_dir, [*sources, *(f for group in files for f in group)], held_out)

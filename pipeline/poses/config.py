@@ -41,6 +41,12 @@ class PosesConfig(Checked):
     """With colmap/transforms: the model folder or transforms.json, relative to the scene folder."""
     import_images: str | None = None
     """With colmap: the images folder of the model (default: images/ next to it)."""
+    split: Literal["none", "dataset"] = "none"
+    """With transforms: dataset also imports transforms_test.json (else transforms_val.json) beside
+    import_path; its views are posed but held out (colmap/split.json): never trained on, evaluated
+    (none: train and evaluate hold out every test_every-th view)."""
+    held_out: list[str] = field(default_factory=list)
+    """Image names (as in colmap/images) held out like a dataset split, with any source (empty: none)."""
     matcher: Literal["auto", "sequential", "exhaustive"] = "auto"
     """auto (sequential for videos, exhaustive for photo sets up to exhaustive_max) | sequential | exhaustive."""
     exhaustive_max: Count = 100
