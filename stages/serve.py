@@ -48,7 +48,7 @@ def run(config: ServeConfig, scenes: list[str], params: Path, token: str | None 
     ask = load_config(AskConfig, "ask", params)
     pool = ScenePool([resolve_scene(s) for s in scenes], query.device)
     app = create_app(pool, query, export, ask, config, token)
-    auth = "bearer token required" if token else "no token (this machine only)"
+    auth = "bearer token required" if token else "loopback only, no token"
     host = f"[{config.host}]" if ":" in config.host else config.host
     log.info("m3 serve: http://%s:%d (%s; scenes: %s; Ctrl-C to stop)", host, config.port, auth,
              ", ".join(pool.names()) or "none yet")  # fmt: skip
