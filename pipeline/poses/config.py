@@ -53,6 +53,15 @@ class PosesConfig(Checked):
     """With matcher auto: photo sets up to this many images are matched exhaustively."""
     sequential_overlap: Count = 10
     """Sequential matching: each frame is matched with this many following frames."""
+    loop_neighbors: Natural = 0
+    """Sequential matching: after a first mapping, match each frame with this many nearest frames (by
+    its camera centre) beyond the sequential window and map again, to close loops (0: off)."""
+    spatial_neighbors: Natural = 20
+    """Imports without points: match each view with this many nearest known camera centres
+    (0: by matcher, as SfM)."""
+    mapper: Literal["incremental", "global"] = "incremental"
+    """incremental (adds views one at a time) | global (GLOMAP: all rotations, then all positions,
+    then one bundle adjustment)."""
     camera_model: CameraModel = "SIMPLE_RADIAL"
     """COLMAP camera model to estimate (undistorted to PINHOLE afterwards)."""
     single_camera: bool = field(default=True, metadata={"off": "camera-per-image"})
