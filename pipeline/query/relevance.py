@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -197,11 +198,7 @@ class GaussianRelevance:
             m, p = len(tail), s.shape[1]
             u = s.abs().amax(1)  # [t]: each slot's largest |s| over the phrases
             cols = torch.cat([s, u[:, None]], dim=1)  # [t, 2 + k]: the last column bounds the rounding
-            dots = torch.empty(m, p + 1, device=self.device)
-            buf = torch.empty(min(BLOCK, self.chunk, m), len(s), device=self.device)
-            for a in range(0, m, len(buf)):
-                rows = min(len(buf), m - a)
-                torch.mm(buf[:rows].copy_(tail[a : a + rows]), cols, out=dots[a : a + rows])
+            dots = self._tail_dots(tail, cols)
             cos = dots[:, :p].add_(F.embedding_bag(idx, s, per_sample_weights=wts, mode="sum")).div_(norm[:m, None])
             out[:m] = qv.from_cosines(cos)
             bound = (dots[:, p] * F16_REL + F16_ABS * float(u.sum())) / norm[:m]  # [m]
@@ -213,6 +210,36 @@ class GaussianRelevance:
             out[rows] = qv.from_cosines(dots[:, :-1] / dots[:, -1:] / norm[rows, None])
         self.recomputed = len(redo)
         return out
+
+    def _tail_dots(self, tail: Tensor, cols: Tensor) -> Tensor:
+        """``tail [m, t] x cols [t, c]`` in float32 blocks of ``BLOCK`` rows. On the CPU, each of
+        torch's threads takes a share of the rows, its operations on one thread: no barrier between
+        the threads of every block (which costs a time slice each on a busy machine)."""
+        dots = torch.empty(len(tail), cols.shape[1], device=self.device)
+        step = min(BLOCK, self.chunk)
+
+        def rows(lo: int, hi: int) -> None:
+            buf = torch.empty(min(step, hi - lo), len(cols), device=self.device)
+            for a in range(lo, hi, step):
+                n = min(step, hi - a)
+                torch.mm(buf[:n].copy_(tail[a : a + n]), cols, out=dots[a : a + n])
+
+        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        if workers == 1:
+            rows(0, len(tail))
+            return dots
+        share = -(-len(tail) // workers // step) * step  # whole blocks per worker
+
+        def worker(lo: int) -> None:
+            torch.set_num_threads(1)  # this thread's own setting (OpenMP and MKL keep one per thread)
+            try:
+                rows(lo, min(lo + share, len(tail)))
+            finally:
+                torch.set_num_threads(workers)
+
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(worker, range(0, len(tail), share)))
+        return dots
 
     def _direct(self, qv: QueryVector) -> Tensor:
         """Decode each Gaussian's feature (chunked) and score it."""
