@@ -24,7 +24,7 @@ Vector = Field(None, min_length=1, max_length=MAX_DIM, description="a raw query 
 class QueryOptions(BaseModel):
     """Query settings of one request (each overrides ``params.yaml: query``, or ``export``)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid")
 
     text: str | None = Text
     vector: list[float] | None = Vector

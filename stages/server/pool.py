@@ -168,6 +168,8 @@ class ScenePool:
         self.device = resolve_device(device, "query")
         self.data_root = Path(data_root)
         self.named = {s.name: s for s in scenes}
+        if len(self.named) < len(scenes):
+            raise M3Error("serve: two scenes share a folder name (the name requests use); serve one of them")
         self.lock = threading.Lock()
         self.warm: dict[str, WarmScene] = {}
         for name in self.named:
