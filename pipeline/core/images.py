@@ -17,6 +17,15 @@ WHITE = (1.0, 1.0, 1.0)
 """The background behind transparent pixels unless a setting says otherwise (the NeRF-synthetic convention)."""
 
 
+def has_alpha(image: Image.Image | Path) -> bool:
+    """Whether ``image`` (or the image file at that path) has transparency (an alpha band or a
+    transparent palette entry / colour)."""
+    if isinstance(image, Image.Image):
+        return "A" in image.getbands() or "transparency" in image.info
+    with Image.open(image) as im:
+        return has_alpha(im)
+
+
 def _decode(path: Path, data: bytes | None) -> Image.Image:
     """The image at ``path`` (or in ``data``) as RGB, or RGBA when the file has transparency."""
     path = Path(path)
@@ -24,8 +33,7 @@ def _decode(path: Path, data: bytes | None) -> Image.Image:
         raise M3Error(f"{path}: image of a registered view is missing; rerun the poses stage")
     try:
         with Image.open(path if data is None else io.BytesIO(data)) as im:
-            alpha = "A" in im.getbands() or "transparency" in im.info
-            return im.convert("RGBA" if alpha else "RGB")
+            return im.convert("RGBA" if has_alpha(im) else "RGB")
     except UnidentifiedImageError as exc:  # its text names the file object, not the file
         reason = "not a known image format"
         raise M3Error(f"{path}: cannot read the view's image ({reason}); rerun the poses stage") from exc

@@ -1,11 +1,13 @@
-"""Import known cameras instead of running SfM: an existing COLMAP model or a NeRF ``transforms.json``.
+"""Import known cameras instead of running SfM: a COLMAP model, a NeRF ``transforms.json`` or LLFF's
+``poses_bounds.npy``.
 
 Both return an in-memory ``pycolmap.Reconstruction`` (ids from 1, one trivial rig/frame per
 image), the folder its image names are relative to, and the input files (for provenance).
 ``transforms.json`` (instant-ngp / nerfstudio / Blender) stores camera-to-world with OpenGL
 axes; it is converted to COLMAP world-to-camera with OpenCV axes (flip y and z). With
 ``poses.split: dataset`` the held-out file beside it (``transforms_test.json``) is imported too:
-its views are posed, and recorded as held out by the poses stage.
+its views are posed, and recorded as held out by the poses stage. ``poses_bounds.npy`` stores
+camera-to-world with [down, right, back] axes (:func:`load_llff`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from pipeline.core.errors import M3Error
 from pipeline.core.geometry import w2c_from_opengl_c2w
@@ -138,8 +141,6 @@ def _intrinsics(meta: dict[str, Any], image: Path) -> tuple[str, int, int, list[
     """COLMAP camera ``(model, width, height, params)`` from transforms.json keys (frame over top level)."""
     w, h = meta.get("w"), meta.get("h")
     if w is None or h is None:
-        from PIL import Image
-
         with Image.open(image) as im:
             w, h = im.size
     w, h = int(w), int(h)
@@ -243,3 +244,57 @@ def load_transforms(root: Path, import_path: str | None, split: str = "none") ->
     log.info("imported %s: %d views (+%d held out), %d camera(s)", path, len(names) - len(held_out), len(held_out),
              rec.num_cameras())  # fmt: skip
     return Imported(rec, images_dir, [*sources, *(f for group in files for f in group)], held_out)
+
+
+def _llff_c2w(pose: np.ndarray, where: str) -> np.ndarray:
+    """OpenGL camera-to-world ``[4, 4]`` of an LLFF ``[3, 4]`` pose (rotation columns: the camera's
+    down, right and back axes in the world)."""
+    rot = np.stack([pose[:, 1], -pose[:, 0], pose[:, 2]], axis=1)
+    if not np.allclose(rot.T @ rot, np.eye(3), atol=1e-4) or np.linalg.det(rot) < 0:
+        raise M3Error(f"{where}: the pose's rotation is not orthonormal; fix or regenerate poses_bounds.npy")
+    c2w = np.eye(4)
+    c2w[:3, :3], c2w[:3, 3] = rot, pose[:, 3]
+    return c2w
+
+
+def load_llff(root: Path, import_path: str | None, import_images: str | None = None) -> Imported:
+    """LLFF's ``poses_bounds.npy`` at ``root/import_path`` (the file or its folder) as a
+    reconstruction without points.
+
+    Each of its ``[N, 17]`` rows is a ``3x5`` matrix (camera-to-world ``[3, 4]`` with axes [down,
+    right, back], then the full-size images' ``H, W, focal``) and near/far bounds (unused). The
+    images are those of ``import_images`` (default: ``images/`` beside it; ``images_8`` for LLFF's
+    504x378 protocol) in name order, as LLFF pairs them; the focal length is scaled to their size.
+    """
+    pycolmap = import_pycolmap()
+    path = _resolve(root, import_path, "poses_bounds.npy")
+    if path.is_dir():
+        path = path / "poses_bounds.npy"
+    try:
+        rows = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise M3Error(f"{path}: not a readable poses_bounds.npy ({exc}); fix poses.import_path") from exc
+    if rows.ndim != 2 or rows.shape[1] != 17 or not rows.size or not np.isfinite(rows).all():
+        raise M3Error(f"{path}: expected an [N, 17] array of finite numbers (LLFF), got shape {rows.shape}")
+    images_dir = root / import_images if import_images else path.parent / "images"
+    if not images_dir.is_dir():
+        raise M3Error(f"{images_dir}: images folder not found; set poses.import_images (e.g. input/images_8)")
+    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+    if len(files) != len(rows):
+        raise M3Error(
+            f"{images_dir}: {len(files)} images for the {len(rows)} poses of {path.name}; point "
+            "poses.import_images at the folder of the posed images"
+        )
+    views = []
+    for row, file in zip(rows.astype(np.float64), files):
+        pose = row[:15].reshape(3, 5)
+        h, w, focal = pose[:, 4]
+        with Image.open(file) as im:
+            iw, ih = im.size
+        c2w = _llff_c2w(pose[:, :4], f"{path} ({file.name})")
+        params = [focal * iw / w, focal * ih / h, iw / 2.0, ih / 2.0]
+        views.append(KnownView(file.name, "PINHOLE", iw, ih, params, w2c_from_opengl_c2w(c2w)))
+    rec = pycolmap.Reconstruction()
+    add_views(rec, views)
+    log.info("imported %s: %d views from %s", path, len(views), images_dir)
+    return Imported(rec, images_dir, [path, *files])

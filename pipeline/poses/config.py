@@ -35,12 +35,15 @@ class FramesConfig(Checked):
 class PosesConfig(Checked):
     """``params.yaml: poses``: structure from motion, or an import of known cameras."""
 
-    source: Literal["sfm", "colmap", "transforms"] = "sfm"
-    """sfm (pycolmap on the frames) | colmap (import a COLMAP model) | transforms (import a NeRF transforms.json)."""
+    source: Literal["sfm", "colmap", "transforms", "llff"] = "sfm"
+    """sfm (pycolmap on the frames) | colmap (import a COLMAP model) | transforms (import a NeRF
+    transforms.json) | llff (import LLFF's poses_bounds.npy)."""
     import_path: str | None = None
-    """With colmap/transforms: the model folder or transforms.json, relative to the scene folder."""
+    """With colmap/transforms/llff: the model folder, transforms.json or poses_bounds.npy, relative
+    to the scene folder."""
     import_images: str | None = None
-    """With colmap: the images folder of the model (default: images/ next to it)."""
+    """With colmap/llff: the images folder of the model (default: images/ next to it; LLFF's 504x378
+    protocol: images_8)."""
     split: Literal["none", "dataset"] = "none"
     """With transforms: dataset also imports transforms_test.json (else transforms_val.json) beside
     import_path; its views are posed but held out (colmap/split.json): never trained on, evaluated

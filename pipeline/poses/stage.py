@@ -2,7 +2,7 @@
 
 :func:`make_frames`: ``input/`` (a video or photos) -> ``frames/`` (+ ``frames.json``).
 :func:`estimate_poses`: ``frames/`` -> ``colmap/`` by SfM (``source: sfm``), or an import of known
-cameras (``colmap`` / ``transforms``, triangulated when the import has no points), undistorted to
+cameras (``colmap`` / ``transforms`` / ``llff``, triangulated when the import has no points), undistorted to
 PINHOLE (RGBA inputs keep their alpha, :func:`undistort_alpha`); ``colmap/split.json`` with the
 held-out views when the import brings a split (``poses.split`` / ``held_out``); ``poses/stats.json``
 with the registered views, points, reprojection error and seconds.
@@ -20,9 +20,10 @@ from PIL import Image
 
 from pipeline.core.code import code_hash
 from pipeline.core.errors import M3Error
+from pipeline.core.images import has_alpha
 from pipeline.core.io import atomic_dir, hash_files, provenance, read_json, write_json
 from pipeline.core.scene import SPLIT_FILE, Scene
-from pipeline.poses.colmap_import import Imported, add_views, load_colmap, load_transforms
+from pipeline.poses.colmap_import import Imported, add_views, load_colmap, load_llff, load_transforms
 from pipeline.poses.config import FramesConfig, PosesConfig
 from pipeline.poses.frames import extract_frames, find_input
 from pipeline.poses.sfm import choose_matcher, model_stats, run_sfm, triangulate_known, undistort
@@ -80,6 +81,8 @@ def _sfm(config: PosesConfig, scene: Scene, work: Path) -> tuple[Imported, int, 
 def _import(config: PosesConfig, scene: Scene, work: Path) -> tuple[Imported, int, str]:
     if config.source == "colmap":
         imported = load_colmap(scene.root, config.import_path, config.import_images)
+    elif config.source == "llff":
+        imported = load_llff(scene.root, config.import_path, config.import_images)
     else:
         imported = load_transforms(scene.root, config.import_path, config.split)
     if imported.rec.num_points3D() == 0:  # from the training views only: the held-out ones come after
@@ -100,11 +103,6 @@ def held_out_names(config: PosesConfig, result: Imported) -> list[str] | None:
     return sorted({v.name for v in result.held_out} | set(config.held_out))
 
 
-def _has_alpha(path: Path) -> bool:
-    with Image.open(path) as im:
-        return "A" in im.getbands() or "transparency" in im.info
-
-
 def undistort_alpha(rec: Any, images_dir: Path, work: Path, out: Path) -> int:
     """Give the undistorted images of RGBA inputs their alpha back; returns how many.
 
@@ -112,11 +110,12 @@ def undistort_alpha(rec: Any, images_dir: Path, work: Path, out: Path) -> int:
     camera model in a second pass (as grey images, opaque for views without alpha) and attached
     to the undistorted colours in ``out/images``. The alpha is kept, not composited here, so the
     background stays a training choice (``train.background``: a fixed colour, or a random one each
-    step); the one place it is composited is :mod:`pipeline.core.images` (the feature extractors
-    and evaluation's ground truth) and the training step. RGB inputs are untouched.
+    step): images are composited where the colour is known, when they are read
+    (:func:`pipeline.core.images.load_image`: white for the feature extractors; the training step;
+    evaluation). RGB inputs are untouched.
     """
     names = [im.name for im in rec.images.values() if im.has_pose]
-    alpha = [n for n in names if _has_alpha(images_dir / n)]
+    alpha = [n for n in names if has_alpha(images_dir / n)]
     if not alpha:
         return 0
     mattes = work / "alpha"

@@ -135,3 +135,34 @@ def test_split_views_by_names_or_every_nth() -> None:
     assert [v.name for v in test] == ["03.png", "05.png"] and "00.png" in [v.name for v in train]
     assert split_views(views, 0) == (views, [])
     assert split_views(views, 8, []) == (views, [])
+
+
+def test_import_llff_poses_bounds(demo_input: Path, tmp_path: Path) -> None:
+    """A poses_bounds.npy of full-size (2x) cameras with [down, right, back] axes and the images
+    at half size (as images_8 is to LLFF's full size): the demo's cameras come back."""
+    gt = json.loads((demo_input / "ground_truth.json").read_text())
+    names = sorted(gt["views"])[:10]
+    scene = Scene(tmp_path / "llff")
+    (scene.root / "input" / "images_2").mkdir(parents=True)
+    rows = []
+    for name in names:
+        Image.open(demo_input / name).save(scene.root / "input" / "images_2" / name)
+        c2w = opengl_c2w_from_w2c(np.array(gt["views"][name]["w2c"]))  # [right, up, back]
+        K = np.array(gt["views"][name]["K"])
+        hwf = [2 * gt["height"], 2 * gt["width"], 2 * K[0, 0]]
+        pose = np.column_stack([-c2w[:3, 1], c2w[:3, 0], c2w[:3, 2], c2w[:3, 3], hwf])
+        rows.append(np.concatenate([pose.ravel(), [0.5, 20.0]]))
+    np.save(scene.root / "input" / "poses_bounds.npy", np.array(rows))
+    cfg = PosesConfig(source="llff", import_path="input/poses_bounds.npy", import_images="input/images_2")
+    stats = poses.run(cfg, scene)
+    views = load_views(scene)
+    assert [v.name for v in views] == names and stats["points"] > 100
+    for v in views:
+        np.testing.assert_allclose(v.w2c, np.array(gt["views"][v.name]["w2c"]), atol=1e-9)
+        np.testing.assert_allclose(v.K, np.array(gt["views"][v.name]["K"]), atol=1e-9)
+    np.save(scene.root / "input" / "poses_bounds.npy", np.array(rows)[:, :15])
+    with pytest.raises(M3Error, match=r"poses_bounds\.npy: expected an \[N, 17\] array .* got shape \(10, 15\)"):
+        poses.run(cfg, scene)
+    np.save(scene.root / "input" / "poses_bounds.npy", np.array(rows)[:4])
+    with pytest.raises(M3Error, match=r"images_2: 10 images for the 4 poses of poses_bounds\.npy"):
+        poses.run(cfg, scene)
