@@ -38,14 +38,18 @@ class EvaluateConfig(Checked):
     """``params.yaml: evaluate``: metrics of the trained memory on held-out views."""
 
     test_every: Natural = 8
-    """Evaluate every n-th registered view (0, 8, 16, ...: the views train held out)."""
+    """Evaluate every n-th registered view (0, 8, 16, ...: the views train held out; LLFF's protocol:
+    8); a dataset split imported by the poses stage (colmap/split.json) replaces it."""
     n_renders: Natural = 3
     """Save render | ground-truth images of this many held-out views."""
     lpips: bool = True
     """Compute LPIPS when the lpips package and its weights are already on this machine."""
     max_side: Natural | None = None
     """Render the held-out views at this longer image side (0: full size; null: the size the memory
-    was trained at)."""
+    was trained at); the ground truth is resized from the full-size image (bicubic, antialiased)."""
+    size: list[Count] | None = None
+    """Render and compare at exactly [width, height] pixels instead (e.g. LLFF's [504, 378]; the
+    intrinsics scaled; null: max_side decides)."""
     device: str = "auto"
     """auto | cpu | cuda."""
     grounding: GroundingConfig = field(default_factory=GroundingConfig)

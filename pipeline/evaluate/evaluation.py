@@ -14,6 +14,7 @@ annotations exist, and the outputs in ``data/<scene>/eval/``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,11 +29,11 @@ from PIL import Image
 from pipeline.bank.store import load_bank
 from pipeline.core.code import code_hash
 from pipeline.core.errors import M3Error
-from pipeline.core.images import load_image, to_float
+from pipeline.core.images import WHITE, composite, load_pixels, to_float
 from pipeline.core.io import atomic_dir, hash_files, provenance, write_json
 from pipeline.core.progress import progress
 from pipeline.core.runtime import resolve_device
-from pipeline.core.scene import Scene, View, load_views, resampled_views, split_views
+from pipeline.core.scene import Scene, View, load_split, load_views, resampled_views, split_views
 from pipeline.evaluate.config import EvaluateConfig
 from pipeline.evaluate.grounding import grounding_on_scene
 from pipeline.evaluate.lerf import lerf_on_scene
@@ -78,14 +79,17 @@ def evaluate_views(
     use_lpips: bool = True,
     on_render: Callable[[int, View, RenderOut, torch.Tensor], None] | None = None,
     baselines: dict[str, torch.Tensor] | None = None,
+    background: tuple[float, ...] = WHITE,
 ) -> tuple[dict[str, Any], list[ViewResult], list[str]]:
     """Render ``views`` through ``memory`` (a ``TrainedMemory``) and compare with ground truth.
 
     ``stores`` maps each model to its open ``FeatureStore``. ``on_render(i, view, render_out,
     gt_rgb [H, W, 3])`` is called per view (e.g. to save images). ``baselines`` maps models to a
     constant prediction ``[d]`` (e.g. :func:`mean_features`), scored as ``baseline_cosine`` and
-    ``baseline_l2``. Returns the summary (means over views; feature errors are cell-weighted over
-    all views), per-view results and notes (e.g. why LPIPS was omitted).
+    ``baseline_l2``. A view whose image has alpha (an RGBA input) is compared over ``background``
+    (RGB in [0, 1]): the image composited, the render as ``rgb + (1 - alpha) bg``. Returns the
+    summary (means over views; feature errors are cell-weighted over all views), per-view results
+    and notes (e.g. why LPIPS was omitted).
     """
     baselines = baselines or {}
     notes: list[str] = []
@@ -105,7 +109,11 @@ def evaluate_views(
         with torch.no_grad():
             out = memory.render(view)
         rgb = out.rgb.detach().float().cpu().clamp(0, 1)
-        gt = torch.from_numpy(to_float(load_image(view.image_path, rgb.shape[1], rgb.shape[0])))
+        gt = torch.from_numpy(to_float(load_pixels(view.image_path, rgb.shape[1], rgb.shape[0])))
+        if gt.shape[-1] == 4:
+            bg = torch.tensor(background, dtype=torch.float32)
+            gt, rgb = composite(gt, bg), rgb + (1 - out.alpha.detach().float().cpu()[..., None]) * bg
+            out = dataclasses.replace(out, rgb=rgb)
         res = ViewResult(view.name, psnr(rgb, gt), ssim(rgb, gt), lpips_metric(lp, rgb, gt) if lp else None)
         for model, fs in stores.items():
             if view.name not in index[model]:
@@ -171,16 +179,40 @@ def _save_render(renders: Path, n: int) -> Callable[[int, View, RenderOut, torch
     return save
 
 
+def eval_views(config: EvaluateConfig, views: list[View], trained_side: int) -> list[View]:
+    """``views`` at the evaluation size: ``size`` [width, height] when set, else the longer side
+    ``max_side`` (null: ``trained_side``, the training size; 0: full size); intrinsics scaled."""
+    if config.size is None:
+        return resampled_views(views, trained_side if config.max_side is None else config.max_side)
+    if len(config.size) != 2:
+        raise M3Error(f"params.yaml: evaluate.size is {config.size}; give [width, height] (or null)")
+    w, h = config.size
+    return [
+        dataclasses.replace(v, K=v.K * np.array([[w / v.width], [h / v.height], [1.0]]), width=w, height=h)
+        for v in views
+    ]
+
+
+def trained_background(config: dict[str, Any]) -> tuple[float, ...]:
+    """The fixed colour a memory was trained over (its ``train.background``; random: white) for views
+    with alpha, from its ``config.json``."""
+    train = ((config.get("provenance") or {}).get("config") or {}).get("train") or {}
+    return (0.0, 0.0, 0.0) if train.get("background") == "black" else WHITE
+
+
 def evaluate_scene(config: EvaluateConfig, scene: Scene) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``evaluate`` stage on ``scene``'s trained memory: writes ``eval/`` (metrics.json,
     per_view.json, provenance.json, renders/); returns the metrics and the details (method, image
-    size, notes, per-view figures)."""
+    size, notes, per-view figures). Held out: the poses stage's dataset split when it
+    wrote one, else every ``test_every``-th view."""
     start = time.perf_counter()
     memory = TrainedMemory.load(scene, device=resolve_device(config.device, "evaluate"))
-    side = int(memory.config.get("max_side", 0)) if config.max_side is None else config.max_side
-    views = resampled_views(load_views(scene), side)
-    train, test = split_views(views, config.test_every)
+    views = eval_views(config, load_views(scene), int(memory.config.get("max_side", 0)))
+    held_out = load_split(scene)
+    train, test = split_views(views, config.test_every, held_out)
     if not test:
+        if held_out is not None:
+            raise M3Error(f"{scene.split_path}: no held-out views; rerun `m3 poses {scene.name}` with a split")
         raise M3Error(f"evaluate.test_every={config.test_every}: no held-out views; set it to a positive number")
     stores = {m: FeatureStore.open(scene.features_path(m)) for m in memory.models}
     model_files = [scene.model_dir / f for f in (*MODEL_FILES, "config.json") if (scene.model_dir / f).is_file()]
@@ -189,7 +221,8 @@ def evaluate_scene(config: EvaluateConfig, scene: Scene) -> tuple[dict[str, Any]
     with atomic_dir(scene.eval_dir / "renders") as renders:
         baselines = {m: mean_features(fs, [v.name for v in train]) for m, fs in stores.items()}
         save = _save_render(renders, config.n_renders)
-        summary, per_view, notes = evaluate_views(memory, test, stores, config.lpips, save, baselines)
+        bg = trained_background(memory.config)
+        summary, per_view, notes = evaluate_views(memory, test, stores, config.lpips, save, baselines, bg)
     metrics: dict[str, Any] = {"test_views": len(test), **summary, **_sizes(scene, memory)}
     details: dict[str, Any] = {
         "method": memory.method,
@@ -202,7 +235,7 @@ def evaluate_scene(config: EvaluateConfig, scene: Scene) -> tuple[dict[str, Any]
     if seen:
         notes.append(
             f"{len(seen)} of {len(test)} evaluated views were training views; "
-            "set evaluate.test_every equal to train.test_every"
+            "set evaluate.test_every equal to train.test_every (or retrain after the poses stage's split)"
         )
     grounded = grounding_on_scene(config.grounding, scene, memory, views)
     if grounded is None:

@@ -121,7 +121,12 @@ class TrainConfig(Checked):
     prune_opacity: Annotated[float, Range(0, 0.5, below=True)] = 0.005
     """Gaussians more transparent than this are pruned (an opacity reset sets 2x this)."""
     test_every: Natural = 8
-    """Held-out views, never trained on: every test_every-th view (keep equal to evaluate.test_every)."""
+    """Held-out views, never trained on: every test_every-th view (keep equal to evaluate.test_every;
+    LLFF's protocol: 8); a dataset split imported by the poses stage (colmap/split.json) replaces it."""
+    background: Literal["white", "black", "random"] = "white"
+    """Colour behind views whose images have alpha (RGBA inputs): their transparent pixels and the
+    render are composited over it (white: the NeRF-synthetic convention; random: a new colour each
+    step, as 3DGS's --random_background; evaluate then uses white). Views without alpha: unchanged."""
     checkpoint_every: Count = 500
     """Save the resumable checkpoint every this many steps."""
     checkpoint_minutes: NonNegative = 2.0

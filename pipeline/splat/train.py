@@ -2,19 +2,21 @@
 
 Each step renders one training view at the step's resolution (the schedule's coarse-to-fine
 start, :meth:`Trainer.step_view`), in a random ``patch`` of it when the schedule has one
-(:meth:`Trainer.patch`): RGB (loss 0.8 L1 + 0.2 (1 - SSIM)) and every model's principal-query
-map, at the pixels of that window (``feature_render: pixels``, the stored features interpolated
-bilinearly at pixel centres) or at the model's feature-map size (``cells``), with geometry
-detached unless ``feature_grad_geometry`` (:mod:`pipeline.splat.principal_queries`). ``pixels``
-valid samples per model are mapped through the model's head and compared with the stored
-features (0.5 (mean(1 - cos) + MSE)), read one view at a time from the feature store.
-Densification and pruning: gsplat's ``DefaultStrategy`` (queries are params entries, so they are
-cloned/split/pruned too).
+(:meth:`Trainer.patch`): RGB (loss 0.8 L1 + 0.2 (1 - SSIM); for a view with alpha, an RGBA input,
+the render ``rgb + (1 - alpha) bg`` against the image over the same ``train.background``, fixed or
+random per step) and every model's principal-query map, at the pixels of that window
+(``feature_render: pixels``, the stored features interpolated bilinearly at pixel centres) or at
+the model's feature-map size (``cells``), with geometry detached unless ``feature_grad_geometry``
+(:mod:`pipeline.splat.principal_queries`). ``pixels`` valid samples per model are mapped through
+the model's head and compared with the stored features (0.5 (mean(1 - cos) + MSE)), read one view
+at a time from the feature store. Densification and pruning: gsplat's ``DefaultStrategy``
+(queries are params entries, so they are cloned/split/pruned too).
 
 The schedule (:class:`~pipeline.splat.config.Schedule`: iterations, image size, learning rates,
 densification) is the CPU one on the CPU and the M3 reference on CUDA unless ``train.schedule``
 names one. Views (images and intrinsics) are resampled so their longer side is the schedule's
-``max_side`` (:func:`training_views`; evaluate renders at that same size). Opacities are reset
+``max_side`` (:func:`training_views`). Held out, never trained on: the poses stage's dataset split
+(``colmap/split.json``) when it wrote one, else every ``test_every``-th view. Opacities are reset
 every ``reset_every`` steps while densifying (:meth:`Trainer.reset_opacities`).
 
 Every ``checkpoint_every`` steps, and at least every ``checkpoint_minutes``,
@@ -39,11 +41,11 @@ from pipeline.bank.store import FEATURES_IDENTITY, check_bank_matches, load_bank
 from pipeline.core.code import code_hash
 from pipeline.core.config import to_dict
 from pipeline.core.errors import M3Error
-from pipeline.core.images import load_image
+from pipeline.core.images import composite, load_pixels
 from pipeline.core.io import config_hash, hash_files, provenance
 from pipeline.core.progress import progress as progress_bar
 from pipeline.core.runtime import peak_ram_mb, resolve_device
-from pipeline.core.scene import Scene, View, load_points, load_views, resampled_views, split_views
+from pipeline.core.scene import Scene, View, load_points, load_split, load_views, resampled_views, split_views
 from pipeline.features.store import FeatureStore
 from pipeline.splat.checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pipeline.splat.config import Schedule, TrainConfig
@@ -92,9 +94,11 @@ def open_inputs(scene: Scene, cfg: TrainConfig, models: list[str], device: str) 
     kind = torch.device(device).type
     schedule = cfg.resolved(kind)
     views = training_views(scene, schedule)
-    train, test = split_views(views, cfg.test_every)
+    held_out = load_split(scene)
+    train, test = split_views(views, cfg.test_every, held_out)
     if not train:
-        raise M3Error(f"{scene.sparse_dir}: no training views after holding out every {cfg.test_every}th; add views")
+        rule = f"the views of {scene.split_path}" if held_out is not None else f"every {cfg.test_every}th"
+        raise M3Error(f"{scene.sparse_dir}: no training views after holding out {rule}; add views")
     stores, index, banks, hashes, feats = {}, {}, {}, {}, {}
     for m in models:
         if m not in cfg.query_dims:
@@ -123,9 +127,8 @@ def open_inputs(scene: Scene, cfg: TrainConfig, models: list[str], device: str) 
         "schedule": to_dict(schedule),
         "image_sizes": sorted({(v.width, v.height) for v in views}),
     }
-    inputs_hash = config_hash(
-        {"colmap": hash_files(sorted(scene.sparse_dir.glob("*.bin"))), "banks": hashes, "features": feats}
-    )
+    colmap = sorted(scene.sparse_dir.glob("*.bin")) + ([scene.split_path] if held_out is not None else [])
+    inputs_hash = config_hash({"colmap": hash_files(colmap), "banks": hashes, "features": feats})
     prov = provenance("train", config, inputs_hash, code_hash(__name__), banks=hashes, features=feats)
     return Inputs(device, schedule, train, test, stores, index, banks, hashes, prov)
 
@@ -187,11 +190,16 @@ class Trainer:
         }
 
     def image(self, view: View) -> torch.Tensor:
-        """The view's image ``[H, W, 3]`` in [0, 1] (uint8 cache per view and size: images only, never features)."""
+        """The view's image ``[H, W, 3|4]`` (4: RGBA input) in [0, 1] (uint8 cache per view and size)."""
         key = f"{view.name}@{view.width}x{view.height}"
         if key not in self.images:
-            self.images[key] = torch.from_numpy(load_image(view.image_path, view.width, view.height))
+            self.images[key] = torch.from_numpy(load_pixels(view.image_path, view.width, view.height))
         return self.images[key].to(self.device).float() / 255.0
+
+    def background(self) -> torch.Tensor:
+        """This step's ``train.background`` ``[3]`` (random: from the seeded generator, on views with alpha only)."""
+        bg = self.cfg.background
+        return torch.rand(3, generator=self.gen) if bg == "random" else torch.full((3,), float(bg == "white"))
 
     def step_view(self, view: View) -> View:
         """``view`` at this step's resolution: halved ``k`` times while ``k = downscales - step //
@@ -221,10 +229,13 @@ class Trainer:
         K = torch.from_numpy(view.K).float().to(dev)
         window = self.patch(view)
         x0, y0, pw, ph = window
-        rgb, _, info = render_rgb(self.params, viewmat, window_K(K, window), pw, ph, self.degree(), c.backend)
+        rgb, alpha, info = render_rgb(self.params, viewmat, window_K(K, window), pw, ph, self.degree(), c.backend)
         info["width"], info["height"] = view.width, view.height  # densification gradients in full-image units
         self.strategy.step_pre_backward(self.params, self.optimizers, self.state, self.step, info)
         target = self.image(view)[y0 : y0 + ph, x0 : x0 + pw]
+        if target.shape[-1] == 4:  # an RGBA input: the render and the image over the same background
+            bg = self.background().to(self.device)
+            rgb, target = rgb + (1 - alpha[..., None]) * bg, composite(target, bg)
         terms = {"rgb": rgb_loss(rgb, target, c.ssim_weight)}
         for m in self.models:
             terms[m] = self.feature_term(m, view, viewmat, K, window)

@@ -370,3 +370,80 @@ def test_sigterm_stops_training_cleanly(small_scene: Scene, tmp_path: Path) -> N
     assert "stopped by SIGTERM; completed outputs and checkpoints are kept" in err, err
     assert "stack trace" not in err and "Traceback" not in err and "@ 0x" not in err, err
     assert load_state(ckpt)["step"] >= 1
+
+
+def _spy_rgb_steps(monkeypatch) -> list[dict[str, torch.Tensor]]:
+    """Record each step's raw render (colour over black, alpha) and what the RGB loss compares."""
+    import pipeline.splat.train as T
+
+    steps: list[dict[str, torch.Tensor]] = []
+    real_render, real_loss = T.render_rgb, T.rgb_loss
+
+    def render(*args, **kwargs):
+        rgb, alpha, info = real_render(*args, **kwargs)
+        steps.append({"raw": rgb.detach().clone(), "alpha": alpha.detach().clone()})
+        return rgb, alpha, info
+
+    def loss(rgb, target, weight):
+        steps[-1] |= {"rgb": rgb.detach().clone(), "target": target.detach().clone()}
+        return real_loss(rgb, target, weight)
+
+    monkeypatch.setattr(T, "render_rgb", render)
+    monkeypatch.setattr(T, "rgb_loss", loss)
+    return steps
+
+
+@pytest.fixture(scope="module")
+def rgba_scene(tmp_path_factory) -> Scene:
+    """A small training scene whose images are RGBA, transparent (over garbage green) in the 16
+    leftmost columns."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("train") / "rgba"
+    scene = build_scene(root, n_views=10, width=64, height=48, n_points=300, models={"clip": (16, 4)})
+    for path in scene.images_dir.glob("*.png"):
+        rgba = np.asarray(Image.open(path).convert("RGBA")).copy()
+        rgba[:, :16] = (0, 255, 0, 0)
+        Image.fromarray(rgba, "RGBA").save(path)
+    return scene
+
+
+@pytest.mark.parametrize("background", ["white", "black", "random"])
+def test_rgba_views_train_over_the_background(rgba_scene: Scene, monkeypatch, background: str) -> None:
+    """Transparent pixels of an RGBA input become the background, and so does the render where it
+    is transparent (``rgb + (1 - alpha) bg``): white/black every step, random a new colour each step."""
+    import pipeline.splat.train as T
+
+    steps = _spy_rgb_steps(monkeypatch)
+    cfg = quick_config(background=background, query_dims={"clip": 8})
+    tr = T.Trainer(rgba_scene, cfg, ["clip"], T.open_inputs(rgba_scene, cfg, ["clip"], "cpu"))
+    for view in tr.inp.train[:3]:
+        tr.train_step(view)
+    colours = []
+    for s in steps:
+        bg = s["target"][0, 0]
+        assert torch.all(s["target"][:, :16] == bg)  # the whole transparent block
+        torch.testing.assert_close(s["rgb"], s["raw"] + (1 - s["alpha"][..., None]) * bg)
+        colours.append(tuple(bg.tolist()))
+    if background == "random":
+        assert len(set(colours)) == 3 and all(0 <= c <= 1 for rgb in colours for c in rgb)
+    else:
+        assert set(colours) == {(1.0,) * 3 if background == "white" else (0.0,) * 3}
+
+
+def test_rgb_views_ignore_the_background(small_scene: Scene, monkeypatch) -> None:
+    """Views without alpha train as before whatever ``background`` says: the image as it is, the
+    raw render, and no colour drawn from the run's generator (same results, same random stream)."""
+    import pipeline.splat.train as T
+
+    steps = _spy_rgb_steps(monkeypatch)
+    states = []
+    for background in ("white", "random"):
+        cfg = quick_config(background=background)
+        tr = T.Trainer(small_scene, cfg, ["clip"], T.open_inputs(small_scene, cfg, ["clip"], "cpu"))
+        view = tr.inp.train[0]
+        tr.train_step(view)
+        states.append(tr.gen.get_state())
+        image = torch.from_numpy(to_float(load_image(view.image_path, view.width, view.height)))
+        assert torch.equal(steps[-1]["target"], image) and torch.equal(steps[-1]["rgb"], steps[-1]["raw"])
+    assert torch.equal(states[0], states[1])
