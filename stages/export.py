@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import typer
 
-from pipeline.core.scene import Scene
 from pipeline.query.config import ExportConfig
-from pipeline.query.encode import load_vector
-from pipeline.query.export import export
 from stages.command import PARAMS, SCENE, Options, command, resolve_scene
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from pipeline.core.scene import Scene
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ def run(
 ) -> dict[str, Any]:
     """Export the answer to ``text`` (or ``vector``, :func:`~pipeline.query.export.export`); returns
     ``selection.json``'s content."""
+    from pipeline.query.export import export
+
     result, out_dir = export(config, scene, text, vector, out_dir)
     log.info(
         "%r (%s): %d of %d Gaussians -> %s (object.ply, relevance.ply)",
@@ -64,4 +67,6 @@ def cli(
 ) -> None:
     """Export the Gaussians answering QUERY: object.ply (them alone) and relevance.ply (the scene
     coloured by relevance), both standard 3DGS PLYs, plus selection.json."""
+    from pipeline.query.encode import load_vector
+
     run(options.load("export", params), resolve_scene(scene), query, load_vector(vector) if vector else None, out)

@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from pipeline.core.scene import Scene, load_views
-from pipeline.view.render import render_views
 from stages.command import SCENE, reports_errors, resolve_scene
+
+if TYPE_CHECKING:
+    from pipeline.core.scene import Scene
 
 log = logging.getLogger(__name__)
 
 
 def run(scene: Scene, views: list[str] | None = None, out: Path | None = None, device: str = "auto") -> list[Path]:
     """Render ``views`` (names; None: every registered view) of ``scene``; returns the written files."""
+    from pipeline.view.render import render_views
+
     written = render_views(scene, views, out, device)
     log.info("rendered %d file(s) of %s -> %s", len(written), scene.name, written[0].parent if written else out)
     return written
@@ -45,6 +49,8 @@ def cli(
 
     Give --view NAME (repeatable) or --all; without either, the first registered view is rendered.
     """
+    from pipeline.core.scene import load_views
+
     sc = resolve_scene(scene)
     names = None if all_views else (list(view) if view else [load_views(sc)[0].name])
     run(sc, names, out, device)
