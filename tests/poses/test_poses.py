@@ -313,3 +313,138 @@ def test_lund_photo_set(tmp_path: Path) -> None:
     assert stats["total_views"] >= 25
     assert stats["registered_views"] >= 25
     assert stats["mean_reprojection_error_px"] < 1.5
+
+
+def test_spatial_pairs_and_pair_list_names(tmp_path: Path) -> None:
+    from pipeline.poses.sfm import match_pairs, spatial_pairs
+
+    angle = np.linspace(0.0, 2.0 * np.pi, 12, endpoint=False)
+    ring = np.stack([np.cos(angle), np.sin(angle), np.zeros(12)], axis=1)
+    # each view's 2 nearest are its ring neighbours: the 12 edges of the ring, the last one closing it
+    assert spatial_pairs(ring, 2) == sorted([(i, i + 1) for i in range(11)] + [(0, 11)])
+    assert len(spatial_pairs(ring, 20)) == 66  # k >= N - 1: every pair, as exhaustive matching
+    # beyond a window of 3 indices, the nearest are across the seam of the ring (indices 0 and 11)
+    far = spatial_pairs(ring, 1, min_gap=3)
+    assert all(j - i > 3 for i, j in far) and (0, 11) in far and (1, 11) in far
+    # the window is measured on the given order, not on the row index
+    assert spatial_pairs(ring[[0, 1, 11]], 1, min_gap=3, order=np.array([0, 1, 11])) == [(0, 2), (1, 2)]
+    with pytest.raises(M3Error, match=r"my view\.png: image name with whitespace.*spatial_neighbors: 0"):
+        match_pairs(tmp_path / "database.db", ["a.png", "my view.png"], [(0, 1)], PosesConfig())
+    assert not list(tmp_path.iterdir())
+
+
+def test_global_mapper_retries_incrementally(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import pycolmap
+
+    from pipeline.poses import sfm
+
+    calls = []
+
+    class Model:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def num_reg_images(self) -> int:
+            return self.n
+
+    def global_mapping(database, images, out, options):  # a stalled global model
+        calls.append(("global", options.num_threads, options.mapper.global_positioning.random_seed))
+        return {0: Model(3)}
+
+    def incremental_mapping(database, images, out, options):
+        calls.append(("incremental", options.mapper.init_max_forward_motion))
+        return {0: Model(8)}
+
+    monkeypatch.setattr(sfm, "extract_and_match", lambda *args, **kwargs: None)
+    monkeypatch.setattr(sfm, "_calibrate", lambda *args: None)
+    monkeypatch.setattr(pycolmap, "global_mapping", global_mapping)
+    monkeypatch.setattr(pycolmap, "incremental_mapping", incremental_mapping)
+    names = [f"{i}.png" for i in range(10)]
+    cfg = PosesConfig(mapper="global", seed=7)
+    assert sfm.run_sfm(tmp_path, names, tmp_path, cfg, "exhaustive").n == 8
+    assert calls == [("global", 1, 7), ("incremental", pytest.approx(0.95))]
+    calls.clear()
+    assert sfm.run_sfm(tmp_path, names, tmp_path, dataclasses.replace(cfg, mapper_attempts=1), "exhaustive").n == 3
+    assert calls == [("global", 1, 7)]
+
+
+def test_global_mapper_on_demo_scene(demo: dict, tmp_path: Path) -> None:
+    scene = Scene(tmp_path / "demo")
+    _write_frames(scene.frames_dir, [demo["dir"] / n for n in demo["names"]])
+    cfg = PosesConfig(mapper="global")
+    stats = poses.run(cfg, scene)
+    assert stats["registered_views"] == stats["total_views"] == len(demo["names"])
+    res = align_cameras(np.array([v.w2c for v in load_views(scene)]), _gt_w2c(demo))
+    extent = demo["gt"]["extent"]
+    print(
+        f"global mapper: centre error max {res['center_error'].max() / extent:.4%} of extent, "
+        f"rotation error max {res['rotation_error_deg'].max():.3f} deg, stats {stats}"
+    )
+    # the bounds of the incremental mapper's test
+    assert res["center_error"].max() < 0.01 * extent
+    assert res["rotation_error_deg"].max() < 1.0
+    assert stats["mean_reprojection_error_px"] < 1.0 and stats["points"] > 100
+    # seeded, on one mapper thread: a rerun gives the same cameras (to 1e-6 of the extent; not compared
+    # bit for bit: the view-graph calibration's solver runs on every core)
+    first = np.array([v.w2c for v in load_views(scene)])
+    assert poses.run(cfg, scene)["registered_views"] == stats["registered_views"]
+    again = np.array([v.w2c for v in load_views(scene)])
+    np.testing.assert_allclose(again, first, rtol=0, atol=1e-6 * extent)
+
+
+def _triangulated(demo: dict, root: Path, cfg: PosesConfig) -> tuple[int, int]:
+    """Points and matched pairs of triangulating the demo's ground-truth cameras under ``cfg``."""
+    import pycolmap
+
+    from pipeline.poses.sfm import triangulate_known
+    from tests.helpers.scenes import posed_scene
+
+    scene = posed_scene(root, demo["dir"], len(demo["names"]))
+    work = root / "work"
+    work.mkdir()
+    rec = triangulate_known(pycolmap.Reconstruction(str(scene.sparse_dir)), scene.images_dir, work, cfg)
+    assert rec.num_reg_images() == len(demo["names"]) and rec.compute_mean_reprojection_error() < 1.0
+    db = pycolmap.Database.open(work / "database.db")
+    try:
+        return rec.num_points3D(), db.num_matched_image_pairs()
+    finally:
+        db.close()
+
+
+def test_known_poses_triangulate_from_spatial_pairs(demo: dict, tmp_path: Path) -> None:
+    n = len(demo["names"])
+    points_all, pairs_all = _triangulated(demo, tmp_path / "all", PosesConfig(spatial_neighbors=0))
+    points, pairs = _triangulated(demo, tmp_path / "near", PosesConfig(spatial_neighbors=8))
+    print(f"known poses, {n} views: exhaustive {pairs_all} pairs, {points_all} points; 8 nearest {pairs}, {points}")
+    assert pairs_all == n * (n - 1) // 2
+    assert pairs <= n * 8 and pairs < 0.25 * pairs_all
+    assert points >= 0.9 * points_all
+
+
+@pytest.mark.slow
+def test_video_loop_closure_pairs(demo: dict, tmp_path: Path) -> None:
+    import pycolmap
+
+    from pipeline.poses import sfm
+
+    # the demo's views go once round the scene: as a video, its last frames meet its first ones
+    names = _write_frames(tmp_path / "frames", [demo["dir"] / n for n in demo["names"]], kind="video")
+    counts = {}
+    for k in (0, 4):
+        work = tmp_path / f"work{k}"
+        work.mkdir()
+        cfg = PosesConfig(loop_neighbors=k)
+        rec = sfm.run_sfm(tmp_path / "frames", names, work, cfg, "sequential")
+        db = pycolmap.Database.open(work / "database.db")
+        counts[k] = db.num_matched_image_pairs()
+        db.close()
+        assert rec.num_reg_images() == len(names)
+        by_name = {im.name: im for im in rec.images.values()}
+        est = np.array([np.vstack([by_name[n].cam_from_world().matrix(), [0, 0, 0, 1]]) for n in names])
+        error = align_cameras(est, _gt_w2c(demo))["center_error"].max() / demo["gt"]["extent"]
+        print(f"loop_neighbors {k}: {counts[k]} pairs, centre error max {error:.4%} of extent")
+        assert error < 0.01
+    pairs = sfm.loop_pairs(rec, names, PosesConfig(loop_neighbors=4))
+    assert 0 < len(pairs) <= 4 * len(names) and all(j - i > 10 for i, j in pairs)
+    assert any(i < 5 and j >= len(names) - 5 for i, j in pairs)  # the seam of the ring is closed
+    assert counts[4] > counts[0]
