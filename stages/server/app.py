@@ -145,12 +145,12 @@ class Guard:
             return await refuse(400, "content-length is not a number")(scope, receive, send)
         if declared > self.max_body:
             return await refuse(413, self.too_large())(scope, receive, send)
-        body, more = b"", True
+        body, more = bytearray(), True
         while more:  # read it all (bounded) before the app: a chunked body cannot exceed the limit either
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            body += message.get("body", b"")
+            body.extend(message.get("body", b""))
             more = message.get("more_body", False)
             if len(body) > self.max_body:
                 return await refuse(413, self.too_large())(scope, receive, send)
@@ -161,7 +161,7 @@ class Guard:
             if replayed:
                 return await receive()
             replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
 
