@@ -10,6 +10,7 @@ See :mod:`stages.server.app` for the endpoints and ``docs/serve.md`` for a walk-
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import typer
@@ -33,10 +34,21 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
+def check_port(host: str, port: int) -> None:
+    """:class:`M3Error` when ``host``:``port`` cannot be listened on (in use, not an address of this machine)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host.strip("[]"), port), family=family):
+            pass
+    except OSError as exc:
+        raise M3Error(f"serve: cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port") from None
+
+
 def run(config: ServeConfig, scenes: list[str], params: Path, token: str | None = None) -> None:
     """Load the named ``scenes`` (none: every trained scene of ``data/``, on first use) and serve
     the API until Ctrl-C or SIGTERM."""
     check_bind(config.host, token)
+    check_port(config.host, config.port)
     import uvicorn
 
     from pipeline.query.config import AskConfig, ExportConfig, QueryConfig

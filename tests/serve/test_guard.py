@@ -129,6 +129,13 @@ def test_off_loopback_needs_a_token(tmp_path: Path) -> None:
     assert len(lines) == 1 and "--token" in lines[0] and "0.0.0.0" in lines[0], proc.stderr
 
 
+def test_a_port_in_use_is_one_line(served: Served) -> None:
+    port = served.url.rsplit(":", 1)[1]
+    proc = subprocess.run(serve_command("--port", port), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr
+
+
 def test_token_and_rate_limit(tmp_path: Path) -> None:
     """With --token every endpoint but /health wants the bearer header; one client gets --rate a minute."""
     port, token = free_port(), "s3cret-token"
