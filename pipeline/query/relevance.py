@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -182,9 +183,12 @@ class GaussianRelevance:
             return self._exact(qv, s)
         idx, w, norm = self.sparse()
         out = torch.empty(len(self), device=self.device)
-        for a in range(0, len(self), SPARSE_BLOCK):
-            dots = F.embedding_bag(idx[a : a + SPARSE_BLOCK], s, per_sample_weights=w[a : a + SPARSE_BLOCK], mode="sum")
-            out[a : a + len(dots)] = qv.from_cosines(dots / norm[a : a + len(dots), None])  # w . s[idx] / |f_k|
+
+        def block(a: int, b: int) -> None:
+            dots = F.embedding_bag(idx[a:b], s, per_sample_weights=w[a:b], mode="sum")  # w . s[idx]
+            out[a:b] = qv.from_cosines(dots / norm[a:b, None])
+
+        _blocks(len(self), SPARSE_BLOCK, block, self.device)
         return out
 
     def _exact(self, qv: QueryVector, s: Tensor) -> Tensor:
@@ -195,14 +199,20 @@ class GaussianRelevance:
         redo = torch.arange(self.cached, len(self), device=self.device)
         if self._cache is not None:
             idx, wts, tail = self._cache
-            m, p = len(tail), s.shape[1]
+            p, tol = s.shape[1], self.tolerance
             u = s.abs().amax(1)  # [t]: each slot's largest |s| over the phrases
             cols = torch.cat([s, u[:, None]], dim=1)  # [t, 2 + k]: the last column bounds the rounding
-            dots = self._tail_dots(tail, cols)
-            cos = dots[:, :p].add_(F.embedding_bag(idx, s, per_sample_weights=wts, mode="sum")).div_(norm[:m, None])
-            out[:m] = qv.from_cosines(cos)
-            bound = (dots[:, p] * F16_REL + F16_ABS * float(u.sum())) / norm[:m]  # [m]
-            redo = torch.cat([torch.nonzero(bound > self.tolerance).squeeze(1), redo])
+            slack = F16_ABS * float(u.sum())
+            over = torch.empty(len(tail), dtype=torch.bool, device=self.device)
+
+            def block(a: int, b: int) -> None:
+                d = torch.mm(tail[a:b].float(), cols)  # [rows, 2 + k]
+                d[:, :p] += F.embedding_bag(idx[a:b], s, per_sample_weights=wts[a:b], mode="sum")
+                out[a:b] = qv.from_cosines(d[:, :p] / norm[a:b, None])
+                over[a:b] = d[:, p] * F16_REL + slack > tol * norm[a:b]
+
+            _blocks(len(tail), min(BLOCK, self.chunk), block, self.device)
+            redo = torch.cat([torch.nonzero(over).squeeze(1), redo])
         s1 = torch.cat([s, torch.ones(len(s), 1, device=self.device)], dim=1)  # the last column sums the weights
         for a in range(0, len(redo), self.chunk):
             rows = redo[a : a + self.chunk]
@@ -210,36 +220,6 @@ class GaussianRelevance:
             out[rows] = qv.from_cosines(dots[:, :-1] / dots[:, -1:] / norm[rows, None])
         self.recomputed = len(redo)
         return out
-
-    def _tail_dots(self, tail: Tensor, cols: Tensor) -> Tensor:
-        """``tail [m, t] x cols [t, c]`` in float32 blocks of ``BLOCK`` rows. On the CPU, each of
-        torch's threads takes a share of the rows, its operations on one thread: no barrier between
-        the threads of every block (which costs a time slice each on a busy machine)."""
-        dots = torch.empty(len(tail), cols.shape[1], device=self.device)
-        step = min(BLOCK, self.chunk)
-
-        def rows(lo: int, hi: int) -> None:
-            buf = torch.empty(min(step, hi - lo), len(cols), device=self.device)
-            for a in range(lo, hi, step):
-                n = min(step, hi - a)
-                torch.mm(buf[:n].copy_(tail[a : a + n]), cols, out=dots[a : a + n])
-
-        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
-        if workers == 1:
-            rows(0, len(tail))
-            return dots
-        share = -(-len(tail) // workers // step) * step  # whole blocks per worker
-
-        def worker(lo: int) -> None:
-            torch.set_num_threads(1)  # this thread's own setting (OpenMP and MKL keep one per thread)
-            try:
-                rows(lo, min(lo + share, len(tail)))
-            finally:
-                torch.set_num_threads(workers)
-
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(worker, range(0, len(tail), share)))
-        return dots
 
     def _direct(self, qv: QueryVector) -> Tensor:
         """Decode each Gaussian's feature (chunked) and score it."""
@@ -251,3 +231,32 @@ def direct_relevance(head: nn.Module, queries: Tensor, qv: QueryVector) -> Tenso
     """Today's reference path: every Gaussian's feature ``head(q) [N, d]``, then ``qv`` on it."""
     with torch.no_grad():
         return qv(head(queries.detach().float()))
+
+
+def _blocks(n: int, step: int, block: Callable[[int, int], None], device: torch.device) -> None:
+    """``block(a, b)`` over ``range(n)`` in steps of ``step`` rows. On the CPU each of torch's threads
+    takes a contiguous share of the blocks and runs them on one intra-op thread: no barrier between
+    the threads at every block's operations (each costs a time slice on a busy machine)."""
+    workers = torch.get_num_threads() if device.type == "cpu" else 1
+    share = -(-n // (workers * step)) * step  # whole blocks per worker
+    starts = list(range(0, n, share)) if n else []
+
+    def run(lo: int) -> None:
+        hi = min(lo + share, n)
+        for a in range(lo, hi, step):
+            block(a, min(a + step, hi))
+
+    def worker(lo: int) -> None:
+        torch.set_num_threads(1)  # this thread's own setting (OpenMP and MKL keep one per thread)
+        try:
+            with torch.no_grad():  # grad mode is per thread
+                run(lo)
+        finally:
+            torch.set_num_threads(workers)
+
+    if len(starts) <= 1:
+        for lo in starts:
+            run(lo)
+        return
+    with ThreadPoolExecutor(len(starts)) as pool:
+        list(pool.map(worker, starts))
