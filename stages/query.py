@@ -8,22 +8,42 @@ unless ``--out`` is given (a new or empty folder, or an earlier output of ``m3 q
     <view>.png          heatmap of the relevance over the RGB render, one per chosen view
     localization.json   query, model, mode, centroid [3], box_min/box_max [3] (world), counts
 
-The work is :func:`pipeline.query.find.find`.
+The work is :func:`pipeline.query.find.find`. With ``--server URL`` a running ``m3 serve`` answers
+instead (its memory and text tower already loaded: no torch in this process) and the same files
+are written; the request carries this command's selection settings (model, mode, threshold /
+top_k / quantile, attention_k, min_opacity, trim, views, n_views, alpha), the rest (negatives,
+scale, vectors, device) are the server's.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import typer
 
-from pipeline.core.scene import Scene
+from pipeline.core.errors import M3Error
 from pipeline.query.config import QueryConfig
-from pipeline.query.encode import load_vector
-from pipeline.query.find import find
 from stages.command import PARAMS, SCENE, Options, command, resolve_scene
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from pipeline.core.scene import Scene
+
+SERVER_FIELDS = (
+    "model",
+    "mode",
+    "threshold",
+    "top_k",
+    "quantile",
+    "attention_k",
+    "min_opacity",
+    "trim",
+    "n_views",
+    "alpha",
+)
+"""The settings of ``params.yaml: query`` a ``--server`` request carries (and ``views`` when some are named)."""
 
 
 def run(
@@ -34,14 +54,53 @@ def run(
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Query ``scene``'s trained memory (:func:`~pipeline.query.find.find`) and print the answer."""
+    from pipeline.query.find import find
+
     result, out_dir = find(config, scene, text, vector, out_dir)
+    report(config, result, out_dir)
+    return result
+
+
+def run_on_server(
+    config: QueryConfig,
+    scene: Scene,
+    url: str,
+    token: str | None = None,
+    text: str | None = None,
+    vector: np.ndarray | None = None,
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
+    """:func:`run`, answered by the ``m3 serve`` at ``url`` (the same files, written here)."""
+    from pipeline.core.io import output_listing, slug
+    from pipeline.query.encode import check_query
+    from pipeline.query.find import save_answer
+    from stages.server.client import M3Client, M3ServerError
+
+    check_query(text, vector)
+    out_dir = Path(out_dir or scene.root / "query" / slug(text or "vector"))
+    output_listing(out_dir, "query")  # refused before any work: never replaces what m3 did not write
+    options: dict[str, Any] = {k: getattr(config, k) for k in SERVER_FIELDS}
+    options["views"] = list(config.views) or None
+    try:
+        result = M3Client(url, token).query(scene.name, text, vector, heatmaps=True, **options)
+    except M3ServerError as exc:
+        raise M3Error(f"query --server {url}: {exc.detail}") from None
+    except OSError as exc:
+        raise M3Error(f"query --server {url}: no m3 serve answers there ({exc}); start one or drop --server") from None
+    heatmaps = result.pop("heatmaps")
+    save_answer(out_dir, result, heatmaps)
+    report(config, result, out_dir)
+    return result
+
+
+def report(config: QueryConfig, result: dict[str, Any], out_dir: Path) -> None:
+    """Print the answer's centroid and box, and where the heatmaps are."""
     c, lo, hi = (result[k] for k in ("centroid", "box_min", "box_max"))
     print(
         f"{result['query']!r} ({result['model']}, {config.mode}, {result['method']}): centroid "
         f"[{c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}], box [{lo[0]:.3f}, {lo[1]:.3f}, {lo[2]:.3f}] .. "
         f"[{hi[0]:.3f}, {hi[1]:.3f}, {hi[2]:.3f}] from {result['n_inliers']} Gaussians; heatmaps in {out_dir}"
     )
-    return result
 
 
 @command(QueryConfig)
@@ -55,6 +114,10 @@ def cli(
     out: Path | None = typer.Option(
         None, help="output folder: new, empty or an earlier m3 query output (default: data/<scene>/query/<text>)"
     ),
+    server: str | None = typer.Option(
+        None, envvar="M3_SERVER", help="URL of a running m3 serve to answer (e.g. http://127.0.0.1:8765)"
+    ),
+    token: str | None = typer.Option(None, envvar="M3_SERVE_TOKEN", help="bearer token of that server"),
     params: Path = PARAMS,
 ) -> None:
     """Find TEXT in the scene's 3D memory: heatmaps on rendered views and a 3D centroid + box.
@@ -62,4 +125,10 @@ def cli(
     Prints the centroid and axis-aligned box (world coordinates) and writes them to
     localization.json next to the heatmap PNGs.
     """
-    run(options.load("query", params), resolve_scene(scene), text, load_vector(vector) if vector else None, out)
+    from pipeline.query.encode import load_vector
+
+    config, sc, vec = options.load("query", params), resolve_scene(scene), load_vector(vector) if vector else None
+    if server:
+        run_on_server(config, sc, server, token, text, vec, out)
+    else:
+        run(config, sc, text, vec, out)

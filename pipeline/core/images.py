@@ -80,6 +80,14 @@ def load_image(
     return (rgb.numpy() * 255 + 0.5).astype(np.uint8)
 
 
+def png_bytes(image: np.ndarray | Image.Image) -> bytes:
+    """``image`` (``[H, W, 3] uint8`` or a PIL image) encoded as PNG: the bytes ``Image.save`` writes
+    to a ``.png`` file (what ``m3 query`` writes and ``m3 serve`` sends are the same bytes)."""
+    buf = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def to_float(pixels: np.ndarray) -> np.ndarray:
     """``uint8`` pixels as ``float32`` in [0, 1] (same shape)."""
     return np.asarray(pixels, dtype=np.float32) / 255.0

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from pipeline.core.config import to_dict
+from pipeline.core.images import png_bytes
 from pipeline.core.io import output_dir, output_listing, slug, write_json
 from pipeline.core.scene import Scene, View, load_views, views_named
 from pipeline.query.colors import heatmap_overlay, normalize_relevance, upsample
@@ -106,8 +106,14 @@ def find(
     out_dir = Path(out_dir or scene.root / "query" / slug(text or "vector"))
     output_listing(out_dir, "query")  # refused before any work: never replaces what m3 did not write
     found = answer(QuerySession(scene, config), config, load_views(scene), text, vector)
-    with output_dir(out_dir, "query") as tmp:
-        for name, img in found.heatmaps.items():
-            Image.fromarray(img).save(tmp / f"{Path(name).stem}.png")
-        write_json(tmp / "localization.json", found.result)
+    save_answer(out_dir, found.result, {name: png_bytes(img) for name, img in found.heatmaps.items()})
     return found.result, out_dir
+
+
+def save_answer(out_dir: Path, result: dict[str, Any], heatmaps: dict[str, bytes]) -> None:
+    """Write ``localization.json`` (``result``) and the ``heatmaps`` (PNG bytes by view name) into
+    ``out_dir`` (:func:`~pipeline.core.io.output_dir`: never replaces what m3 did not write)."""
+    with output_dir(out_dir, "query") as tmp:
+        for name, png in heatmaps.items():
+            (tmp / f"{Path(name).stem}.png").write_bytes(png)
+        write_json(tmp / "localization.json", result)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import io
 import logging
 import tempfile
 import threading
@@ -39,6 +38,7 @@ from PIL import Image
 
 from pipeline.core.config import from_dict, to_dict
 from pipeline.core.errors import M3Error
+from pipeline.core.images import png_bytes
 from pipeline.core.scene import View
 from pipeline.query.colors import heatmap_overlay, normalize_relevance
 from pipeline.query.config import AskConfig, ExportConfig, QueryConfig, SelectConfig
@@ -54,13 +54,6 @@ from stages.server.pool import Conflict, NotFound, ScenePool, WarmScene
 log = logging.getLogger(__name__)
 
 PNG, BINARY = "image/png", "application/octet-stream"
-
-
-def png_bytes(img: np.ndarray | Image.Image) -> bytes:
-    """``img`` (``[H, W, 3] uint8`` or a PIL image) as PNG bytes, exactly as the CLI's ``save`` writes them."""
-    buf = io.BytesIO()
-    (img if isinstance(img, Image.Image) else Image.fromarray(img)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def ply_bytes(params: dict[str, Any]) -> bytes:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.config import load_config
-from pipeline.core.scene import load_views
+from pipeline.core.scene import Scene, load_views
 from pipeline.query.config import ExportConfig, QueryConfig
 from pipeline.query.session import QuerySession
 from stages.server.client import M3ServerError
@@ -41,6 +41,26 @@ def test_query_equals_the_cli(served: Served, tmp_path: Path) -> None:
     assert relevance.dtype == np.float32 and relevance.shape == expected.shape
     np.testing.assert_array_equal(relevance, expected)
     np.testing.assert_array_equal(served.client.relevance("alpha", PHRASES[0]), expected)
+
+
+def test_m3_query_with_server_writes_the_local_files(served: Served, tmp_path: Path) -> None:
+    """m3 query --server writes the same localization.json and heatmap PNGs as a local m3 query,
+    options given on its command line included; a wrong server URL is one line."""
+    from pipeline.core.errors import M3Error
+    from stages.query import run_on_server
+
+    config = load_config(QueryConfig, "query", served.params, {"top_k": 5})
+    local = cli_query(served, "alpha", tmp_path / "local", PHRASES[1], top_k=5)
+    remote = run_on_server(config, served.scenes["alpha"], served.url, None, PHRASES[1], None, tmp_path / "remote")
+    assert remote == json.loads(json.dumps(local)) and remote["n_selected"] == 5
+    files = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "remote").iterdir()) and len(files) == 4  # 2 PNGs, JSON, marker
+    for name in files:
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "remote" / name).read_bytes(), name
+    with pytest.raises(M3Error, match="no m3 serve answers there"):
+        run_on_server(config, served.scenes["alpha"], "http://127.0.0.1:9", None, PHRASES[1], None, tmp_path / "x")
+    with pytest.raises(M3Error, match="is not served"):
+        run_on_server(config, Scene(tmp_path / "gamma"), served.url, None, PHRASES[1], None, tmp_path / "y")
 
 
 def test_request_options_override_the_params(served: Served, tmp_path: Path) -> None:
