@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.ndimage import median_filter
 
 from pipeline.core.errors import M3Error
+from pipeline.core.images import has_alpha
 from pipeline.core.progress import progress
 from pipeline.core.scene import IMAGE_EXTS, VIDEO_EXTS
 from pipeline.poses.config import FramesConfig
@@ -80,8 +81,9 @@ def find_input(input_dir: Path) -> tuple[str, list[Path]]:
 
 
 def downscale(image: Image.Image, max_side: int) -> Image.Image:
-    """``image`` as RGB with its longer side at most ``max_side`` (aspect kept, never upscaled)."""
-    image = image.convert("RGB")
+    """``image`` as RGB (RGBA when it has transparency: the alpha goes on to training) with its
+    longer side at most ``max_side`` (aspect kept, never upscaled)."""
+    image = image.convert("RGBA" if has_alpha(image) else "RGB")
     scale = max_side / max(image.size)
     if scale >= 1:
         return image
@@ -107,7 +109,8 @@ def iter_images(paths: list[Path], root: Path, max_side: int) -> Iterator[tuple[
             with Image.open(path) as im:
                 im.draft("RGB", (max_side, max_side))
                 im.load()
-                image = ImageOps.exif_transpose(im).convert("RGB")
+                image = ImageOps.exif_transpose(im)
+                image = image.convert("RGBA" if has_alpha(image) else "RGB")
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             log.warning("skipping %s: unreadable image (%s); replace or remove the file", path, exc)
             continue

@@ -177,6 +177,30 @@ def test_large_photos_are_downscaled_keeping_aspect(tmp_path: Path) -> None:
             assert im.size == (200, 100)
 
 
+def test_rgba_photos_keep_their_alpha_and_rgb_photos_stay_rgb(tmp_path: Path) -> None:
+    """A transparent photo set (NeRF-synthetic's PNGs) keeps its alpha through the frames stage (the
+    background is chosen at training); opaque photos stay RGB."""
+    scene = Scene(tmp_path / "rgba")
+    scene.input_dir.mkdir(parents=True)
+    for i in range(3):
+        rgba = _photo(i, size=(200, 100)).convert("RGBA")
+        alpha = np.zeros((100, 200), np.uint8)
+        alpha[20:80, 50:150] = 255
+        rgba.putalpha(Image.fromarray(alpha))
+        rgba.save(scene.input_dir / f"t{i}.png")
+    _photo(3, size=(200, 100)).save(scene.input_dir / "t3.png")
+    meta = frames.run(dataclasses.replace(CFG, max_side=100, blur_ratio=0.0), scene)
+    assert meta["stats"]["kept"] == 4
+    modes = {}
+    for f in meta["frames"]:
+        with Image.open(scene.frames_dir / f["name"]) as im:
+            modes[f["source"]] = im.mode
+            if im.mode == "RGBA":
+                a = np.asarray(im)[..., 3]
+                assert a.shape == (50, 100) and a[0, 0] == 0 and a[25, 50] == 255  # downscaled with the image
+    assert modes == {"t0.png": "RGBA", "t1.png": "RGBA", "t2.png": "RGBA", "t3.png": "RGB"}
+
+
 def test_image_folder_keeps_all_demo_views(demo_input: Path, tmp_path: Path) -> None:
     scene = Scene(tmp_path / "demo")
     scene.root.mkdir()
