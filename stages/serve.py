@@ -58,7 +58,7 @@ def run(config: ServeConfig, scenes: list[str], params: Path, token: str | None 
     query = load_config(QueryConfig, "query", params)
     export = load_config(ExportConfig, "export", params)
     ask = load_config(AskConfig, "ask", params)
-    pool = ScenePool([resolve_scene(s) for s in scenes], query.device)
+    pool = ScenePool([resolve_scene(s) for s in scenes], query.device, threads=query.threads)
     app = create_app(pool, query, export, ask, config, token)
     auth = "bearer token required" if token else "loopback only, no token"
     host = f"[{config.host}]" if ":" in config.host else config.host

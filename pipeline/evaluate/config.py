@@ -50,6 +50,9 @@ class EvaluateConfig(Checked):
     size: list[Count] | None = None
     """Render and compare at exactly [width, height] pixels instead (e.g. LLFF's [504, 378]; the
     intrinsics scaled; null: max_side decides)."""
+    threads: Natural = 0
+    """CPU threads (0: one per core that other processes leave idle, re-measured while running, see
+    pipeline.core.threads; n: exactly n)."""
     device: str = "auto"
     """auto | cpu | cuda."""
     grounding: GroundingConfig = field(default_factory=GroundingConfig)

@@ -34,6 +34,7 @@ from pipeline.core.io import atomic_dir, hash_files, provenance, write_json
 from pipeline.core.progress import progress
 from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene, View, load_split, load_views, resampled_views, split_views
+from pipeline.core.threads import CpuThreads
 from pipeline.evaluate.config import EvaluateConfig
 from pipeline.evaluate.grounding import grounding_on_scene
 from pipeline.evaluate.lerf import lerf_on_scene
@@ -206,7 +207,10 @@ def evaluate_scene(config: EvaluateConfig, scene: Scene) -> tuple[dict[str, Any]
     size, notes, per-view figures). Held out: the poses stage's dataset split when it
     wrote one, else every ``test_every``-th view."""
     start = time.perf_counter()
-    memory = TrainedMemory.load(scene, device=resolve_device(config.device, "evaluate"))
+    device = resolve_device(config.device, "evaluate")
+    if device == "cpu":
+        CpuThreads(config.threads).update()
+    memory = TrainedMemory.load(scene, device=device)
     views = eval_views(config, load_views(scene), int(memory.config.get("max_side", 0)))
     held_out = load_split(scene)
     train, test = split_views(views, config.test_every, held_out)

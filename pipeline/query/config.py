@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.core.config import Checked, Cosine, Count, Fraction, Positive
+from pipeline.core.config import Checked, Cosine, Count, Fraction, Natural, Positive
 
 CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
 """LERF's canonical phrases: relevance is measured against the hardest of them."""
@@ -51,6 +51,9 @@ class SelectConfig(RelevanceConfig):
     """Ignore Gaussians more transparent than this."""
     trim: Positive = 3.0
     """Drop kept Gaussians farther than median + trim * MAD from their median."""
+    threads: Natural = 0
+    """CPU threads (0: one per core that other processes leave idle, re-measured while running, see
+    pipeline.core.threads; n: exactly n)."""
     device: str = "auto"
     """auto | cpu | cuda."""
 

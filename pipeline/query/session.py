@@ -16,6 +16,7 @@ from torch import Tensor
 
 from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene
+from pipeline.core.threads import CpuThreads
 from pipeline.query.config import SelectConfig
 from pipeline.query.encode import Encoder, QueryVector, check_query, pick_model
 from pipeline.query.localize import Localization, localize
@@ -37,6 +38,8 @@ class QuerySession:
     def __init__(self, scene: Scene, config: SelectConfig, section: str = "query"):
         self.scene, self.config, self.section = scene, config, section
         device = resolve_device(config.device, section)
+        if device == "cpu":
+            CpuThreads(config.threads).update()
         self.memory = TrainedMemory.load(scene, device=device)
         self.model = pick_model(self.memory.models, config.model, section)
         self.encoder = Encoder.from_store(scene, self.model, config, device)

@@ -134,9 +134,10 @@ class TrainConfig(Checked):
     log_every: Count = 20
     """A curves.csv row every this many steps."""
     cpu_threads: Natural = 0
-    """torch threads when training on the CPU (0: torch's default, every core: 1.6x faster than 1 on an
-    idle 2-core machine; set 1 on a machine busy with other jobs, where more threads only wait, or
-    for bit-identical reruns and resumes: parallel float sums differ in the last bits run to run)."""
+    """torch threads when training on the CPU (0: one per core that other processes leave idle,
+    re-measured every 10 s, see pipeline.core.threads: every core on an idle machine, fewer beside
+    other jobs, where more threads only wait; n: exactly n, e.g. 1 for bit-identical reruns and
+    resumes: parallel float sums differ in the last bits run to run)."""
     device: str = "auto"
     """auto | cpu | cuda."""
     backend: Literal["auto", "cpp", "torch", "gsplat"] = "auto"

@@ -46,6 +46,7 @@ from pipeline.core.io import config_hash, hash_files, provenance
 from pipeline.core.progress import progress as progress_bar
 from pipeline.core.runtime import peak_ram_mb, resolve_device
 from pipeline.core.scene import Scene, View, load_points, load_split, load_views, resampled_views, split_views
+from pipeline.core.threads import CpuThreads
 from pipeline.features.store import FeatureStore
 from pipeline.splat.checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pipeline.splat.config import Schedule, TrainConfig
@@ -352,13 +353,6 @@ def view_order(n: int, step: int, seed: int) -> int:
     return int(perm[k])
 
 
-def set_threads(cfg: TrainConfig, device: str) -> None:
-    """torch's CPU threads for a run on the CPU (``cpu_threads``; 0 keeps torch's default); on CUDA
-    the data path keeps torch's default."""
-    if cfg.cpu_threads > 0 and torch.device(device).type == "cpu":
-        torch.set_num_threads(cfg.cpu_threads)
-
-
 def train(scene: Scene, cfg: TrainConfig, models: list[str], progress: bool | None = None) -> Trainer:
     """Train (or resume) ``scene``'s Gaussians; returns the trainer after the schedule's iterations.
 
@@ -366,7 +360,7 @@ def train(scene: Scene, cfg: TrainConfig, models: list[str], progress: bool | No
     policy of :mod:`pipeline.core.progress`)."""
     device = resolve_device(cfg.device, "train")
     torch.manual_seed(cfg.seed)
-    set_threads(cfg, device)
+    threads = CpuThreads(cfg.cpu_threads) if torch.device(device).type == "cpu" else None  # CUDA: torch's default
     inputs = open_inputs(scene, cfg, models, device)
     tr = Trainer(scene, cfg, models, inputs)
     iterations = tr.sched.iterations
@@ -376,6 +370,8 @@ def train(scene: Scene, cfg: TrainConfig, models: list[str], progress: bool | No
     bar = progress_bar(total=iterations, initial=tr.step, desc=f"train {scene.name}", unit="step", show=progress)
     start, cpu_start = time.perf_counter() - tr.elapsed, time.process_time() - tr.cpu_elapsed
     while tr.step < iterations:
+        if threads is not None:
+            threads.update()
         view = inputs.train[view_order(len(inputs.train), tr.step, cfg.seed)]
         terms = tr.train_step(view)
         tr.elapsed, tr.cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start

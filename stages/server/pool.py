@@ -29,6 +29,7 @@ from pipeline.core.errors import M3Error
 from pipeline.core.io import hash_files, read_json
 from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import DATA_ROOT, Scene, View, load_views
+from pipeline.core.threads import CpuThreads
 from pipeline.query.config import SelectConfig
 from pipeline.query.encode import Encoder, pick_model
 from pipeline.query.relevance import GaussianRelevance
@@ -164,8 +165,9 @@ class ScenePool:
     CUDA when visible).
     """
 
-    def __init__(self, scenes: list[Scene], device: str = "auto", data_root: Path = DATA_ROOT):
+    def __init__(self, scenes: list[Scene], device: str = "auto", data_root: Path = DATA_ROOT, threads: int = 0):
         self.device = resolve_device(device, "query")
+        self.threads = CpuThreads(threads) if self.device == "cpu" else None  # re-measured on requests
         self.data_root = Path(data_root)
         self.named = {s.name: s for s in scenes}
         if len(self.named) < len(scenes):
@@ -194,6 +196,8 @@ class ScenePool:
             served = ", ".join(self.names()) or "none"
             raise NotFound(f"scene '{name}' is not served (served: {served}); name one of those")
         with self.lock:
+            if self.threads is not None:
+                self.threads.update()
             if name not in self.warm:
                 self.warm[name] = WarmScene(scene, self.device)
             return self.warm[name]

@@ -167,16 +167,6 @@ def test_provenance_records_device_and_resolution(scene: Scene) -> None:
     assert on_gpu["config"]["device"] == "cuda" and on_gpu["config_hash"] != small["config_hash"]
 
 
-def test_cpu_threads_apply_on_the_cpu_only(monkeypatch) -> None:
-    calls = []
-    monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    T.set_threads(TrainConfig(cpu_threads=1), "cuda")
-    assert calls == []
-    T.set_threads(TrainConfig(cpu_threads=1), "cpu")
-    T.set_threads(TrainConfig(cpu_threads=0), "cpu")
-    assert calls == [1]
-
-
 @pytest.mark.slow
 def test_gpu_extra_resolves() -> None:
     """`pip install --dry-run -c constraints.txt ".[gpu]"` resolves (faiss-gpu replaces faiss-cpu)."""
