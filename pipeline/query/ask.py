@@ -158,6 +158,48 @@ def region_cells(
     return keep
 
 
+def answer_question(
+    memory: TrainedMemory,
+    scene: Scene,
+    config: AskConfig,
+    question: str,
+    camera: View,
+    source: View,
+    region: str | None = None,
+    device: str = "cpu",
+) -> tuple[dict[str, Any], RenderOut, torch.Tensor | None]:
+    """Answer ``question`` at ``camera`` with an already loaded ``memory`` (``m3 serve`` keeps one
+    warm): render ``config.model``'s VLM tokens there, keep ``region``'s cells (a pixel box or a
+    text; None: all), add the global tokens stored for view ``source`` and let the VLM read them.
+    Returns ``answer.json``'s content (its camera's ``pose`` None), the render and ``keep [h, w]``."""
+    store = FeatureStore.open(scene.features_path(config.model))
+    vlm = getattr(load_adapter(config.model, store.attrs, device), "vlm", None)
+    if vlm is None:
+        raise M3Error(f"ask.model: '{config.model}' stores no VLM image tokens; use llamav")
+    region_model = pick_model(memory.models, config.region_model, "ask") if region and not parse_box(region) else None
+    rendered = memory.render(camera, [config.model] + ([region_model] if region_model else []))
+    keep = None
+    if region:
+        threshold = config.region_threshold
+        keep = region_cells(region, rendered, config.model, region_model, camera, scene, threshold, device)
+    tokens = ImageTokens(rendered.features[config.model], global_tokens(store, source.name, vlm.dim))
+    grid = rendered.features[config.model].shape[:2]
+    result = {
+        "question": question,
+        "answer": vlm.generate(question, tokens, keep, config.max_new_tokens),
+        "camera": {"view": camera.name, "pose": None, "global_tokens_from": source.name},
+        "region": region,
+        "region_model": region_model,
+        "image_tokens": int(keep.sum()) if keep is not None else int(grid[0] * grid[1]),
+        "global_tokens": len(tokens.globals),
+        "model": config.model,
+        "checkpoint": store.attrs.get("checkpoint"),
+        "weights": store.attrs.get("weights"),
+        "config": to_dict(config),
+    }
+    return result, rendered, keep
+
+
 def ask(
     config: AskConfig,
     scene: Scene,
@@ -182,31 +224,8 @@ def ask(
     out_dir = Path(out_dir or scene.root / "ask" / name)
     output_listing(out_dir, "ask")  # refused before any work: never replaces what m3 did not write
     source = nearest_view(camera, views) if pose is not None else camera  # whose global tokens
-    store = FeatureStore.open(scene.features_path(config.model))
-    vlm = getattr(load_adapter(config.model, store.attrs, device), "vlm", None)
-    if vlm is None:
-        raise M3Error(f"ask.model: '{config.model}' stores no VLM image tokens; use llamav")
-    region_model = pick_model(memory.models, config.region_model, "ask") if region and not parse_box(region) else None
-    rendered = memory.render(camera, [config.model] + ([region_model] if region_model else []))
-    keep = None
-    if region:
-        threshold = config.region_threshold
-        keep = region_cells(region, rendered, config.model, region_model, camera, scene, threshold, device)
-    tokens = ImageTokens(rendered.features[config.model], global_tokens(store, source.name, vlm.dim))
-    grid = rendered.features[config.model].shape[:2]
-    result = {
-        "question": question,
-        "answer": vlm.generate(question, tokens, keep, config.max_new_tokens),
-        "camera": {"view": camera.name, "pose": str(pose) if pose else None, "global_tokens_from": source.name},
-        "region": region,
-        "region_model": region_model,
-        "image_tokens": int(keep.sum()) if keep is not None else int(grid[0] * grid[1]),
-        "global_tokens": len(tokens.globals),
-        "model": config.model,
-        "checkpoint": store.attrs.get("checkpoint"),
-        "weights": store.attrs.get("weights"),
-        "config": to_dict(config),
-    }
+    result, rendered, keep = answer_question(memory, scene, config, question, camera, source, region, device)
+    result["camera"]["pose"] = str(pose) if pose else None
     with output_dir(out_dir, "ask") as tmp:
         rgb = rendered.rgb.detach().float().cpu()
         Image.fromarray((rgb.numpy() * 255 + 0.5).astype(np.uint8)).save(tmp / "render.png")
