@@ -25,6 +25,7 @@ from pipeline.query.config import AskConfig, ExportConfig, QueryConfig
 from pipeline.splat.config import TrainConfig
 from pipeline.view.config import ViewConfig
 from stages.command import PARAMS, reports_errors
+from stages.server.config import ServeConfig
 
 SECTIONS: dict[str, type] = {
     "demo": DemoConfig,
@@ -36,6 +37,7 @@ SECTIONS: dict[str, type] = {
     "query": QueryConfig,
     "export": ExportConfig,
     "view": ViewConfig,
+    "serve": ServeConfig,
     "ask": AskConfig,
     "cluster": ClusterConfig,
 }

@@ -36,7 +36,7 @@ T = TypeVar("T")
 PARAMS_FILE = Path("params.yaml")
 SECTIONS = (
     "scenes", "models", "demo", "frames", "poses", "features", "bank", "train", "evaluate", "cluster",
-    "query", "export", "view", "ask",
+    "query", "export", "view", "serve", "ask",
 )  # fmt: skip
 """The top-level sections of the params file (``stages/params.py`` documents each)."""
 SCENE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
