@@ -212,7 +212,8 @@ def _attempts(cfg: PosesConfig) -> list[tuple[str, dict[str, float]]]:
     """The mapper runs tried in turn: ``(incremental|global, initialisation)``, ``mapper_attempts`` at most.
 
     The global mapper has no initial pair to relax: when its largest model is too small, the
-    retries are incremental runs (defaults, then the first fallback).
+    retries are incremental runs (defaults, then the first fallback), on the database as the
+    view-graph calibration left it.
     """
     incremental = [("incremental", init) for init in INIT_FALLBACKS]
     runs = incremental if cfg.mapper == "incremental" else [("global", {}), *incremental]
