@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.core.config import Checked, Cosine, Count, Fraction, Natural, Positive
+from pipeline.core.config import Checked, Cosine, Count, Fraction, Natural, NonNegative, Positive
 
 CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
 """LERF's canonical phrases: relevance is measured against the hardest of them."""
@@ -51,6 +51,14 @@ class SelectConfig(RelevanceConfig):
     """Ignore Gaussians more transparent than this."""
     trim: Positive = 3.0
     """Drop kept Gaussians farther than median + trim * MAD from their median."""
+    tolerance: Positive = 1e-4
+    """Exact relevance (attention_k null): largest error of a Gaussian's cosine read from the attention
+    cache (canonical relevance: scale / 2 times it); Gaussians the cache cannot promise it for are
+    recomputed from their logits."""
+    cache_mb: NonNegative = 4096.0
+    """Exact relevance: largest attention cache per model in MiB (2 bytes per Gaussian and bank slot,
+    built with the first query); Gaussians beyond it are recomputed by every query; 0: no cache
+    (cheapest when a process answers a single query)."""
     threads: Natural = 0
     """CPU threads (0: one per core that other processes leave idle, re-measured while running, see
     pipeline.core.threads; n: exactly n)."""

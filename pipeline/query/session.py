@@ -20,16 +20,23 @@ from pipeline.core.threads import CpuThreads
 from pipeline.query.config import SelectConfig
 from pipeline.query.encode import Encoder, QueryVector, check_query, pick_model
 from pipeline.query.localize import Localization, localize
-from pipeline.query.relevance import GaussianRelevance
+from pipeline.query.relevance import CACHE_MB, TOLERANCE, GaussianRelevance
 from pipeline.splat.gaussians import QUERY_PREFIX
 from pipeline.splat.trained import TrainedMemory
 
 log = logging.getLogger(__name__)
 
 
-def relevance_engine(memory: TrainedMemory, model: str, attention_k: int | None = None) -> GaussianRelevance:
+def relevance_engine(
+    memory: TrainedMemory,
+    model: str,
+    attention_k: int | None = None,
+    tolerance: float = TOLERANCE,
+    cache_mb: float = CACHE_MB,
+) -> GaussianRelevance:
     """The relevance engine of ``model``'s head over the memory's Gaussians (on the memory's device)."""
-    return GaussianRelevance(memory.heads[model], memory.params[QUERY_PREFIX + model], attention_k)
+    queries = memory.params[QUERY_PREFIX + model]
+    return GaussianRelevance(memory.heads[model], queries, attention_k, tolerance=tolerance, cache_mb=cache_mb)
 
 
 class QuerySession:
@@ -43,7 +50,7 @@ class QuerySession:
         self.memory = TrainedMemory.load(scene, device=device)
         self.model = pick_model(self.memory.models, config.model, section)
         self.encoder = Encoder.from_store(scene, self.model, config, device)
-        self.engine = relevance_engine(self.memory, self.model, config.attention_k)
+        self.engine = relevance_engine(self.memory, self.model, config.attention_k, config.tolerance, config.cache_mb)
 
     def encode(self, text: str | None = None, vector: np.ndarray | None = None) -> QueryVector:
         """The query of a ``text`` or a raw ``vector [d]`` (exactly one of them)."""

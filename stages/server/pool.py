@@ -71,7 +71,7 @@ class WarmSession(QuerySession):
         self.memory = warm.memory
         self.model = pick_model(self.memory.models, config.model, section)
         self.encoder = warm.encoder(self.model, config)
-        self.engine = warm.engine(self.model, config.attention_k)
+        self.engine = warm.engine(self.model, config)
 
 
 class WarmScene:
@@ -88,7 +88,7 @@ class WarmScene:
         self.memory: TrainedMemory
         self.views: list[View] = []
         self._encoders: dict[tuple[Any, ...], Encoder] = {}
-        self._engines: dict[tuple[str, int | None], GaussianRelevance] = {}
+        self._engines: dict[tuple[str, int | None, float, float], GaussianRelevance] = {}
 
     def refresh(self) -> None:
         """Load the memory, or reload it when the model folder's files changed (call with the lock held)."""
@@ -118,11 +118,12 @@ class WarmScene:
             self._encoders[key] = Encoder.from_store(self.scene, model, config, self.device)
         return self._encoders[key]
 
-    def engine(self, model: str, attention_k: int | None) -> GaussianRelevance:
-        """The cached relevance engine of ``model`` with ``attention_k`` (its norms computed once)."""
-        key = (model, attention_k)
+    def engine(self, model: str, config: SelectConfig) -> GaussianRelevance:
+        """The cached relevance engine of ``model`` with ``config``'s attention_k, tolerance and
+        cache_mb (its norms and attention cache computed once)."""
+        key = (model, config.attention_k, config.tolerance, config.cache_mb)
         if key not in self._engines:
-            self._engines[key] = relevance_engine(self.memory, model, attention_k)
+            self._engines[key] = relevance_engine(self.memory, model, *key[1:])
         return self._engines[key]
 
     def session(self, config: SelectConfig, section: str = "query") -> WarmSession:
