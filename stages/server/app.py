@@ -16,7 +16,8 @@ Query options in a request override the ``params.yaml`` sections the server star
 4xx ``{"detail": "<one line>"}``: an :class:`~pipeline.core.errors.M3Error` 400 (404 unknown
 scene / model / view, 409 not answerable by this memory), a bad field 422, a body over
 ``max_body`` 413, more than ``rate`` requests a minute from one address 429, a missing or wrong
-bearer token 401. :class:`Guard` (an ASGI middleware) checks the last three before the app runs.
+bearer token 401, a browser page of another site (``Origin``) or a foreign ``Host`` on loopback
+403. :class:`Guard` (an ASGI middleware) checks the last four before the app runs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -46,6 +48,7 @@ from pipeline.query.export import extract
 from pipeline.query.find import answer, relevance_maps
 from pipeline.splat.gaussians import save_ply
 from pipeline.view.render import render_images
+from pipeline.view.viewer import is_loopback, origin_allowed
 from stages.server.ask import ask_view
 from stages.server.config import ServeConfig
 from stages.server.models import AskRequest, QueryOptions, QueryRequest, RenderRequest
@@ -100,8 +103,9 @@ def camera_view(req: RenderRequest, warm: WarmScene) -> View:
 class Guard:
     """ASGI middleware: per-client rate limit (429), bearer token (401, all but ``/health``), body size (413)."""
 
-    def __init__(self, app: Any, token: str | None, max_body: int, rate: int):
+    def __init__(self, app: Any, token: str | None, max_body: int, rate: int, bind: str, port: int):
         self.app, self.token, self.max_body, self.rate = app, token, max_body, rate
+        self.bind, self.port = bind, port
         self.buckets: dict[str, tuple[float, float]] = {}  # client address -> (tokens, last refill)
         self.lock = threading.Lock()
 
@@ -123,6 +127,10 @@ class Guard:
         client = (scope.get("client") or ("?", 0))[0]
         if not self.allow(client):
             return await refuse(429, f"too many requests from {client}; at most {self.rate} a minute")(
+                scope, receive, send
+            )
+        if not self.same_site(headers.get("origin"), headers.get("host")):
+            return await refuse(403, "requests from other sites are refused; call the API from a program or this host")(
                 scope, receive, send
             )
         if self.token is not None and scope["path"] != "/health":
@@ -157,6 +165,20 @@ class Guard:
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
+
+    def same_site(self, origin: str | None, host: str | None) -> bool:
+        """Whether a request may come in: no browser page of another site (``Origin``, as the
+        viewer's :func:`~pipeline.view.viewer.origin_allowed`) and, bound to loopback, a loopback
+        ``Host`` (a DNS-rebinding name that resolves to 127.0.0.1 is refused)."""
+        if not origin_allowed(origin, host, self.bind, self.port):
+            return False
+        if host is None or not is_loopback(self.bind):
+            return True
+        try:
+            name = urlsplit("//" + host).hostname
+        except ValueError:
+            return False
+        return name is not None and is_loopback(name)
 
     def too_large(self) -> str:
         return f"request body over {self.max_body} bytes; send a smaller one"
@@ -289,5 +311,5 @@ def create_app(
             w.refresh()
             return ask_view(w, ask, req.question, req.view, req.region)
 
-    app.add_middleware(Guard, token=token, max_body=serve.max_body, rate=serve.rate)
+    app.add_middleware(Guard, token=token, max_body=serve.max_body, rate=serve.rate, bind=serve.host, port=serve.port)
     return app

@@ -159,3 +159,25 @@ def test_token_and_rate_limit(tmp_path: Path) -> None:
                 assert "at most 30 a minute" in exc.detail
         assert 200 in statuses and statuses[-1] == 429 and statuses.count(200) <= 30
         assert "bearer token required" in " ".join((tmp_path / "server.log").read_text().split())
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Origin": "http://evil.example"}, 403),  # a page of another site
+        ({"Origin": "http://127.0.0.1:1"}, 403),  # a loopback page on another port
+        ({"Host": "rebind.example"}, 403),  # DNS rebinding: a name resolving to 127.0.0.1
+        ({}, 200),  # a program
+        ({"Host": "localhost"}, 200),  # through a tunnel or by name
+    ],
+)
+def test_other_sites_are_refused(served: Served, headers: dict[str, str], status: int) -> None:
+    """A browser page of another site (Origin) or a foreign Host is refused before any work; the
+    server's own origin and programs (no Origin) are not."""
+    body = json.dumps({"text": "red thing", "top_k": 3}).encode()
+    got, answer = post(served.url + "/scenes/alpha/query", body, headers)
+    assert got == status, answer
+    if status == 403:
+        assert "other sites" in answer["detail"]
+    same = {"Origin": served.url}
+    assert post(served.url + "/scenes/alpha/query", body, same)[0] == 200
