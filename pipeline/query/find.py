@@ -68,17 +68,19 @@ def answer(
     views: list[View],
     text: str | None = None,
     vector: np.ndarray | None = None,
+    heatmaps: bool = True,
 ) -> Answer:
     """Answer ``text`` or ``vector [d]`` with an already loaded ``session`` (its memory, model,
     encoder and relevance engine): heatmaps on :func:`chosen_views` of the registered ``views``
-    (one colour scale over all of them) and the selected Gaussians' centroid and box."""
+    (one colour scale over all of them; none without ``heatmaps``: the 3D answer alone, its
+    ``views`` empty, costs no render) and the selected Gaussians' centroid and box."""
     memory, model = session.memory, session.model
     qv = session.encode(text, vector)
-    maps = relevance_maps(memory, chosen_views(views, config), model, qv)
+    maps = relevance_maps(memory, chosen_views(views, config), model, qv) if heatmaps else []
     rel = session.relevance(qv)
     loc = session.localize(rel)
-    lo = min(float(r.min()) for _, _, r in maps)  # one colour scale over all views: comparable
-    hi = max(float(r.max()) for _, _, r in maps)
+    lo = min((float(r.min()) for _, _, r in maps), default=0.0)  # one colour scale over all views: comparable
+    hi = max((float(r.max()) for _, _, r in maps), default=1.0)
     result = {
         "query": text if text is not None else "<vector>",
         "model": model,

@@ -253,7 +253,7 @@ def create_app(
             w.refresh()
             for name in config.views:
                 w.view(name)
-            found = answer(w.session(config), config, w.views, req.text, vector)
+            found = answer(w.session(config), config, w.views, req.text, vector, req.heatmaps)
         out = dict(found.result)
         if req.heatmaps:
             out["heatmaps"] = {n: base64.b64encode(png_bytes(img)).decode() for n, img in found.heatmaps.items()}

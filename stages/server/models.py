@@ -49,7 +49,11 @@ class QueryRequest(QueryOptions):
     views: list[str] | None = Field(None, max_length=64, description="heatmaps on these views (image names)")
     n_views: int | None = Field(None, ge=1, le=64, description="or on this many views spread over the scene")
     alpha: float | None = Field(None, ge=0.0, le=1.0, description="heatmap opacity at full relevance")
-    heatmaps: bool = Field(False, description="add the heatmaps: {view: base64 PNG} (the CLI's PNG bytes)")
+    heatmaps: bool = Field(
+        False,
+        description="render the heatmaps: {view: base64 PNG} (the CLI's PNG bytes) and the per-view figures of "
+        "'views' (without: the 3D answer alone, 'views' empty, no render)",
+    )
     relevance: bool = Field(False, description="add every Gaussian's relevance: base64 of little-endian float32 [N]")
 
 

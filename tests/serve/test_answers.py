@@ -67,9 +67,12 @@ def test_request_options_override_the_params(served: Served, tmp_path: Path) -> 
     """A vector query with top_k and named views equals m3 query with the same options."""
     vector = np.random.default_rng(1).normal(size=32)
     views = [v.name for v in load_views(served.scenes["alpha"])[3:5]]
-    got = served.client.query("alpha", vector=vector, top_k=7, attention_k=2, views=views)
+    got = served.client.query("alpha", vector=vector, top_k=7, attention_k=2, views=views, heatmaps=True)
     want = cli_query(served, "alpha", tmp_path / "v", vector=vector, top_k=7, attention_k=2, views=views)
+    assert set(got.pop("heatmaps")) == set(views)
     assert got == json.loads(json.dumps(want))
+    alone = served.client.query("alpha", vector=vector, top_k=7, attention_k=2, views=views)  # no render
+    assert alone["views"] == {} and {**alone, "views": got["views"]} == got
     assert got["query"] == "<vector>" and got["config"]["top_k"] == 7 and list(got["views"]) == views
     assert got["n_selected"] == 7
 
@@ -140,9 +143,10 @@ def test_a_retrained_memory_is_reloaded(served: Served, tmp_path: Path) -> None:
     before = served.client.query("beta", PHRASES[0], relevance=True)
     digest = served.client.scene("beta")["digest"]
     train_scene(served.scenes["beta"], seed=7)
-    after = served.client.query("beta", PHRASES[0], relevance=True)
+    after = served.client.query("beta", PHRASES[0], relevance=True, heatmaps=True)
     assert served.client.scene("beta")["digest"] != digest
     assert not np.array_equal(before.pop("relevance"), after.pop("relevance"))
+    after.pop("heatmaps")
     assert after == json.loads(json.dumps(cli_query(served, "beta", tmp_path / "b", PHRASES[0])))
     assert after != before
 
