@@ -26,11 +26,9 @@ import typer
 from pipeline.cluster.config import ClusterConfig
 from pipeline.core.config import to_dict
 from pipeline.core.errors import M3Error
-from pipeline.features.models import available, listed_models, model_class
-from pipeline.features.stage import extract_scene as run  # the stage: a thin alias, options parsed below
+from pipeline.features.adapter_config import ADAPTER_CONFIGS
 from stages.command import PARAMS, SCENE, Options, command, scene_target
 
-ADAPTER_CONFIGS = {name: model_class(name).config_class for name in available()}
 FeaturesOptions = dataclasses.make_dataclass(
     "FeaturesOptions",
     [(name, cls, dataclasses.field(default_factory=cls)) for name, cls in ADAPTER_CONFIGS.items()],
@@ -39,6 +37,16 @@ FeaturesOptions = dataclasses.make_dataclass(
 )
 """The options of ``m3 features``: the ``cluster`` section's fields and every adapter's section as
 ``--<model>.<key>`` (each overrides ``params.yaml: features.<model>``)."""
+
+
+def __getattr__(name: str) -> Any:
+    """``run``, the stage: :func:`pipeline.features.stage.extract_scene` itself (a thin alias, options
+    parsed below), imported on first use, so that ``m3 features --help`` loads no torch."""
+    if name == "run":
+        from pipeline.features.stage import extract_scene
+
+        return extract_scene
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @command(FeaturesOptions)
@@ -57,6 +65,9 @@ def cli(
     cluster options choose the executor (local, or a pool of Ray actors); they never change the store.
     The --<model>.<key> options override that model's params.yaml section (m3 params features lists them).
     """
+    from pipeline.features.models import listed_models, model_class
+    from pipeline.features.stage import extract_scene as run
+
     target, stage_model = scene_target(scene)
     names = [model or stage_model] if model or stage_model else listed_models(params)
     for name in names:

@@ -310,18 +310,26 @@ def _option_names(given: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 @functools.cache
+def _class_bodies(filename: str) -> dict[str, list[ast.stmt]]:
+    """Name -> body of each top-level class of the source file ``filename``, parsed once (the CLI
+    reads the field docstrings of dozens of classes per ``--help``)."""
+    tree = ast.parse(Path(filename).read_text(), filename)
+    return {node.name: node.body for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+@functools.cache
 def field_help(cls: type) -> dict[str, str]:
     """The docstring under each field of dataclass ``cls`` (nerfstudio style), by field name.
 
-    Inherited fields come from the base classes; a field without a docstring gets ``""``.
+    Inherited fields come from the base classes (top-level classes of a source file); a field
+    without a docstring gets ``""``.
     """
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__[:-1]):
         try:
-            tree = ast.parse(inspect.getsource(klass).strip())
+            body = _class_bodies(inspect.getsourcefile(klass) or "").get(klass.__qualname__, [])
         except (OSError, TypeError):
             continue
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
         for node, nxt in zip(body, body[1:] + [None]):
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                 doc = nxt.value.value if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) else ""

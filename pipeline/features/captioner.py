@@ -12,51 +12,15 @@ captions are noise, but they depend on the crop).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from pipeline.core.config import Checked, Count
 from pipeline.features.models.base import hub_load_error
 from pipeline.features.tokenizers import BPE_VOCAB, BpeTokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FlorenceArch(Checked):
-    """The small Florence-2 ``weights: random`` builds (DaViT image encoder, BART text model)."""
-
-    image_size: Count = 64
-    """Input side in pixels of each crop."""
-    vision_width: Count = 16
-    """Width of the image encoder's first stage (the later stages have 2x and 4x)."""
-    text_width: Count = 64
-    """Width of the text encoder-decoder."""
-    text_layers: Count = 1
-    """Blocks of the text encoder and of the decoder, each."""
-    text_heads: Count = 2
-    """Attention heads of the text model (must divide text_width)."""
-
-
-@dataclass(frozen=True)
-class CaptionerConf(Checked):
-    """``params.yaml: features.llama3.captioner`` (weights and seed are the adapter's own keys)."""
-
-    checkpoint: str = "florence-community/Florence-2-large"
-    """Hugging Face id or local folder of a Florence2ForConditionalGeneration (with its processor)."""
-    task: Literal["<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>"] = "<DETAILED_CAPTION>"
-    """Florence-2 task token: how long a description each region gets."""
-    max_new_tokens: Count = 48
-    """Most tokens generated per caption (a longer caption is cut there)."""
-    num_beams: Count = 3
-    """Beam search width (1: greedy decoding)."""
-    batch_size: Count = 8
-    """Crops per generate call (memory vs speed; no effect on the captions)."""
-    random_arch: FlorenceArch = field(default_factory=FlorenceArch)
-    """The architecture weights: random builds (its captions are noise, but they depend on the crop)."""
 
 
 def _random_florence(arch: dict[str, Any]) -> Any:

@@ -1,12 +1,13 @@
 """Typed configs of the feature adapters (``params.yaml: features.<model>``): the shared parts.
 
-Each adapter declares a frozen dataclass (its ``config_class``, defined beside it) whose fields
-carry their help as field docstrings, exactly like the stage sections (:mod:`pipeline.core.config`):
-``m3 params features <model>`` lists them and ``m3 features`` offers each scalar field as
-``--<model>.<field>``. The parts several adapters use are defined here, once: the base every
-adapter config extends (:class:`AdapterConf`: ``weights``, ``seed``), the CLIP model
-(:class:`ClipModelConf`: ``features.clip`` and ``features.sam_clip.clip``), SAM and its automatic
-mask generator (:class:`SamConf`: ``features.sam_clip`` at its top level, ``features.seem.sam``,
+Each adapter declares a frozen dataclass (its ``config_class``, in
+:mod:`pipeline.features.adapter_config`) whose fields carry their help as field docstrings,
+exactly like the stage sections (:mod:`pipeline.core.config`): ``m3 params features <model>``
+lists them and ``m3 features`` offers each scalar field as ``--<model>.<field>``. The parts
+several adapters use are defined here, once: the base every adapter config extends
+(:class:`AdapterConf`: ``weights``, ``seed``), the CLIP model (:class:`ClipModelConf`:
+``features.clip`` and ``features.sam_clip.clip``), SAM and its automatic mask generator
+(:class:`SamConf`: ``features.sam_clip`` at its top level, ``features.seem.sam``,
 ``features.llama3.sam``) and the region grid (:class:`RegionConf`). ``random_arch`` sections are
 the small architectures ``weights: random`` builds (tests, no download).
 """

@@ -251,6 +251,14 @@ GOLDEN = [
 """``config_hash({"model": name, **conf})`` of each case, computed by the code before the change."""
 
 
+def test_every_adapter_lists_its_config_class_torch_free() -> None:
+    from pipeline.features.adapter_config import ADAPTER_CONFIGS
+
+    assert list(ADAPTER_CONFIGS) == available()
+    for name, cls in ADAPTER_CONFIGS.items():
+        assert model_class(name).config_class is cls, name
+
+
 def test_defaults_are_todays() -> None:
     assert set(OLD_DEFAULTS) == set(available()) and len(CASES) == len(GOLDEN)
     for name, old in OLD_DEFAULTS.items():

@@ -92,7 +92,8 @@ def test_llama3_offline_errors_name_the_checkpoints(monkeypatch, tmp_path):
     with pytest.raises(M3Error, match=r"features\.llama3\.embedder.*Meta-Llama-3-8B.*hf download meta-llama/Meta-Ll"):
         build_model("llama3", {})
     # SAM and the captioner load on first use (text queries need only the language model)
-    from pipeline.features.captioner import Captioner, CaptionerConf
+    from pipeline.features.adapter_config import CaptionerConf
+    from pipeline.features.captioner import Captioner
     from pipeline.features.models import resolve_conf
     from pipeline.features.regions import nested_sam
 

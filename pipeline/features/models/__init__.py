@@ -3,8 +3,9 @@
 Each adapter is one module in this package that defines a :class:`FeatureModel` subclass, with
 the frozen dataclass of its ``params.yaml: features.<name>`` section as ``config_class``, and
 decorates it with :func:`register`. Modules are imported on first use, so adding a model is
-adding a file: no stage or pipeline code changes (``m3 params features`` and the ``--<name>.<key>``
-options of ``m3 features`` come from the config class).
+adding its module and its config class (:mod:`pipeline.features.adapter_config`, torch-free): no
+stage or pipeline code changes (``m3 params features`` and the ``--<name>.<key>`` options of ``m3
+features`` come from the config class).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from pipeline.core.config import from_dict, load_params, section_of
 from pipeline.core.errors import M3Error
+from pipeline.features.adapter_config import ADAPTER_CONFIGS
 from pipeline.features.models.base import FeatureMap, FeatureModel
 
 _REGISTRY: dict[str, type[FeatureModel]] = {}
@@ -37,6 +39,10 @@ def register(name: str) -> Callable[[type[FeatureModel]], type[FeatureModel]]:
     def deco(cls: type[FeatureModel]) -> type[FeatureModel]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"model name '{name}' registered twice")
+        if ADAPTER_CONFIGS.get(name) is not cls.config_class:
+            raise ValueError(
+                f"model '{name}': list its config_class in pipeline.features.adapter_config.ADAPTER_CONFIGS"
+            )
         cls.name = name
         cls.default_conf = dataclasses.asdict(cls.config_class())
         _REGISTRY[name] = cls

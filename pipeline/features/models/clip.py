@@ -22,7 +22,6 @@ cell ``(i, j)`` covers pixels ``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``; no cr
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.core.config import Count
 from pipeline.core.errors import M3Error
-from pipeline.features.config import ClipModelConf
+from pipeline.features.adapter_config import ClipConf
 from pipeline.features.models import register
 from pipeline.features.models.base import (
     OPENAI_MEAN,
@@ -45,15 +43,6 @@ from pipeline.features.models.base import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClipConf(ClipModelConf):
-    """``params.yaml: features.clip``: the CLIP model and the size of its dense input."""
-
-    input_size: Count | None = None
-    """Short side in pixels of the whole image fed to the model (rounded to whole patches; the long
-    side follows the aspect ratio); null: the checkpoint's native size."""
 
 
 def _load_error(conf: dict[str, Any], exc: Exception) -> M3Error:

@@ -10,51 +10,18 @@ exactly pixels ``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.config import Checked, Count
 from pipeline.core.errors import M3Error
-from pipeline.features.config import AdapterConf
+from pipeline.features.adapter_config import Dinov2Conf
 from pipeline.features.models import register
 from pipeline.features.models.base import FeatureMap, FeatureModel, hub_load_error
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Dinov2Arch(Checked):
-    """The small DINOv2 ``weights: random`` builds (the feature dimension d is ``hidden_size``)."""
-
-    hidden_size: Count = 64
-    """Transformer width."""
-    num_hidden_layers: Count = 2
-    """Transformer blocks."""
-    num_attention_heads: Count = 2
-    """Attention heads (must divide hidden_size)."""
-
-
-@dataclass(frozen=True)
-class Dinov2Conf(AdapterConf):
-    """``params.yaml: features.dinov2``."""
-
-    checkpoint: str = "facebook/dinov2-giant"
-    """Hugging Face id (facebook/dinov2-small, -base, -large, -giant) or local folder of a Dinov2Model."""
-    input_size: Count = 448
-    """Short side in pixels of the whole image fed to the model (rounded to whole patches; the long
-    side follows the aspect ratio)."""
-    patch_size: Count = 14
-    """Pixels per patch side of random_arch (a checkpoint has its own)."""
-    random_arch: Dinov2Arch | None = field(default_factory=Dinov2Arch)
-    """The architecture weights: random builds (null: the checkpoint's config, randomly initialised)."""
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    """Per-channel (RGB) normalisation mean of the input in [0, 1] (ImageNet's, as DINOv2 was trained)."""
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    """Per-channel (RGB) normalisation standard deviation (ImageNet's)."""
 
 
 def _hub_error(checkpoint: str, what: str, exc: Exception) -> M3Error:

@@ -15,16 +15,14 @@ cells no mask covers are zero and invalid. The captions are the view's ``caption
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.config import Checked, Count
-from pipeline.features.captioner import Captioner, CaptionerConf
-from pipeline.features.config import Dtype, RegionConf, SamConf
+from pipeline.features.adapter_config import Llama3Conf
+from pipeline.features.captioner import Captioner
 from pipeline.features.models import register
 from pipeline.features.models.base import DTYPES, FeatureMap, FeatureModel, hub_load_error
 from pipeline.features.regions import (
@@ -38,47 +36,6 @@ from pipeline.features.regions import (
 from pipeline.features.tokenizers import BPE_VOCAB, BpeTokenizer, HfTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LlamaArch(Checked):
-    """The small LLaMA ``weights: random`` builds (open_clip's BPE vocabulary; d is ``width``)."""
-
-    width: Count = 64
-    """Hidden size: the feature dimension d."""
-    layers: Count = 2
-    """Decoder blocks."""
-    heads: Count = 2
-    """Attention heads (must divide width)."""
-
-
-@dataclass(frozen=True)
-class EmbedderConf(Checked):
-    """``params.yaml: features.llama3.embedder``: the language model embedding each caption."""
-
-    checkpoint: str = "meta-llama/Meta-Llama-3-8B"
-    """Hugging Face id or local folder of any causal LM or text encoder (with its tokenizer)."""
-    dtype: Dtype = "bfloat16"
-    """The dtype the language model runs in: float16 | bfloat16 | float32."""
-    batch_size: Count = 16
-    """Captions per forward pass (memory vs speed)."""
-    random_arch: LlamaArch = field(default_factory=LlamaArch)
-    """The architecture weights: random builds."""
-
-
-@dataclass(frozen=True)
-class Llama3Conf(RegionConf):
-    """``params.yaml: features.llama3``: SAM, the captioner, the language model, the region grid.
-    ``weights`` and ``seed`` apply to all three models alike."""
-
-    blank_background: bool = True
-    """Black out the pixels of a mask's box outside the mask before the captioner sees the crop."""
-    sam: SamConf = field(default_factory=SamConf)
-    """SAM checkpoint and automatic mask generator settings (keys as features.sam_clip)."""
-    captioner: CaptionerConf = field(default_factory=CaptionerConf)
-    """The local captioning model describing each region's crop (Florence-2)."""
-    embedder: EmbedderConf = field(default_factory=EmbedderConf)
-    """The language model embedding each caption (and query texts)."""
 
 
 class TextEmbedder:

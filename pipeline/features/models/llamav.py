@@ -17,68 +17,16 @@ rendered patch tokens plus these, in place of its own vision tokens.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from pipeline.core.config import Checked, Count
-from pipeline.features.config import AdapterConf, Dtype
+from pipeline.features.adapter_config import LlamaVConf
 from pipeline.features.models import register
 from pipeline.features.models.base import FeatureMap, FeatureModel
 from pipeline.features.vlm import ImageTokens, VisionLanguageModel, load_vlm
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class VlmArch(Checked):
-    """The small VLM ``weights: random`` builds (family's classes, open_clip's BPE vocabulary)."""
-
-    image_size: Count = 56
-    """Input side in pixels (of each tile for mllama)."""
-    patch_size: Count = 14
-    """Pixels per patch side."""
-    vision_width: Count = 32
-    """Vision encoder width."""
-    vision_layers: Count = 2
-    """Vision encoder blocks."""
-    vision_heads: Count = 2
-    """Vision encoder attention heads (must divide vision_width)."""
-    text_width: Count = 64
-    """Language model hidden size: the feature dimension d."""
-    text_layers: Count = 2
-    """Language model blocks (mllama: the last one cross-attends to the image)."""
-    text_heads: Count = 2
-    """Language model attention heads (must divide text_width)."""
-    select_strategy: Literal["default", "full"] = "default"
-    """llava only: default drops the vision CLS token, full keeps it (as a global token)."""
-
-
-@dataclass(frozen=True)
-class LlamaVConf(AdapterConf):
-    """``params.yaml: features.llamav``."""
-
-    checkpoint: str = "meta-llama/Llama-3.2-11B-Vision-Instruct"
-    """Hugging Face id or local folder of a llava or mllama checkpoint (its model_type picks the family)."""
-    family: Literal["llava", "mllama"] = "mllama"
-    """The model family weights: random builds (a checkpoint names its own): llava (LLaVA-1.5 style) |
-    mllama (Llama-3.2-Vision)."""
-    dtype: Dtype = "float16"
-    """The dtype the VLM runs in (and its tokens are stored from): float16 | bfloat16 | float32."""
-    tiles: list[Count] = field(default_factory=lambda: [2, 2])
-    """mllama: tile rows and columns the whole image is resized to (their product must be the model's
-    max_num_tiles)."""
-    prompt: str | None = None
-    """Prompt template of the language model (m3 ask): text holding <image> where the image goes and
-    {question}; null: the checkpoint's chat template."""
-    mean: list[float] | None = None
-    """Per-channel (RGB) normalisation mean of the input in [0, 1] (null: the checkpoint processor's;
-    OpenAI CLIP's for random weights)."""
-    std: list[float] | None = None
-    """Per-channel (RGB) normalisation standard deviation (null: as mean)."""
-    random_arch: VlmArch = field(default_factory=VlmArch)
-    """The architecture weights: random builds (with the classes of family)."""
 
 
 @register("llamav")

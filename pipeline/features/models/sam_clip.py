@@ -11,15 +11,13 @@ use it too).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.config import Count
 from pipeline.core.errors import M3Error
-from pipeline.features.config import ClipModelConf, RegionConf, SamConf
+from pipeline.features.adapter_config import SamClipConf
 from pipeline.features.models import register
 from pipeline.features.models.base import FeatureMap, FeatureModel
 from pipeline.features.models.clip import load_clip
@@ -35,20 +33,6 @@ from pipeline.features.regions import (
 log = logging.getLogger(__name__)
 
 __all__ = ["SamClip", "SamClipConf", "assign_masks"]
-
-
-@dataclass(frozen=True)
-class SamClipConf(RegionConf, SamConf):
-    """``params.yaml: features.sam_clip``: SAM's keys at the top level (weights and seed are SAM's),
-    the region grid, and the CLIP that encodes each mask's crop."""
-
-    blank_background: bool = True
-    """Black out the pixels of a mask's box outside the mask before CLIP sees the crop."""
-    batch_size: Count = 32
-    """Mask crops per CLIP forward pass (memory vs speed; no effect on the features)."""
-    clip: ClipModelConf = field(default_factory=ClipModelConf)
-    """The CLIP encoding each mask crop, at its native input size (keys as features.clip, without
-    input_size); its text tower embeds queries, so the regions and texts share its space."""
 
 
 @register("sam_clip")

@@ -17,52 +17,19 @@ OWLv2's own text tower (normalised), the space its detector scores boxes in, so 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.config import Checked, Count
-from pipeline.features.config import RegionConf, SamConf
+from pipeline.features.adapter_config import SeemConf
 from pipeline.features.models import register
 from pipeline.features.models.base import OPENAI_MEAN, OPENAI_STD, FeatureMap, FeatureModel, hub_load_error
 from pipeline.features.regions import broadcast_regions, nested_sam, owned_masks, stride_grid
 from pipeline.features.tokenizers import BpeTokenizer, HfTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class OwlArch(Checked):
-    """The small OWLv2 ``weights: random`` builds (the feature dimension d is ``text_width``)."""
-
-    image_size: Count = 128
-    """Input side in pixels (the view is padded square and resized to it)."""
-    patch_size: Count = 16
-    """Pixels per patch side: one predicted box and class embedding per patch."""
-    width: Count = 48
-    """Image transformer width."""
-    text_width: Count = 32
-    """Text transformer width, also the class embedding dimension."""
-    layers: Count = 2
-    """Blocks of each transformer."""
-    heads: Count = 2
-    """Attention heads of each transformer (must divide width and text_width)."""
-
-
-@dataclass(frozen=True)
-class SeemConf(RegionConf):
-    """``params.yaml: features.seem``: the OWLv2 detector, SAM, the region grid. ``weights`` and
-    ``seed`` apply to SAM and OWLv2 alike."""
-
-    checkpoint: str = "google/owlv2-base-patch16-ensemble"
-    """Hugging Face id or local folder of an Owlv2ForObjectDetection (with its processor)."""
-    sam: SamConf = field(default_factory=SamConf)
-    """SAM checkpoint and automatic mask generator settings (keys as features.sam_clip)."""
-    random_arch: OwlArch = field(default_factory=OwlArch)
-    """The OWLv2 architecture weights: random builds."""
 
 
 def load_owlv2(conf: dict[str, Any]) -> tuple[Any, Tokenizer, int]:

@@ -18,16 +18,14 @@ patch) and the position embeddings are interpolated to that grid by the model
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.config import Count
 from pipeline.core.errors import M3Error
-from pipeline.features.config import AdapterConf, TowersArch
+from pipeline.features.adapter_config import SiglipConf
 from pipeline.features.models import register
 from pipeline.features.models.base import (
     FeatureMap,
@@ -39,31 +37,6 @@ from pipeline.features.models.base import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SiglipArch(TowersArch):
-    """The small SigLIP ``weights: random`` builds (the feature dimension d is ``width``)."""
-
-    context_length: Count = 64
-    """Text tokens the text tower reads (SigLIP's 64)."""
-
-
-@dataclass(frozen=True)
-class SiglipConf(AdapterConf):
-    """``params.yaml: features.siglip``."""
-
-    checkpoint: str = "google/siglip-so400m-patch14-384"
-    """Hugging Face id or local folder of a SiglipModel with an attention-pooling head."""
-    input_size: Count | None = None
-    """Short side in pixels of the whole image fed to the model (rounded to whole patches; the long
-    side follows the aspect ratio); null: the checkpoint's image_size."""
-    random_arch: SiglipArch = field(default_factory=SiglipArch)
-    """The architecture weights: random builds."""
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    """Per-channel (RGB) normalisation mean of the input in [0, 1] (SigLIP's)."""
-    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    """Per-channel (RGB) normalisation standard deviation (SigLIP's)."""
 
 
 def _load_error(checkpoint: str, what: str, exc: Exception) -> M3Error:
