@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs installed (types-psutil is not a dependency)
 import torch
 
 SAMPLE_S = 0.2

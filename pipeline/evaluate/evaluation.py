@@ -234,8 +234,8 @@ def evaluate_scene(config: EvaluateConfig, scene: Scene) -> tuple[dict[str, Any]
         "notes": notes,
         "views": [vars(r) for r in per_view],
     }
-    held_out = set(memory.config.get("test_views", []))
-    seen = [v.name for v in test if v.name not in held_out]
+    kept_out = set(memory.config.get("test_views", []))  # the views training held out
+    seen = [v.name for v in test if v.name not in kept_out]
     if seen:
         notes.append(
             f"{len(seen)} of {len(test)} evaluated views were training views; "

@@ -90,8 +90,8 @@ def answer(
         "views": {v.name: {"max_relevance": float(r.max()), "mean_relevance": float(r.mean())} for v, _, r in maps},
         "config": to_dict(config),
     }
-    heatmaps = {v.name: heatmap_overlay(rgb, normalize_relevance(r, lo, hi), config.alpha) for v, rgb, r in maps}
-    return Answer(result, heatmaps, rel)
+    images = {v.name: heatmap_overlay(rgb, normalize_relevance(r, lo, hi), config.alpha) for v, rgb, r in maps}
+    return Answer(result, images, rel)
 
 
 def find(
