@@ -82,6 +82,16 @@ def test_choose_matcher() -> None:
     assert choose_matcher(dataclasses.replace(cfg, matcher="exhaustive"), "video", 500) == "exhaustive"
 
 
+class FakeModel:
+    """A reconstruction of ``n`` registered images, as the mappers return."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def num_reg_images(self) -> int:
+        return self.n
+
+
 def test_mapper_retries_with_relaxed_initialisation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import pycolmap
 
@@ -89,16 +99,9 @@ def test_mapper_retries_with_relaxed_initialisation(monkeypatch: pytest.MonkeyPa
 
     calls = []
 
-    class Model:
-        def __init__(self, n: int) -> None:
-            self.n = n
-
-        def num_reg_images(self) -> int:
-            return self.n
-
     def mapping(database, images, out, options):  # a stalled first model, then a good one
         calls.append(options.mapper.init_max_forward_motion)
-        return {0: Model(2)} if len(calls) == 1 else {0: Model(9), 1: Model(1)}
+        return {0: FakeModel(2)} if len(calls) == 1 else {0: FakeModel(9), 1: FakeModel(1)}
 
     monkeypatch.setattr(sfm, "extract_and_match", lambda *args, **kwargs: None)
     monkeypatch.setattr(pycolmap, "incremental_mapping", mapping)
@@ -340,20 +343,13 @@ def test_global_mapper_retries_incrementally(monkeypatch: pytest.MonkeyPatch, tm
 
     calls = []
 
-    class Model:
-        def __init__(self, n: int) -> None:
-            self.n = n
-
-        def num_reg_images(self) -> int:
-            return self.n
-
     def global_mapping(database, images, out, options):  # a stalled global model
         calls.append(("global", options.num_threads, options.mapper.global_positioning.random_seed))
-        return {0: Model(3)}
+        return {0: FakeModel(3)}
 
     def incremental_mapping(database, images, out, options):
         calls.append(("incremental", options.mapper.init_max_forward_motion))
-        return {0: Model(8)}
+        return {0: FakeModel(8)}
 
     monkeypatch.setattr(sfm, "extract_and_match", lambda *args, **kwargs: None)
     monkeypatch.setattr(sfm, "_calibrate", lambda *args: None)
