@@ -1,7 +1,7 @@
 """Benchmark: the memory's semantics with oracle features (the real bank, train and evaluate stages).
 
 Not a test: run it by hand on the posed demo scene (``data/demo`` after ``m3 demo``, ``frames`` and
-``poses``; ~30 min of 2 cores per variant)::
+``poses``; 2-4 min of 2 cores per variant)::
 
     .venv/bin/python -m benchmarks.oracle --scene data/demo
     .venv/bin/python -m benchmarks.oracle --scene data/demo --variants default distill
