@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 MODEL_FILES = ("config.json", "point_cloud.ply", HEADS_FILE)
 """The files of ``data/<scene>/model/`` a loaded memory is read from (watched for a reload)."""
+MAX_ENGINES = 4
+"""Relevance engines kept per scene (each holds its norms and caches: up to ``query.cache_mb``)."""
 
 
 class NotFound(M3Error):
@@ -122,6 +124,8 @@ class WarmScene:
         """The cached relevance engine of ``model`` with ``config``'s attention_k, tolerance and
         cache_mb (its norms and attention cache computed once)."""
         key = (model, config.attention_k, config.tolerance, config.cache_mb)
+        if key not in self._engines and len(self._engines) >= MAX_ENGINES:  # requests choose attention_k:
+            del self._engines[next(iter(self._engines))]  # bounded memory, the oldest engine goes
         if key not in self._engines:
             self._engines[key] = relevance_engine(self.memory, model, *key[1:])
         return self._engines[key]

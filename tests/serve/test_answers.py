@@ -155,3 +155,18 @@ def test_ask_needs_a_vlm_memory(served: Served) -> None:
     with pytest.raises(M3ServerError) as err:
         served.client.ask("alpha", "What is on the table?")
     assert err.value.status == 409 and "llamav" in err.value.detail
+
+
+def test_engines_per_scene_are_bounded(served: Served) -> None:
+    """Requests choose attention_k: a scene keeps at most MAX_ENGINES relevance engines (the oldest go)."""
+    import dataclasses
+
+    from stages.server.pool import MAX_ENGINES, WarmScene
+
+    warm = WarmScene(served.scenes["alpha"], "cpu")
+    warm.refresh()
+    config = load_config(QueryConfig, "query", served.params)
+    engines = [warm.engine("clip", dataclasses.replace(config, attention_k=k)) for k in range(1, MAX_ENGINES + 3)]
+    assert len(warm._engines) == MAX_ENGINES and MAX_ENGINES >= 2
+    assert warm.engine("clip", dataclasses.replace(config, attention_k=MAX_ENGINES + 2)) is engines[-1]  # kept
+    assert warm.engine("clip", dataclasses.replace(config, attention_k=1)) is not engines[0]  # dropped, rebuilt
