@@ -67,6 +67,6 @@ def cli(
 ) -> None:
     """Export the Gaussians answering QUERY: object.ply (them alone) and relevance.ply (the scene
     coloured by relevance), both standard 3DGS PLYs, plus selection.json."""
-    from pipeline.query.encode import load_vector
+    from pipeline.query.files import load_vector
 
     run(options.load("export", params), resolve_scene(scene), query, load_vector(vector) if vector else None, out)

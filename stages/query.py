@@ -71,14 +71,10 @@ def run_on_server(
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """:func:`run`, answered by the ``m3 serve`` at ``url`` (the same files, written here)."""
-    from pipeline.core.io import output_listing, slug
-    from pipeline.query.encode import check_query
-    from pipeline.query.find import save_answer
+    from pipeline.query.files import query_folder, save_answer
     from stages.server.client import M3Client, M3ServerError
 
-    check_query(text, vector)
-    out_dir = Path(out_dir or scene.root / "query" / slug(text or "vector"))
-    output_listing(out_dir, "query")  # refused before any work: never replaces what m3 did not write
+    out_dir = query_folder(scene, text, vector, out_dir)
     options: dict[str, Any] = {k: getattr(config, k) for k in SERVER_FIELDS}
     options["views"] = list(config.views) or None
     try:
@@ -125,7 +121,7 @@ def cli(
     Prints the centroid and axis-aligned box (world coordinates) and writes them to
     localization.json next to the heatmap PNGs.
     """
-    from pipeline.query.encode import load_vector
+    from pipeline.query.files import load_vector
 
     config, sc, vec = options.load("query", params), resolve_scene(scene), load_vector(vector) if vector else None
     if server:

@@ -22,7 +22,6 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -33,6 +32,7 @@ from pipeline.core.errors import M3Error
 from pipeline.core.io import canonical_json
 from pipeline.core.scene import Scene
 from pipeline.query.config import CANONICAL_NEGATIVES, RelevanceConfig
+from pipeline.query.files import check_query, load_vectors
 
 if TYPE_CHECKING:  # the adapters' registry is imported on first use
     from pipeline.features.models import FeatureModel
@@ -142,44 +142,6 @@ def pick_model(models: Sequence[str], requested: str | None, section: str = "que
         f"{section}: none of the memory's models ({', '.join(models)}) has a text encoder; set {section}.model "
         f"and query with vectors ({section}.vectors, or --vector where the command takes one)"
     )
-
-
-def check_query(text: str | None, vector: np.ndarray | None) -> None:
-    """:class:`M3Error` unless exactly one of a non-empty ``text`` and a ``vector`` is given."""
-    if (text is None) == (vector is None):
-        raise M3Error("query: give either a text or a query vector, not both or neither")
-    if text is not None and not text.strip():
-        raise M3Error('query: the text is empty; say what to look for, e.g. m3 query <scene> "a yellow duck"')
-
-
-def load_vector(path: Path) -> np.ndarray:
-    """A query vector ``[d]`` from ``.npy`` (never unpickled) or a JSON list of numbers."""
-    if not path.is_file():
-        raise M3Error(f"{path}: query vector file not found; pass a .npy or .json file")
-    try:
-        raw = np.load(path, allow_pickle=False) if path.suffix == ".npy" else json.loads(path.read_text())
-        vec = np.asarray(raw, dtype=np.float32).reshape(-1)
-    except (ValueError, TypeError, OSError) as exc:  # object arrays, bad JSON, strings, mappings
-        why = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
-        raise M3Error(f"{path}: not a query vector ({why}); give a .npy array or a JSON list of d numbers") from None
-    if vec.size == 0 or not np.isfinite(vec).all() or not vec.any():
-        raise M3Error(f"{path}: the query vector is empty, all zero or not finite; give d finite numbers")
-    return vec
-
-
-def load_vectors(path: Path) -> dict[str, np.ndarray]:
-    """Query vectors by phrase from a JSON file ``{phrase: [d numbers]}``."""
-    if not path.is_file():
-        raise M3Error(f"{path}: query vectors file not found; fix the vectors path (relative to the scene folder)")
-    try:
-        data = json.loads(path.read_text())
-        out = {str(k): np.asarray(v, dtype=np.float32).reshape(-1) for k, v in data.items()}
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise M3Error(f"{path}: expected a JSON object {{phrase: [numbers]}} ({exc}); fix the file") from None
-    bad = [k for k, v in out.items() if v.size == 0 or not np.isfinite(v).all() or not v.any()]
-    if bad:
-        raise M3Error(f"{path}: the vector of {bad[0]!r} is empty, all zero or not finite; fix the file")
-    return out
 
 
 class Encoder:

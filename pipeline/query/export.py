@@ -26,7 +26,7 @@ from pipeline.core.io import output_dir, output_listing, slug, write_json
 from pipeline.core.scene import Scene
 from pipeline.query.colors import base_colors, relevance_colors
 from pipeline.query.config import ExportConfig
-from pipeline.query.encode import check_query
+from pipeline.query.files import check_query
 from pipeline.query.session import QuerySession
 from pipeline.splat.gaussians import rgb_to_sh, save_ply
 

@@ -20,11 +20,11 @@ import torch
 
 from pipeline.core.config import to_dict
 from pipeline.core.images import png_bytes
-from pipeline.core.io import output_dir, output_listing, slug, write_json
 from pipeline.core.scene import Scene, View, load_views, views_named
 from pipeline.query.colors import heatmap_overlay, normalize_relevance, upsample
 from pipeline.query.config import QueryConfig
-from pipeline.query.encode import QueryVector, check_query
+from pipeline.query.encode import QueryVector
+from pipeline.query.files import query_folder, save_answer
 from pipeline.query.session import QuerySession
 from pipeline.splat.trained import TrainedMemory
 
@@ -104,18 +104,7 @@ def find(
     """Query ``scene``'s trained memory with ``text`` or ``vector [d]`` (:func:`answer`); writes the
     heatmaps and ``localization.json`` to ``out_dir`` (default ``<scene>/query/<text>``); returns
     that JSON and the folder."""
-    check_query(text, vector)
-    out_dir = Path(out_dir or scene.root / "query" / slug(text or "vector"))
-    output_listing(out_dir, "query")  # refused before any work: never replaces what m3 did not write
+    out_dir = query_folder(scene, text, vector, out_dir)
     found = answer(QuerySession(scene, config), config, load_views(scene), text, vector)
     save_answer(out_dir, found.result, {name: png_bytes(img) for name, img in found.heatmaps.items()})
     return found.result, out_dir
-
-
-def save_answer(out_dir: Path, result: dict[str, Any], heatmaps: dict[str, bytes]) -> None:
-    """Write ``localization.json`` (``result``) and the ``heatmaps`` (PNG bytes by view name) into
-    ``out_dir`` (:func:`~pipeline.core.io.output_dir`: never replaces what m3 did not write)."""
-    with output_dir(out_dir, "query") as tmp:
-        for name, png in heatmaps.items():
-            (tmp / f"{Path(name).stem}.png").write_bytes(png)
-        write_json(tmp / "localization.json", result)

@@ -18,7 +18,8 @@ from pipeline.core.runtime import resolve_device
 from pipeline.core.scene import Scene
 from pipeline.core.threads import CpuThreads
 from pipeline.query.config import SelectConfig
-from pipeline.query.encode import Encoder, QueryVector, check_query, pick_model
+from pipeline.query.encode import Encoder, QueryVector, pick_model
+from pipeline.query.files import check_query
 from pipeline.query.localize import Localization, localize
 from pipeline.query.relevance import CACHE_MB, TOLERANCE, GaussianRelevance
 from pipeline.splat.gaussians import QUERY_PREFIX

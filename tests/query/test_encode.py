@@ -11,6 +11,7 @@ import torch
 from pipeline.core.errors import M3Error
 from pipeline.query import colors as C
 from pipeline.query import encode as Q
+from pipeline.query.files import check_query
 from pipeline.query.localize import localize
 
 
@@ -78,7 +79,7 @@ def test_recorded_conf():
 
 def encode(model: str, attrs: dict, text: str | None = None, mode: str = "canonical") -> Q.QueryVector:
     """The query of ``text`` as every tool builds it: an encoder of the stored model."""
-    Q.check_query(text, None)
+    check_query(text, None)
     return Q.Encoder(model, attrs, mode).text(text)
 
 
@@ -138,7 +139,7 @@ def test_long_query_texts_are_warned_about(caplog) -> None:
     ],
 )
 def test_bad_vector_files_are_one_line(tmp_path: Path, content, why: str) -> None:
-    from pipeline.query.encode import load_vector
+    from pipeline.query.files import load_vector
 
     if isinstance(content, np.ndarray):
         path = tmp_path / "q.npy"

@@ -15,6 +15,7 @@ from pipeline.core.scene import Scene, load_views
 from pipeline.query.config import ExportConfig, QueryConfig
 from pipeline.query.session import QuerySession
 from stages.server.client import M3ServerError
+from tests.helpers.paths import REPO
 from tests.serve.conftest import PHRASES, Served, train_scene
 
 
@@ -61,6 +62,25 @@ def test_m3_query_with_server_writes_the_local_files(served: Served, tmp_path: P
         run_on_server(config, served.scenes["alpha"], "http://127.0.0.1:9", None, PHRASES[1], None, tmp_path / "x")
     with pytest.raises(M3Error, match="is not served"):
         run_on_server(config, Scene(tmp_path / "gamma"), served.url, None, PHRASES[1], None, tmp_path / "y")
+
+
+def test_m3_query_with_server_loads_no_torch(served: Served, tmp_path: Path) -> None:
+    """The --server path answers without loading torch in the command's process (its point)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from pipeline.core.config import load_config; "
+        "from pipeline.core.scene import Scene; "
+        "from pipeline.query.config import QueryConfig; from stages.query import run_on_server; "
+        f"c = load_config(QueryConfig, 'query', {str(served.params)!r}); "
+        f"r = run_on_server(c, Scene(Path({str(served.scenes['alpha'].root)!r})), {served.url!r}, None, "
+        f"{PHRASES[0]!r}, None, {str(tmp_path / 'q')!r}); "
+        "assert 'torch' not in sys.modules, 'torch loaded'; print(r['n_inliers'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) > 0 and (tmp_path / "q" / "localization.json").is_file()
 
 
 def test_request_options_override_the_params(served: Served, tmp_path: Path) -> None:
